@@ -1,0 +1,215 @@
+"""Configuration: which checkpoints write, who picks, and how long patches and answers are.
+
+Everything a run needs is one pydantic model, `SwitchConfig`, read from a YAML file or a
+named preset (graph/presets/*.yaml) by `load_config`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from switchgen.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+DEFAULT_PRESET = "olmo2-1b"
+RESERVED_NAMES = {"switcher", "__start__", "__end__"}
+
+Role = Literal["pretrained", "finetuned", "aligned", "other"]
+View = Literal["chat", "plain", "reference"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Strategy = Literal["learned", "random", "fixed", "single"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CandidateConfig(_Model):
+    """One checkpoint that writes patches. Its position in `candidates` is its model index."""
+
+    name: str = Field(description="Node name in the graph and the author label in outputs.")
+    role: Role = Field("other", description="pretrained | finetuned | aligned | other.")
+    model: str = Field(description="Hugging Face model id, local folder, or toy:P / toy:F / toy:A.")
+    device: str = Field("auto", description="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, mps.")
+    dtype: Dtype = "auto"
+    stop: list[str] = Field(default_factory=list, description="Stop strings; one ends the response.")
+    view: View | None = Field(
+        None,
+        description="How the candidate sees the trace: chat (its chat template, the trace is its own "
+        "partial reply), plain (text template), reference (as the paper's code). "
+        "Default: chat if the tokenizer has a chat template, else plain.",
+    )
+    plain_template: str = Field(
+        "{query}\n\n{trace}", description="Prompt for the plain view; {query} and {trace} are filled in."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", name) or name in RESERVED_NAMES:
+            raise ValueError(
+                f"candidate name {name!r} must start with a letter, use letters, digits, '_', '.', '-', "
+                f"and not be one of {sorted(RESERVED_NAMES)}"
+            )
+        return name
+
+    @field_validator("plain_template")
+    @classmethod
+    def _valid_template(cls, template: str) -> str:
+        try:
+            template.format(query="", trace="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"plain_template may only use {{query}} and {{trace}}: {err}") from None
+        return template
+
+
+class SwitcherConfig(_Model):
+    """Who picks the author of the next patch."""
+
+    strategy: Strategy = Field(
+        "learned",
+        description="learned (a switcher LM), random, fixed (a sequence), single (one candidate: the baseline).",
+    )
+    model: str | None = Field(None, description="Switcher LM (learned). Default: the aligned candidate's model.")
+    adapter: str | None = Field(None, description="LoRA adapter (id or folder) applied on `model`.")
+    device: str | None = Field(None, description="Default: the device of the candidate sharing its model, else auto.")
+    dtype: Dtype | None = None
+    top_p: float = Field(0.7, gt=0.0, le=1.0, description="Top-p over the switcher's distribution.")
+    sequence: list[str | int] | None = Field(None, description="fixed: names or indices, e.g. 'A P F A'; cycles.")
+    candidate: str | int | None = Field(None, description="single: the one candidate that writes.")
+    min_digit_mass: float = Field(
+        0.0, ge=0.0, le=1.0, description="Fall back to the aligned model when the digits hold less mass."
+    )
+
+    @field_validator("sequence", mode="before")
+    @classmethod
+    def _split_sequence(cls, value: object) -> object:
+        return value.split() if isinstance(value, str) else value
+
+
+class SamplingConfig(_Model):
+    """How generators sample a patch (the reference: top_p 0.9, temperature 0.7)."""
+
+    greedy: bool = False
+    temperature: float = Field(0.7, gt=0.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+
+
+class SwitchConfig(_Model):
+    """A whole Switch Generation setup."""
+
+    candidates: list[CandidateConfig] = Field(min_length=1)
+    switcher: SwitcherConfig = Field(default_factory=SwitcherConfig)
+    patch_size: int = Field(50, gt=0, description="Tokens per patch.")
+    max_new_tokens: int = Field(512, gt=0, description="Token budget of the whole response.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    seed: int | None = Field(None, description="Seed for switcher and generator sampling; None: fresh randomness.")
+    anchor: bool | None = Field(
+        None,
+        description="The aligned candidate writes the first patch and the patch that reaches the budget. "
+        "Default: on for the learned strategy, off otherwise (as the reference code).",
+    )
+    objective: bool = Field(False, description="Append `cue` to the trace before the last patch.")
+    cue: str = " The final answer is"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SwitchConfig:
+        names = [c.name for c in self.candidates]
+        if len(set(names)) != len(names):
+            raise ValueError(f"candidate names must be unique, got {names}")
+        if self.patch_size > self.max_new_tokens:
+            raise ValueError(f"patch_size ({self.patch_size}) exceeds max_new_tokens ({self.max_new_tokens})")
+        sw = self.switcher
+        if sw.strategy == "learned" and len(names) > 10:
+            raise ValueError("the learned switcher answers with one digit: at most 10 candidates")
+        if sw.strategy == "fixed":
+            if not sw.sequence:
+                raise ValueError("switcher.strategy 'fixed' needs switcher.sequence, e.g. 'A P F A'")
+            for ref in sw.sequence:
+                self.index_of(ref)
+        if sw.strategy == "single":
+            if sw.candidate is None:
+                raise ValueError("switcher.strategy 'single' needs switcher.candidate (a name or index)")
+            self.index_of(sw.candidate)
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.candidates]
+
+    @property
+    def aligned_index(self) -> int:
+        """The anchor and fallback author: the aligned candidate, else the last one (as the reference)."""
+        roles = [c.role for c in self.candidates]
+        return roles.index("aligned") if "aligned" in roles else len(roles) - 1
+
+    @property
+    def anchor_on(self) -> bool:
+        return self.anchor if self.anchor is not None else self.switcher.strategy == "learned"
+
+    @property
+    def switcher_model(self) -> str:
+        return self.switcher.model or self.candidates[self.aligned_index].model
+
+    def index_of(self, ref: str | int) -> int:
+        """A candidate's index from its name or index (also given as a string, "2")."""
+        names = self.names
+        if isinstance(ref, str) and ref in names:
+            return names.index(ref)
+        try:
+            index = int(ref)
+        except (TypeError, ValueError):
+            raise ValueError(f"unknown candidate {ref!r}; candidates are {names}") from None
+        if not 0 <= index < len(names):
+            raise ValueError(f"candidate index {index} out of range 0..{len(names) - 1}")
+        return index
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(source: str | Path | dict | SwitchConfig | None = None, **overrides: object) -> SwitchConfig:
+    """A config from a preset name, a YAML path, a dict or a config; `overrides` set top-level fields.
+
+    `None` gives the embedded default preset (olmo2-1b).
+    """
+    if isinstance(source, SwitchConfig):
+        data = source.model_dump()
+        origin = "config"
+    elif isinstance(source, dict):
+        data, origin = dict(source), "dict"
+    else:
+        data, origin = _read_yaml(str(source) if source is not None else DEFAULT_PRESET)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return SwitchConfig.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors()
+        )
+        raise ConfigError(f"{origin}: {problems}") from None
+
+
+def _read_yaml(source: str) -> tuple[dict, str]:
+    path = Path(source).expanduser()
+    if not path.is_file():
+        if source in preset_names():
+            path = PRESET_DIR / f"{source}.yaml"
+        elif source.endswith((".yaml", ".yml")) or "/" in source:
+            raise ConfigError(f"config file {source} does not exist")
+        else:
+            raise ConfigError(f"unknown preset {source!r}; presets are {', '.join(preset_names())}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return data, str(path)

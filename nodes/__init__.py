@@ -1,0 +1,1 @@
+"""The steps of the graph: the switcher, one generator per candidate, and the routing between them."""

@@ -1,0 +1,58 @@
+"""Generator nodes, one per candidate: render the trace for it, write one patch, append it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from switchgen.graph.config import SwitchConfig
+from switchgen.graph.state import Segment, SwitchState
+from switchgen.nodes.prompts import candidate_prompt, has_chat_template
+from switchgen.nodes.seeds import derive_seed
+from switchgen.servers.base import Backend, GenerationParams
+
+
+def make_generator_node(config: SwitchConfig, index: int, backend: Backend) -> Callable[[SwitchState], dict]:
+    """The node for candidate `index`: at most `patch_size` tokens, fewer where the budget ends."""
+    candidate = config.candidates[index]
+    view = candidate.view or ("chat" if has_chat_template(backend.tokenizer) else "plain")
+    sampling = config.sampling
+    budget = config.max_new_tokens
+
+    def generate(state: SwitchState) -> dict:
+        segments = state.get("segments") or []
+        used = state.get("tokens_used") or 0
+        remaining = budget - used
+        texts = [s["text"] for s in segments]
+        cue = config.cue if config.objective and remaining <= config.patch_size else ""
+        if cue:  # the reference appends the cue to the trace's last segment
+            texts = [*texts[:-1], texts[-1] + cue] if texts else [cue]
+        prompt = candidate_prompt(backend.tokenizer, view, state["query"], texts, candidate.plain_template)
+        patch = backend.generate(
+            prompt,
+            GenerationParams(
+                max_new_tokens=min(config.patch_size, remaining),
+                greedy=sampling.greedy,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                seed=derive_seed(config.seed, "patch", len(segments)),
+                stop=tuple(candidate.stop),
+            ),
+        )
+        used += patch.tokens
+        finish = "budget" if patch.finish_reason == "length" and used >= budget else patch.finish_reason
+        segment: Segment = {
+            "candidate": candidate.name,
+            "index": index,
+            "text": cue + patch.text,
+            "tokens": patch.tokens,
+            "finish_reason": finish,
+        }
+        return {
+            "segments": [segment],
+            "tokens_used": used,
+            "output": (state.get("output") or "") + segment["text"],
+            "done": finish != "length",
+        }
+
+    generate.__name__ = candidate.name
+    return generate

@@ -1,0 +1,19 @@
+"""Where the graph goes next: to the chosen candidate, back to the switcher, or to the end."""
+
+from __future__ import annotations
+
+from langgraph.graph import END
+
+from switchgen.graph.state import SwitchState
+
+
+def route_after_switcher(state: SwitchState) -> str:
+    """The candidate the switcher chose, or END when the response is finished."""
+    if state.get("done"):
+        return END
+    return state["decisions"][-1]["chosen"]
+
+
+def route_after_patch(state: SwitchState) -> str:
+    """Back to the switcher for the next patch, or END after EOS, a stop string or the budget."""
+    return END if state.get("done") else "switcher"

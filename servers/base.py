@@ -1,0 +1,55 @@
+"""The one surface every token source offers the graph: write a patch, score the next token.
+
+Prompts arrive as text rendered by the nodes with the checkpoint's own tokenizer, so the same
+node code drives the in-process engine and, later, HTTP inference servers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling settings for one patch."""
+
+    max_new_tokens: int
+    greedy: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Patch:
+    """What one generation call wrote."""
+
+    text: str  # decoded, special tokens skipped, cut before a stop string
+    tokens: int  # tokens sampled, the EOS token included
+    finish_reason: Literal["length", "eos", "stop"]
+    prefilled: int = 0  # prompt tokens this call had to encode (not found in a cache)
+
+
+@dataclass(frozen=True)
+class ChoiceScores:
+    """The next-token distribution restricted to a set of choices (the switcher's digits)."""
+
+    probs: list[float] | None  # renormalised over the choices; None: no usable distribution
+    mass: float  # probability the full distribution put on the choices
+    prefilled: int = 0
+
+
+class Backend(Protocol):
+    """A checkpoint that can write and score; `tokenizer` renders its prompts client-side."""
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase: ...
+
+    def generate(self, prompt: str, params: GenerationParams) -> Patch: ...
+
+    def choice_distribution(self, prompt: str, choices: Sequence[str]) -> ChoiceScores: ...

@@ -1,0 +1,73 @@
+"""A small pool of KV caches per checkpoint, matched to new prompts by longest common token prefix.
+
+Each conversation's prompt grows by one patch per step, so the cache that holds the longest
+prefix of the new prompt is almost always the one from that conversation's previous call:
+only the tokens after the common prefix are prefilled. No session ids are needed, and
+forks, retries and concurrent graphs all find their own cache.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from transformers import DynamicCache
+
+
+@dataclass
+class CacheEntry:
+    ids: list[int] = field(default_factory=list)  # tokens whose keys and values `cache` holds
+    cache: DynamicCache = field(default_factory=DynamicCache)
+
+    def truncate(self, keep: int) -> None:
+        """Keep the first `keep` tokens (start over where the cache cannot be cropped)."""
+        drop = len(self.ids) - keep
+        if drop <= 0:
+            return
+        if keep == 0 or not self.cache.is_croppable:
+            self.ids, self.cache = [], DynamicCache()
+            return
+        self.cache.crop(-drop)
+        del self.ids[keep:]
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class PrefixCachePool:
+    """Holds up to `capacity` caches; `checkout` hands out the best match for exclusive use."""
+
+    def __init__(self, capacity: int = 8) -> None:
+        self.capacity = capacity
+        self._entries: list[CacheEntry] = []
+        self._lock = threading.Lock()
+
+    def checkout(self, ids: list[int]) -> tuple[CacheEntry, int]:
+        """The entry sharing the longest prefix with `ids` (removed from the pool) and that length."""
+        with self._lock:
+            best, best_len = None, 0
+            for entry in self._entries:
+                n = common_prefix(entry.ids, ids)
+                if n > best_len:
+                    best, best_len = entry, n
+            if best is None:
+                return CacheEntry(), 0
+            self._entries.remove(best)
+            return best, best_len
+
+    def checkin(self, entry: CacheEntry) -> None:
+        """Return an entry; the least recently used one is dropped beyond capacity."""
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._entries.append(entry)
+            del self._entries[: max(0, len(self._entries) - self.capacity)]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
