@@ -6,11 +6,14 @@ node code drives the in-process engine and, later, HTTP inference servers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from transformers import PreTrainedTokenizerBase
+
+
+TextCallback = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class Backend(Protocol):
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase: ...
 
-    def generate(self, prompt: str, params: GenerationParams) -> Patch: ...
+    def generate(self, prompt: str, params: GenerationParams, on_text: TextCallback | None = None) -> Patch:
+        """Write one patch; `on_text` receives the text as it is decoded (for streaming)."""
+        ...
 
     def choice_distribution(self, prompt: str, choices: Sequence[str]) -> ChoiceScores: ...

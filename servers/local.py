@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from switchgen.servers.base import ChoiceScores, GenerationParams, Patch
+from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.kvcache import CacheEntry, PrefixCachePool
 from switchgen.servers.loading import (
     attach_adapter,
@@ -64,6 +64,25 @@ def choice_token_ids(tokenizer: PreTrainedTokenizerBase, choices: Sequence[str])
     return ids
 
 
+def _emit(on_text: TextCallback | None, emitted: str, text: str, *, final: bool, stop: tuple[str, ...] = ()) -> str:
+    """Send the new part of `text` and return what has been sent.
+
+    Until the patch is final, a trailing partial UTF-8 character and a tail that could still
+    grow into a stop string are held back, so the stream never shows text the patch drops.
+    """
+    if on_text is None:
+        return emitted
+    stable = text
+    if not final:
+        stable = stable.rstrip("\ufffd")
+        held = max((k for s in stop for k in range(1, len(s)) if stable.endswith(s[:k])), default=0)
+        stable = stable[: len(stable) - held]
+    if len(stable) > len(emitted) and stable.startswith(emitted):
+        on_text(stable[len(emitted) :])
+        return stable
+    return emitted
+
+
 class LocalBackend:
     """A loaded checkpoint (optionally with one LoRA adapter active) behind the `Backend` surface."""
 
@@ -90,12 +109,12 @@ class LocalBackend:
     def encode(self, text: str) -> list[int]:
         return encode(self.tokenizer, text)
 
-    def generate(self, prompt: str, params: GenerationParams) -> Patch:
+    def generate(self, prompt: str, params: GenerationParams, on_text: TextCallback | None = None) -> Patch:
         ids = self.encode(prompt)
         generator = make_generator(params.seed, self.device)
         out: list[int] = []
         finish = "length"
-        text = ""
+        emitted = ""
         with self._active():
             entry, logits, prefilled = self._prefill(ids)
             try:
@@ -105,11 +124,13 @@ class LocalBackend:
                     if token in self.eos_ids:
                         finish = "eos"
                         break
-                    if params.stop:
+                    if params.stop or on_text is not None:
                         text = self._decode(out)
                         cut = min((text.find(s) for s in params.stop if s in text), default=-1)
                         if cut >= 0:
                             text, finish = text[:cut], "stop"
+                        emitted = _emit(on_text, emitted, text, final=finish == "stop", stop=params.stop)
+                        if finish == "stop":
                             break
                     if len(out) < params.max_new_tokens:
                         logits = self._forward(entry, [token])
@@ -117,6 +138,7 @@ class LocalBackend:
                 self.pool.checkin(entry)
         if finish != "stop":
             text = self._decode([t for t in out if t not in self.eos_ids])
+            _emit(on_text, emitted, text, final=True)
         return Patch(text=text, tokens=len(out), finish_reason=finish, prefilled=prefilled)
 
     def choice_distribution(self, prompt: str, choices: Sequence[str]) -> ChoiceScores:
