@@ -26,6 +26,7 @@ class GenerationParams:
     top_p: float = 0.9
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # write to max_new_tokens regardless (benchmarks)
 
 
 @dataclass(frozen=True)

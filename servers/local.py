@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
+from switchgen.servers.batching import DecodeWorker, Request, to_patch
 from switchgen.servers.kvcache import CacheEntry, PrefixCachePool
 from switchgen.servers.loading import (
     attach_adapter,
@@ -26,18 +28,24 @@ from switchgen.servers.loading import (
     resolve_dtype,
     resolve_model,
 )
-from switchgen.servers.sampling import make_generator, next_token
+
+
+_WRITTEN_CAPACITY = 64  # remembered (prompt + patch) texts per backend
 
 
 @dataclass
 class LoadedModel:
-    """One set of weights in memory, shared by every backend that names it."""
+    """One set of weights in memory, shared by every backend that names it.
+
+    `lock` is the device's: forward passes on one device run one at a time (each is already
+    batched), so decode threads of several checkpoints never oversubscribe its cores or streams.
+    """
 
     location: str
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
-    lock: threading.RLock = field(default_factory=threading.RLock)
+    lock: threading.RLock
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -64,25 +72,6 @@ def choice_token_ids(tokenizer: PreTrainedTokenizerBase, choices: Sequence[str])
     return ids
 
 
-def _emit(on_text: TextCallback | None, emitted: str, text: str, *, final: bool, stop: tuple[str, ...] = ()) -> str:
-    """Send the new part of `text` and return what has been sent.
-
-    Until the patch is final, a trailing partial UTF-8 character and a tail that could still
-    grow into a stop string are held back, so the stream never shows text the patch drops.
-    """
-    if on_text is None:
-        return emitted
-    stable = text
-    if not final:
-        stable = stable.rstrip("\ufffd")
-        held = max((k for s in stop for k in range(1, len(s)) if stable.endswith(s[:k])), default=0)
-        stable = stable[: len(stable) - held]
-    if len(stable) > len(emitted) and stable.startswith(emitted):
-        on_text(stable[len(emitted) :])
-        return stable
-    return emitted
-
-
 class LocalBackend:
     """A loaded checkpoint (optionally with one LoRA adapter active) behind the `Backend` surface."""
 
@@ -97,6 +86,9 @@ class LocalBackend:
             eos.add(loaded.tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos)
         self._choice_ids: dict[tuple[str, ...], list[list[int]]] = {}
+        self.worker = DecodeWorker(self)
+        self._written: OrderedDict[str, list[int]] = OrderedDict()
+        self._written_lock = threading.Lock()
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -107,48 +99,38 @@ class LocalBackend:
         return self.loaded.device
 
     def encode(self, text: str) -> list[int]:
-        return encode(self.tokenizer, text)
+        """Token ids of a prompt; text this backend wrote keeps the tokens it was written as.
+
+        A prompt that extends an earlier prompt plus this backend's patch reuses those ids and
+        tokenises only the new text: the model continues its own tokens as if it had never
+        stopped (re-tokenising decoded text can split differently), and the KV cache matches.
+        """
+        with self._written_lock:
+            known = max((t for t in self._written if text.startswith(t)), key=len, default=None)
+            ids = list(self._written[known]) if known is not None else None
+        if known is None:
+            return encode(self.tokenizer, text)
+        rest = text[len(known) :]
+        return ids + (self.tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else [])
 
     def generate(self, prompt: str, params: GenerationParams, on_text: TextCallback | None = None) -> Patch:
         ids = self.encode(prompt)
-        generator = make_generator(params.seed, self.device)
-        out: list[int] = []
-        finish = "length"
-        emitted = ""
-        with self._active():
-            entry, logits, prefilled = self._prefill(ids)
-            try:
-                while len(out) < params.max_new_tokens:
-                    token = next_token(logits, params, generator)
-                    out.append(token)
-                    if token in self.eos_ids:
-                        finish = "eos"
-                        break
-                    if params.stop or on_text is not None:
-                        text = self._decode(out)
-                        cut = min((text.find(s) for s in params.stop if s in text), default=-1)
-                        if cut >= 0:
-                            text, finish = text[:cut], "stop"
-                        emitted = _emit(on_text, emitted, text, final=finish == "stop", stop=params.stop)
-                        if finish == "stop":
-                            break
-                    if len(out) < params.max_new_tokens:
-                        logits = self._forward(entry, [token])
-            finally:
-                self.pool.checkin(entry)
-        if finish != "stop":
-            text = self._decode([t for t in out if t not in self.eos_ids])
-            _emit(on_text, emitted, text, final=True)
-        return Patch(text=text, tokens=len(out), finish_reason=finish, prefilled=prefilled)
+        done = self.worker.run(Request(ids, params, streaming=on_text is not None), on_text)
+        patch = to_patch(done)
+        if patch.finish_reason == "length":  # the text is exactly the tokens: remember them
+            with self._written_lock:
+                self._written[prompt + patch.text] = ids + done.out
+                while len(self._written) > _WRITTEN_CAPACITY:
+                    self._written.popitem(last=False)
+        return patch
 
     def choice_distribution(self, prompt: str, choices: Sequence[str]) -> ChoiceScores:
         key = tuple(choices)
         if key not in self._choice_ids:
             self._choice_ids[key] = choice_token_ids(self.tokenizer, choices)
         choice_ids = self._choice_ids[key]
-        with self._active():
-            entry, logits, prefilled = self._prefill(self.encode(prompt))
-            self.pool.checkin(entry)
+        done = self.worker.run(Request(self.encode(prompt), None))
+        logits, prefilled = done.logits, done.prefilled
         if not all(choice_ids):
             return ChoiceScores(probs=None, mass=0.0, prefilled=prefilled)
         full = torch.softmax(logits.float(), dim=-1)
@@ -158,29 +140,42 @@ class LocalBackend:
             return ChoiceScores(probs=None, mass=mass if mass == mass else 0.0, prefilled=prefilled)
         return ChoiceScores(probs=(per_choice / mass).tolist(), mass=mass, prefilled=prefilled)
 
-    # -- internals -------------------------------------------------------------------------
+    # -- used by the decode worker, on its thread ------------------------------------------
 
-    def _prefill(self, ids: list[int]) -> tuple[CacheEntry, torch.Tensor, int]:
+    def prefill(self, ids: list[int]) -> tuple[CacheEntry, torch.Tensor, int]:
         """A cache holding `ids` and the logits after them; only tokens not already cached are run."""
         entry, shared = self.pool.checkout(ids)
         keep = min(shared, len(ids) - 1)  # feed at least one token to get fresh logits
         entry.truncate(keep)
-        logits = self._forward(entry, ids[keep:])
-        return entry, logits, len(ids) - keep
+        new = ids[keep:]
+        logits = self.forward(torch.tensor([new], device=self.device), entry.cache, None, None)
+        entry.ids.extend(new)
+        return entry, logits[0], len(new)
 
     @torch.inference_mode()
-    def _forward(self, entry: CacheEntry, new_ids: list[int]) -> torch.Tensor:
-        input_ids = torch.tensor([new_ids], device=self.device)
-        out = self.loaded.model(input_ids=input_ids, past_key_values=entry.cache, use_cache=True)
-        entry.cache = out.past_key_values
-        entry.ids.extend(new_ids)
-        return out.logits[0, -1]
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: DynamicCache,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Last-position logits for a batch; `cache` is extended in place."""
+        out = self.loaded.model(
+            input_ids=input_ids,
+            past_key_values=cache,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1]
 
-    def _decode(self, tokens: list[int]) -> str:
+    def decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     @contextmanager
-    def _active(self) -> Iterator[None]:
+    def active(self) -> Iterator[None]:
         """Hold the weights, with this backend's adapter on (or every adapter off)."""
         with self.loaded.lock:
             model = self.loaded.model
@@ -207,10 +202,20 @@ class LocalEngine:
         self.cache_capacity = cache_capacity
         self.reuse_cache = reuse_cache
         self._models: dict[tuple[str, str, str], LoadedModel] = {}
-        self._backends: dict[tuple[str, str, str, str | None], LocalBackend] = {}
+        self._device_locks: dict[str, threading.RLock] = {}
+        self._backends: dict[tuple[str, str, str, str | None, bool], LocalBackend] = {}
         self._lock = threading.Lock()
 
-    def backend(self, model: str, *, device: str = "auto", dtype: str = "auto", adapter: str | None = None) -> LocalBackend:
+    def backend(
+        self,
+        model: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        adapter: str | None = None,
+        reuse_cache: bool | None = None,
+    ) -> LocalBackend:
+        """A backend over `model` (loaded on first use, then shared); `reuse_cache` overrides the engine's."""
         location = resolve_model(model)
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
@@ -223,15 +228,17 @@ class LocalEngine:
                     model=load_model(location, dev, torch_dtype),
                     tokenizer=load_tokenizer(location),
                     device=dev,
+                    lock=self._device_locks.setdefault(str(dev), threading.RLock()),
                 )
                 self._models[mkey] = loaded
             adapter_name = None
             if adapter is not None:
                 adapter_name = re.sub(r"\W", "_", adapter)
                 loaded.model = attach_adapter(loaded.model, adapter, adapter_name)
-            bkey = (*mkey, adapter_name)
+            reuse = self.reuse_cache if reuse_cache is None else reuse_cache
+            bkey = (*mkey, adapter_name, reuse)
             if bkey not in self._backends:
-                self._backends[bkey] = LocalBackend(loaded, adapter_name, self.cache_capacity, self.reuse_cache)
+                self._backends[bkey] = LocalBackend(loaded, adapter_name, self.cache_capacity, reuse)
             return self._backends[bkey]
 
     @property
@@ -240,5 +247,8 @@ class LocalEngine:
         return list(self._models.values())
 
     def clear_caches(self) -> None:
+        """Forget every KV cache and remembered tokenisation (a cold start)."""
         for backend in self._backends.values():
             backend.pool.clear()
+            with backend._written_lock:
+                backend._written.clear()

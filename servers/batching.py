@@ -1,0 +1,288 @@
+"""Continuous batching for one in-process backend.
+
+Requests for the same checkpoint from concurrently running graphs are decoded together: one
+worker thread owns the backend's forward passes. New requests are prefilled one by one (each
+from its own prefix cache) between decode steps, then join the running batch; every decode
+step is one forward pass over the last token of every running sequence. Caches of different
+lengths are merged by left padding (masked out), and a finished sequence's cache is cut back
+out and returned to the prefix-cache pool, so its next patch still starts warm.
+"""
+
+from __future__ import annotations
+
+import atexit
+import queue
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import DynamicCache
+
+from switchgen.servers.base import GenerationParams, Patch, TextCallback
+from switchgen.servers.kvcache import CacheEntry
+from switchgen.servers.sampling import make_generator, next_token
+
+if TYPE_CHECKING:
+    from switchgen.servers.local import LocalBackend
+
+
+@dataclass
+class Request:
+    """One generate (params set) or score (params None) call, and its progress."""
+
+    ids: list[int]
+    params: GenerationParams | None
+    streaming: bool = False
+    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    entry: CacheEntry | None = None
+    logits: torch.Tensor | None = None
+    prefilled: int = 0
+    out: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    finish: str | None = None
+    emitted: str = ""
+    text: str = ""
+
+
+class _Batch:
+    """Running sequences sharing one left-padded cache."""
+
+    def __init__(self) -> None:
+        self.rows: list[Request] = []
+        self.pads: list[int] = []
+        self.cache: DynamicCache | None = None
+
+    @property
+    def length(self) -> int:
+        return self.cache.get_seq_length() if self.cache is not None else 0
+
+    def add(self, req: Request) -> None:
+        assert req.entry is not None
+        own = _kv(req.entry.cache)
+        n = len(req.entry.ids)
+        if self.cache is None:
+            self.rows, self.pads, self.cache = [req], [0], req.entry.cache
+            req.entry.cache = DynamicCache()
+            return
+        layers = _kv(self.cache)
+        length = self.length
+        grow = max(0, n - length)
+        if grow:
+            layers = [(_pad_left(k, grow), _pad_left(v, grow)) for k, v in layers]
+            self.pads = [p + grow for p in self.pads]
+        pad = max(length, n) - n
+        layers = [
+            (torch.cat([k, _pad_left(k2, pad)]), torch.cat([v, _pad_left(v2, pad)]))
+            for (k, v), (k2, v2) in zip(layers, own, strict=True)
+        ]
+        self.cache = _cache(layers)
+        self.rows.append(req)
+        self.pads.append(pad)
+        req.entry.cache = DynamicCache()
+
+    def remove(self, req: Request) -> None:
+        """Take `req` out; its unpadded cache goes back into its entry."""
+        i = self.rows.index(req)
+        layers = _kv(self.cache)
+        assert req.entry is not None
+        req.entry.cache = _cache([(k[i : i + 1, :, self.pads[i] :], v[i : i + 1, :, self.pads[i] :]) for k, v in layers])
+        keep = [j for j in range(len(self.rows)) if j != i]
+        self.rows = [self.rows[j] for j in keep]
+        self.pads = [self.pads[j] for j in keep]
+        if not keep:
+            self.cache = None
+            return
+        drop = min(self.pads)  # padding every row has is dead weight
+        index = torch.tensor(keep, device=layers[0][0].device)
+        self.cache = _cache([(k.index_select(0, index)[:, :, drop:], v.index_select(0, index)[:, :, drop:]) for k, v in layers])
+        self.pads = [p - drop for p in self.pads]
+
+    def mask(self, device: torch.device) -> torch.Tensor:
+        """Attention mask over the cache plus one new token per row, already 4-D ([rows, 1, 1, keys]):
+        transformers uses it as is instead of rebuilding one from a padding mask every step."""
+        length = self.length + 1
+        mask = torch.ones(len(self.rows), 1, 1, length, dtype=torch.bool, device=device)
+        for i, pad in enumerate(self.pads):
+            mask[i, ..., :pad] = False
+        return mask
+
+
+def _kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(layers):
+        cache.update(k, v, i)
+    return cache
+
+
+def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
+    if n == 0:
+        return t
+    shape = list(t.shape)
+    shape[2] = n
+    return torch.cat([t.new_zeros(shape), t], dim=2)
+
+
+_WORKERS: weakref.WeakSet[DecodeWorker] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_workers() -> None:
+    # A thread still parked in torch at interpreter exit aborts the process ("terminate called").
+    for worker in list(_WORKERS):
+        worker.close()
+
+
+class DecodeWorker:
+    """The thread that runs every forward pass of one backend, batching concurrent requests."""
+
+    def __init__(self, backend: LocalBackend) -> None:
+        self.backend = backend
+        self.inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.batch = _Batch()
+        self.max_batch_seen = 0
+        _WORKERS.add(self)
+
+    def close(self) -> None:
+        """Stop the thread once its running requests are done."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self.inbox.put(None)
+            thread.join(timeout=5)
+
+    def run(self, req: Request, on_text: TextCallback | None = None) -> Request:
+        """Submit `req` and wait for it; text events are delivered on the caller's thread."""
+        self._ensure_thread()
+        self.inbox.put(req)
+        while True:
+            kind, value = req.events.get()
+            if kind == "text":
+                if on_text is not None:
+                    on_text(value)
+            elif kind == "done":
+                return req
+            else:
+                raise value
+
+    def _ensure_thread(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="switchgen-decode", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        closing = False
+        while not closing or self.batch.rows:
+            new = [self.inbox.get()] if not self.batch.rows else []
+            while True:
+                try:
+                    new.append(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            for req in new:
+                if req is None:
+                    closing = True
+                else:
+                    self._admit(req)
+            if self.batch.rows:
+                self._step()
+
+    def _admit(self, req: Request) -> None:
+        try:
+            with self.backend.active():
+                req.entry, req.logits, req.prefilled = self.backend.prefill(req.ids)
+        except Exception as err:  # noqa: BLE001 - handed to the caller
+            req.events.put(("error", err))
+            return
+        if req.params is None:
+            self.backend.pool.checkin(req.entry)
+            req.events.put(("done", req))
+            return
+        req.generator = make_generator(req.params.seed, self.backend.device)
+        self._sample(req)
+        if req.finish is None:
+            self.batch.add(req)
+            self.max_batch_seen = max(self.max_batch_seen, len(self.batch.rows))
+        else:
+            self._finish(req)
+
+    def _sample(self, req: Request) -> None:
+        """Pick the next token from `req.logits`; set `finish` when the patch is over."""
+        params = req.params
+        assert params is not None and req.logits is not None
+        token = next_token(req.logits, params, req.generator)
+        req.out.append(token)
+        if token in self.backend.eos_ids and not params.ignore_eos:
+            req.finish = "eos"
+        elif params.stop or req.streaming:
+            text = self.backend.decode(req.out)
+            cut = min((text.find(s) for s in params.stop if s in text), default=-1)
+            if cut >= 0:
+                req.text, req.finish = text[:cut], "stop"
+            req.emitted = _emit(req, text if cut < 0 else req.text, final=req.finish == "stop")
+        if req.finish is None and len(req.out) >= params.max_new_tokens:
+            req.finish = "length"
+
+    def _step(self) -> None:
+        rows = self.batch.rows
+        device = self.backend.device
+        tokens = torch.tensor([[r.out[-1]] for r in rows], device=device)
+        try:
+            with self.backend.active():
+                if len(rows) == 1:
+                    logits = self.backend.forward(tokens, self.batch.cache, None, None)
+                else:
+                    positions = torch.tensor([[len(r.entry.ids)] for r in rows], device=device)
+                    logits = self.backend.forward(tokens, self.batch.cache, self.batch.mask(device), positions)
+        except Exception as err:  # noqa: BLE001 - every waiting caller gets it
+            for r in list(rows):
+                self.batch.remove(r)
+                r.events.put(("error", err))
+            return
+        for i, r in enumerate(list(rows)):
+            r.entry.ids.append(r.out[-1])
+            r.logits = logits[i]
+        for r in list(rows):
+            self._sample(r)
+            if r.finish is not None:
+                self.batch.remove(r)
+                self._finish(r)
+
+    def _finish(self, req: Request) -> None:
+        if req.finish != "stop":
+            req.text = self.backend.decode([t for t in req.out if t not in self.backend.eos_ids])
+            _emit(req, req.text, final=True)
+        self.backend.pool.checkin(req.entry)
+        req.events.put(("done", req))
+
+
+def _emit(req: Request, text: str, *, final: bool) -> str:
+    """Queue the new part of `text` for the caller; return what has been sent.
+
+    Until the patch is final, a trailing partial UTF-8 character and a tail that could still
+    grow into a stop string are held back, so the stream never shows text the patch drops.
+    """
+    if not req.streaming:
+        return req.emitted
+    stable = text
+    if not final:
+        stable = stable.rstrip("\ufffd")
+        stop = req.params.stop if req.params else ()
+        held = max((k for s in stop for k in range(1, len(s)) if stable.endswith(s[:k])), default=0)
+        stable = stable[: len(stable) - held]
+    if len(stable) > len(req.emitted) and stable.startswith(req.emitted):
+        req.events.put(("text", stable[len(req.emitted) :]))
+        return stable
+    return req.emitted
+
+
+def to_patch(req: Request) -> Patch:
+    assert req.finish in ("length", "eos", "stop")
+    return Patch(text=req.text, tokens=len(req.out), finish_reason=req.finish, prefilled=req.prefilled)

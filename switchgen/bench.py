@@ -1,0 +1,261 @@
+"""`switchgen bench`: what switching costs, measured side by side in one run.
+
+Variants, interleaved, on one engine (the same loaded weights), the same queries and budget:
+- switch: the Switch Generation graph as users run it (switcher + candidates, KV caches reused);
+- single: the aligned candidate alone writing the same number of tokens in one call (the floor);
+- reference: the authors' algorithm on the same engine: every patch re-encodes the whole context,
+  the switcher samples up to `patch_size` tokens of text and the first digit 0..n-1 wins.
+Every variant writes to the budget (EOS ignored) so the token counts match. Then a budget sweep
+(time per token) and a concurrency sweep (throughput of concurrently running graphs).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from switchgen.graph.builder import build_graph, connect
+from switchgen.graph.config import SwitchConfig
+from switchgen.nodes.prompts import candidate_prompt, has_chat_template, user_turn
+from switchgen.nodes.switcher import switcher_prompt
+from switchgen.servers.base import Backend, GenerationParams
+from switchgen.servers.local import LocalEngine
+
+QUERIES = [
+    "Explain why the sky is blue to a ten-year-old.",
+    "Write a short poem about a lighthouse keeper.",
+    "What is the capital of France, and what is it famous for?",
+    "Give three tips for learning a new language.",
+    "How many legs do three spiders and two cats have in total?",
+    "Describe the water cycle in a few sentences.",
+    "Why do cats purr?",
+    "Summarise the plot of a heist movie you invent.",
+]
+
+
+@dataclass
+class Timing:
+    seconds: float
+    tokens: int
+
+
+def _median(runs: list[Timing]) -> Timing:
+    return Timing(statistics.median(r.seconds for r in runs), int(statistics.median(r.tokens for r in runs)))
+
+
+def bench_config(config: SwitchConfig, budget: int, device: str | None) -> SwitchConfig:
+    data = config.model_dump()
+    data.update(max_new_tokens=budget, seed=data.get("seed") or 0)
+    data["patch_size"] = min(data["patch_size"], budget)
+    data["sampling"]["ignore_eos"] = True
+    if device:
+        for cand in data["candidates"]:
+            cand["device"] = device
+        data["switcher"]["device"] = device
+    return SwitchConfig.model_validate(data)
+
+
+def run_switch(graph, query: str) -> Timing:
+    start = time.perf_counter()
+    result = graph.invoke({"query": query})
+    return Timing(time.perf_counter() - start, result["tokens_used"])
+
+
+def run_single(config: SwitchConfig, aligned: Backend, query: str, tokens: int) -> Timing:
+    cand = config.candidates[config.aligned_index]
+    view = cand.view or ("chat" if has_chat_template(aligned.tokenizer) else "plain")
+    prompt = candidate_prompt(aligned.tokenizer, view, query, [], cand.plain_template)
+    params = GenerationParams(max_new_tokens=tokens, temperature=0.7, top_p=0.9, seed=0, ignore_eos=True)
+    start = time.perf_counter()
+    patch = aligned.generate(prompt, params)
+    return Timing(time.perf_counter() - start, patch.tokens)
+
+
+def run_reference(config: SwitchConfig, backends: list[Backend], switcher: Backend, query: str) -> Timing:
+    """The authors' loop (switch_generation.py), on fresh-cache backends."""
+    n, patch, budget = len(backends), config.patch_size, config.max_new_tokens
+    rounds = -(-budget // patch)
+    segments: list[str] = []
+    indices: list[int] = []
+    tokens = 0
+    start = time.perf_counter()
+    for r in range(rounds):
+        size = min(patch, budget - tokens)
+        if n == 3 and r in (0, rounds - 1):
+            k = n - 1
+        else:
+            text = switcher.generate(
+                user_turn(switcher.tokenizer, switcher_prompt(query, segments, indices, n)),
+                GenerationParams(max_new_tokens=patch, temperature=0.7, top_p=0.9, seed=r),
+            ).text
+            k = next((j for j in range(n) if str(j) in text), n - 1)
+        prompt = candidate_prompt(backends[k].tokenizer, "reference", query, segments)
+        out = backends[k].generate(
+            prompt, GenerationParams(max_new_tokens=size, temperature=0.7, top_p=0.9, seed=r, ignore_eos=True)
+        )
+        segments.append(out.text)
+        indices.append(k)
+        tokens += out.tokens
+    return Timing(time.perf_counter() - start, tokens)
+
+
+def run_concurrent(graph, queries: list[str], concurrency: int) -> Timing:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(lambda q: graph.invoke({"query": q}), queries))
+    return Timing(time.perf_counter() - start, sum(r["tokens_used"] for r in results))
+
+
+def interleaved(variants: dict[str, Callable[[int], Timing]], reps: int, progress: Callable[[str], None]) -> dict:
+    """Warm every variant up once, then run them round-robin `reps` times (order rotating)."""
+    for name, fn in variants.items():
+        fn(-1)
+    runs: dict[str, list[Timing]] = {name: [] for name in variants}
+    names = list(variants)
+    for rep in range(reps):
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            runs[name].append(variants[name](rep))
+        progress(f"rep {rep + 1}/{reps}")
+    return runs
+
+
+def weights_report(engine: LocalEngine, config: SwitchConfig) -> dict:
+    roles = len(config.candidates) + (1 if config.switcher.strategy == "learned" else 0)
+    size = sum(
+        sum(p.numel() * p.element_size() for p in m.model.parameters()) for m in engine.loaded_models
+    )
+    return {"roles": roles, "checkpoints_in_memory": len(engine.loaded_models), "weight_bytes": size}
+
+
+def run_bench(
+    config: SwitchConfig,
+    *,
+    budget: int = 512,
+    reps: int = 5,
+    budgets: tuple[int, ...] = (128, 256, 512, 1024),
+    concurrency: tuple[int, ...] = (1, 4, 8),
+    device: str | None = None,
+    progress: Callable[[str], None] = print,
+) -> dict:
+    torch.manual_seed(0)
+    engine = LocalEngine()
+    cfg = bench_config(config, budget, device)
+    graph = build_graph(cfg, engine=engine)
+    backends, switcher = connect(cfg, engine)
+    ref_backends = [
+        engine.backend(c.model, device=c.device, dtype=c.dtype, reuse_cache=False) for c in cfg.candidates
+    ]
+    ref_switcher = engine.backend(
+        cfg.switcher_model,
+        device=cfg.switcher.device or cfg.candidates[cfg.aligned_index].device,
+        dtype=cfg.switcher.dtype or "auto",
+        adapter=cfg.switcher.adapter,
+        reuse_cache=False,
+    )
+    aligned = backends[cfg.aligned_index]
+    query = QUERIES[0]
+
+    progress(f"variants: budget {budget}, patch {cfg.patch_size}, {reps} reps")
+    runs = interleaved(
+        {
+            "switch": lambda rep: run_switch(graph, query),
+            "single": lambda rep: run_single(cfg, aligned, query, budget),
+            "reference": lambda rep: run_reference(cfg, ref_backends, ref_switcher, query),
+        },
+        reps,
+        progress,
+    )
+    med = {name: _median(r) for name, r in runs.items()}
+
+    progress("budget sweep")
+    sweep_graphs = {b: build_graph(bench_config(config, b, device), engine=engine) for b in budgets}
+    sweep_runs = interleaved({str(b): (lambda rep, g=g: run_switch(g, query)) for b, g in sweep_graphs.items()}, reps, progress)
+    sweep = {int(b): _median(r) for b, r in sweep_runs.items()}
+
+    progress("concurrency sweep")
+    queries = (QUERIES * ((max(concurrency) + len(QUERIES) - 1) // len(QUERIES)))[: max(concurrency)]
+    conc_runs = interleaved(
+        {str(c): (lambda rep, c=c: run_concurrent(graph, queries, c)) for c in concurrency}, reps, progress
+    )
+    conc = {int(c): _median(r) for c, r in conc_runs.items()}
+
+    per_token = {name: t.seconds / t.tokens for name, t in med.items()}
+    lo, hi = min(budgets), max(budgets)
+    c_lo, c_hi = min(concurrency), max(concurrency)
+    return {
+        "device": str(aligned.device),
+        "torch_threads": torch.get_num_threads(),
+        "budget": budget,
+        "patch_size": cfg.patch_size,
+        "reps": reps,
+        "variants": {n: {"median_s": t.seconds, "tokens": t.tokens, "s_per_token": per_token[n]} for n, t in med.items()},
+        "raw": {n: [(t.seconds, t.tokens) for t in r] for n, r in runs.items()},
+        "budget_sweep": {b: {"median_s": t.seconds, "tokens": t.tokens, "s_per_token": t.seconds / t.tokens} for b, t in sweep.items()},
+        "concurrency_sweep": {c: {"median_s": t.seconds, "tokens": t.tokens, "tokens_per_s": t.tokens / t.seconds} for c, t in conc.items()},
+        "weights": weights_report(engine, cfg),
+        "ratios": {
+            "switch_vs_single": per_token["switch"] / per_token["single"],
+            "reference_vs_switch": per_token["reference"] / per_token["switch"],
+            f"per_token_{hi}_vs_{lo}": (sweep[hi].seconds / sweep[hi].tokens) / (sweep[lo].seconds / sweep[lo].tokens),
+            f"throughput_c{c_hi}_vs_c{c_lo}": (conc[c_hi].tokens / conc[c_hi].seconds) / (conc[c_lo].tokens / conc[c_lo].seconds),
+        },
+    }
+
+
+def markdown(report: dict) -> str:
+    r = report["ratios"]
+    v = report["variants"]
+    lines = [
+        f"device: {report['device']} ({report['torch_threads']} torch threads); budget {report['budget']}, "
+        f"patch {report['patch_size']}, median of {report['reps']} interleaved reps after a warm-up",
+        "",
+        "| variant | median s | tokens | ms/token |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {n} | {t['median_s']:.3f} | {t['tokens']} | {1000 * t['s_per_token']:.2f} |" for n, t in v.items()]
+    lines += ["", "| budget | median s | tokens | ms/token |", "|---:|---:|---:|---:|"]
+    lines += [
+        f"| {b} | {t['median_s']:.3f} | {t['tokens']} | {1000 * t['s_per_token']:.2f} |"
+        for b, t in report["budget_sweep"].items()
+    ]
+    lines += ["", "| concurrency | median s | tokens | tokens/s |", "|---:|---:|---:|---:|"]
+    lines += [
+        f"| {c} | {t['median_s']:.3f} | {t['tokens']} | {t['tokens_per_s']:.0f} |"
+        for c, t in report["concurrency_sweep"].items()
+    ]
+    w = report["weights"]
+    goals = {
+        "switch_vs_single": ("<= 1.10", lambda x: x <= 1.10),
+        "reference_vs_switch": (">= 5", lambda x: x >= 5),
+    }
+    lines += ["", "| goal | ratio | target | met |", "|---|---:|---:|:---:|"]
+    for name, value in r.items():
+        if name.startswith("per_token_"):
+            target, ok = "<= 1.3", value <= 1.3
+        elif name.startswith("throughput_"):
+            target, ok = ">= 3", value >= 3
+        else:
+            target, ok = goals[name][0], goals[name][1](value)
+        lines.append(f"| {name} | {value:.2f} | {target} | {'yes' if ok else 'no'} |")
+    lines.append(
+        f"| weights in memory | {w['checkpoints_in_memory']} checkpoints for {w['roles']} roles "
+        f"({w['weight_bytes'] / 2**20:.1f} MiB) | shared once | "
+        f"{'yes' if w['checkpoints_in_memory'] <= w['roles'] else 'no'} |"
+    )
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(path)
+
+
+__all__ = ["markdown", "run_bench", "write_json"]

@@ -1,0 +1,35 @@
+"""`switchgen bench` runs every variant and sweep and reports the goal ratios (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+
+from switchgen.cli import main
+
+
+def test_bench_reports_every_variant_sweep_and_ratio(toy_kit, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main([
+        "bench", "--preset", "toy", "--budget", "40", "--reps", "1",
+        "--budgets", "20,40", "--concurrency", "1,2", "--json", str(out),
+    ])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert set(report["variants"]) == {"switch", "single", "reference"}
+    # Every variant writes the same number of tokens, so the ratios compare like with like.
+    assert {v["tokens"] for v in report["variants"].values()} == {40}
+    assert set(report["budget_sweep"]) == {"20", "40"}
+    assert [report["budget_sweep"][b]["tokens"] for b in ("20", "40")] == [20, 40]
+    assert set(report["concurrency_sweep"]) == {"1", "2"}
+    assert set(report["ratios"]) == {
+        "switch_vs_single", "reference_vs_switch", "per_token_40_vs_20", "throughput_c2_vs_c1",
+    }
+    assert all(value > 0 for value in report["ratios"].values())
+    table = capsys.readouterr().out
+    for name in ("switch_vs_single", "reference_vs_switch", "weights in memory"):
+        assert name in table
+
+
+def test_bench_rejects_a_malformed_sweep(toy_kit, capsys):
+    assert main(["bench", "--budgets", "128,lots"]) == 2
+    assert "comma-separated integers" in capsys.readouterr().err
