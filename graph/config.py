@@ -6,6 +6,7 @@ named preset (graph/presets/*.yaml) by `load_config`.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -23,13 +24,60 @@ Role = Literal["pretrained", "finetuned", "aligned", "other"]
 View = Literal["chat", "plain", "reference"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Strategy = Literal["learned", "random", "fixed", "single"]
+Engine = Literal["local", "tgi", "openai"]
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CandidateConfig(_Model):
+class ServerFields(_Model):
+    """Where a checkpoint's tokens come from: the in-process engine, or an inference server.
+
+    Remote backends load only the tokenizer from `model` (prompts are rendered client-side).
+    """
+
+    backend: Engine = Field("local", description="local (in-process engine) | tgi (a TGI server) | openai (vLLM, SGLang).")
+    url: str | None = Field(
+        None,
+        description="tgi/openai: the server's base URL, e.g. http://127.0.0.1:8080. "
+        "${VAR} and ${VAR:-default} are read from the environment.",
+    )
+    served_model: str | None = Field(None, description="openai: the model name the server serves (default: `model`).")
+    timeout: float = Field(300.0, gt=0, description="Seconds to wait for a server's answer (read timeout).")
+    connect_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a connection to a server.")
+    retries: int = Field(4, ge=0, description="Retries on 429/503 and dropped connections, with exponential backoff.")
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _expand_url(cls, url: object) -> object:
+        if not isinstance(url, str):
+            return url
+
+        def value(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            found = os.environ.get(name) or default
+            if found is None:
+                raise ValueError(f"environment variable {name} (in {url!r}) is not set")
+            return found
+
+        expanded = _ENV_VAR.sub(value, url).strip().rstrip("/")
+        if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", expanded):
+            raise ValueError(f"url {expanded!r} is not an http(s) URL like http://127.0.0.1:8080")
+        return expanded
+
+    @model_validator(mode="after")
+    def _url_matches_backend(self) -> ServerFields:
+        remote = self.backend in ("tgi", "openai")
+        if remote and not self.url:
+            raise ValueError(f"backend {self.backend!r} needs url (the server's base URL, e.g. http://127.0.0.1:8080)")
+        if not remote and self.url:
+            raise ValueError(f"url is set but backend is {self.backend!r}: set backend: tgi or backend: openai")
+        return self
+
+
+class CandidateConfig(ServerFields):
     """One checkpoint that writes patches. Its position in `candidates` is its model index."""
 
     name: str = Field(description="Node name in the graph and the author label in outputs.")
@@ -68,8 +116,20 @@ class CandidateConfig(_Model):
         return template
 
 
-class SwitcherConfig(_Model):
+class SwitcherConfig(ServerFields):
     """Who picks the author of the next patch."""
+
+    backend: Engine | None = Field(  # type: ignore[assignment]
+        None,
+        description="local | tgi | openai. Default: the server of the candidate sharing the switcher's model "
+        "(with `adapter` sent as TGI's adapter_id), else local.",
+    )
+    top_n_tokens: int = Field(
+        20,
+        ge=1,
+        description="Remote switchers: the top tokens asked for (TGI top_n_tokens, OpenAI logprobs); digits "
+        "outside them count as zero. The server's --max-top-n-tokens / --max-logprobs must allow it.",
+    )
 
     strategy: Strategy = Field(
         "learned",
@@ -98,6 +158,7 @@ class SamplingConfig(_Model):
     greedy: bool = False
     temperature: float = Field(0.7, gt=0.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
+    ignore_eos: bool = Field(False, description="Keep writing past EOS to the budget (for benchmarks).")
 
 
 class SwitchConfig(_Model):
@@ -155,6 +216,16 @@ class SwitchConfig(_Model):
     @property
     def switcher_model(self) -> str:
         return self.switcher.model or self.candidates[self.aligned_index].model
+
+    def switcher_server(self) -> ServerFields:
+        """The learned switcher's server settings: its own, else those of the candidate sharing its model.
+
+        An untuned switcher (or a LoRA adapter) on a served candidate thus asks that candidate's server.
+        """
+        if self.switcher.backend is not None:
+            return self.switcher
+        twin = next((c for c in self.candidates if c.model == self.switcher_model), None)
+        return twin if twin is not None else ServerFields()
 
     def index_of(self, ref: str | int) -> int:
         """A candidate's index from its name or index (also given as a string, "2")."""

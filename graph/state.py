@@ -2,15 +2,24 @@
 
 Nodes return only their update; list channels append (reducers), so the trace and the
 decision log grow step by step and LangGraph Studio shows each step's change.
+
+`messages` is the standard conversation channel (add_messages): the graph reads the last
+human message as the query and appends its answer as one AIMessage, so it drops into agent
+graphs. With a checkpointer a thread keeps the conversation; each new input starts a fresh
+trace (segments, decisions and the budget are per turn; see switchgen.graph.compiled).
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Literal, Required, TypedDict
+from typing import Annotated, Literal
+
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
+from typing_extensions import NotRequired, Required, TypedDict  # pydantic builds schemas from these on 3.11
 
 FinishReason = Literal["length", "eos", "stop", "budget"]
-How = Literal["anchor", "switcher", "fallback", "forced"]
+How = Literal["anchor", "switcher", "fallback", "forced", "review"]
 
 
 class Segment(TypedDict, total=False):
@@ -38,10 +47,14 @@ class Decision(TypedDict):
     probabilities: dict[str, float] | None
     # Probability mass the switcher put on the digit tokens at all (None when not asked).
     digit_mass: float | None
+    # Review mode: the candidate the switcher proposed when a reviewer chose another (how="review").
+    proposed: NotRequired[str]
 
 
 class InputState(TypedDict, total=False):
-    query: Required[str]
+    # The question; or leave it out and pass `messages`: the last human message is the question.
+    query: str
+    messages: Annotated[list[AnyMessage], add_messages]
     # A partial trace to continue from (e.g. a switcher-training rollout).
     segments: list[Segment]
     # Decisions imposed on the first steps: candidate names or indices, consumed in order.
@@ -50,6 +63,8 @@ class InputState(TypedDict, total=False):
 
 class OutputState(TypedDict, total=False):
     query: str
+    # The conversation, ending with this turn's answer (an AIMessage holding segments and decisions).
+    messages: Annotated[list[AnyMessage], add_messages]
     output: str
     segments: list[Segment]
     decisions: list[Decision]
@@ -60,6 +75,13 @@ class OutputState(TypedDict, total=False):
 
 class SwitchState(TypedDict, total=False):
     query: str
+    messages: Annotated[list[AnyMessage], add_messages]
+    # The turn the trace belongs to (private): a new input starts a new one.
+    turn: str
+    # The run-time context the turn started with (private; see graph/context.py).
+    settings: dict
+    # Review mode: the switcher's decision waiting for a reviewer (private; see nodes/review.py).
+    proposal: Decision | None
     segments: Annotated[list[Segment], operator.add]
     decisions: Annotated[list[Decision], operator.add]
     forced: list[str | int]

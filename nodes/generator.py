@@ -6,8 +6,10 @@ from collections.abc import Callable
 
 from switchgen.graph.config import SwitchConfig
 from switchgen.graph.state import Segment, SwitchState
+from switchgen.nodes.messages import conversation_history
 from switchgen.nodes.prompts import candidate_prompt, has_chat_template
 from switchgen.nodes.seeds import derive_seed
+from switchgen.nodes.streaming import PatchStream
 from switchgen.servers.base import Backend, GenerationParams
 
 
@@ -26,7 +28,10 @@ def make_generator_node(config: SwitchConfig, index: int, backend: Backend) -> C
         cue = config.cue if config.objective and remaining <= config.patch_size else ""
         if cue:  # the reference appends the cue to the trace's last segment
             texts = [*texts[:-1], texts[-1] + cue] if texts else [cue]
-        prompt = candidate_prompt(backend.tokenizer, view, state["query"], texts, candidate.plain_template)
+        history = conversation_history(state.get("messages"))
+        prompt = candidate_prompt(backend.tokenizer, view, state["query"], texts, candidate.plain_template, history)
+        stream = PatchStream(candidate.name, len(segments))  # custom stream events: tokens with their author
+        stream.emit(cue)
         patch = backend.generate(
             prompt,
             GenerationParams(
@@ -36,8 +41,11 @@ def make_generator_node(config: SwitchConfig, index: int, backend: Backend) -> C
                 top_p=sampling.top_p,
                 seed=derive_seed(config.seed, "patch", len(segments)),
                 stop=tuple(candidate.stop),
+                ignore_eos=sampling.ignore_eos,
             ),
+            on_text=stream.emit,
         )
+        stream.complete(cue + patch.text)
         used += patch.tokens
         finish = "budget" if patch.finish_reason == "length" and used >= budget else patch.finish_reason
         segment: Segment = {

@@ -2,30 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
 _SENTINEL = "\uE000switchgen-trace\uE000"
+_PLAIN_ROLES = {"user": "User", "assistant": "Assistant", "system": "System"}
+
+# Earlier turns of a conversation: chat-template messages {"role": ..., "content": ...}.
+History = Sequence[Mapping[str, str]]
 
 
 def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def chat_prefix(tokenizer: PreTrainedTokenizerBase, query: str) -> str:
-    """The chat-templated prompt up to where the assistant's reply begins.
+def chat_prefix(tokenizer: PreTrainedTokenizerBase, query: str, history: History = ()) -> str:
+    """The chat-templated prompt (earlier turns, then the query) up to where the assistant's reply begins.
 
     Rendered with a placeholder reply that is then cut off, so the trace is appended verbatim
     (templates that trim or escape content never touch it) and every patch's prompt extends the
     previous one: the KV cache's common prefix stays whole.
     """
-    messages = [{"role": "user", "content": query}, {"role": "assistant", "content": _SENTINEL}]
+    messages = [*map(dict, history), {"role": "user", "content": query}, {"role": "assistant", "content": _SENTINEL}]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
     if _SENTINEL in rendered:
         return rendered[: rendered.index(_SENTINEL)]
     # A template that drops the reply's content: the generation prompt is the prefix.
-    return tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+
+
+def plain_transcript(history: History, query: str) -> str:
+    """A conversation as plain text for models without a chat template: "User: ...", "Assistant: ..." lines.
+
+    Without earlier turns it is the query alone (the single-turn prompt is unchanged).
+    """
+    if not history:
+        return query
+    lines = [f"{_PLAIN_ROLES.get(m['role'], m['role'].title())}: {m['content']}" for m in history]
+    return "\n".join([*lines, f"User: {query}"])
 
 
 def candidate_prompt(
@@ -34,27 +49,33 @@ def candidate_prompt(
     query: str,
     segments: Sequence[str],
     plain_template: str = "{query}\n\n{trace}",
+    history: History = (),
 ) -> str:
     """The prompt a candidate continues.
 
-    chat: its chat template, user turn = query, the trace = its own partial reply.
-    plain: `plain_template` filled with the query and the trace.
+    chat: its chat template, the earlier turns, user turn = query, the trace = its own partial reply.
+    plain: `plain_template` filled with the query (a plain transcript when there are earlier turns)
+    and the trace.
     reference: as the paper's code: user turn = query + " " + each segment followed by a space,
     with the generation prompt (raw text where the tokenizer has no template).
     """
     trace = "".join(segments)
     if view == "chat":
-        return chat_prefix(tokenizer, query) + trace
+        return chat_prefix(tokenizer, query, history) + trace
     if view == "plain":
-        return plain_template.format(query=query, trace=trace)
+        return plain_template.format(query=plain_transcript(history, query), trace=trace)
     if view == "reference":
         text = query + " " + "".join(s + " " for s in segments)
-        return user_turn(tokenizer, text)
+        return user_turn(tokenizer, text, history)
     raise ValueError(f"unknown view {view!r}")
 
 
-def user_turn(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
-    """`text` as a user message with the generation prompt, or as is without a chat template."""
+def user_turn(tokenizer: PreTrainedTokenizerBase, text: str, history: History = ()) -> str:
+    """`text` as a user message with the generation prompt, or as is without a chat template.
+
+    The switcher always gets it without history: its prompt stays the released switchers'.
+    """
     if not has_chat_template(tokenizer):
-        return text
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        return plain_transcript(history, text) if history else text
+    messages = [*map(dict, history), {"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

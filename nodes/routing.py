@@ -8,9 +8,14 @@ from switchgen.graph.state import SwitchState
 
 
 def route_after_switcher(state: SwitchState) -> str:
-    """The candidate the switcher chose, or END when the response is finished."""
+    """The candidate the switcher chose, or END when the response is finished.
+
+    In review mode a proposal waits for its reviewer: back to the switcher, which pauses on it.
+    """
     if state.get("done"):
         return END
+    if state.get("proposal"):
+        return "switcher"
     return state["decisions"][-1]["chosen"]
 
 

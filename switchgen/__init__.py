@@ -5,3 +5,18 @@ response, a patch at a time; a switcher LM picks who writes next (arXiv 2510.099
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["ChatSwitchGeneration", "LangChainLLMBackend", "__version__"]
+
+
+def __getattr__(name: str):
+    """Heavy exports load on first use, so that the command line starts fast."""
+    if name == "ChatSwitchGeneration":
+        from switchgen.chat_model import ChatSwitchGeneration
+
+        return ChatSwitchGeneration
+    if name == "LangChainLLMBackend":
+        from switchgen.servers.langchain_llm import LangChainLLMBackend
+
+        return LangChainLLMBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

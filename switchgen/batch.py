@@ -1,21 +1,27 @@
 """`switchgen generate`: a JSONL file of queries in, one record per query out, resumable.
 
 Records are appended one by one and flushed, so a run that dies keeps every finished record;
-a rerun checks them against the input and continues after the last one.
+a rerun checks them against the input and continues after the last one. With `concurrency` N,
+N queries run at once (inference servers batch them) and records are still written in input
+order. A query that a server fails gets a record with "error" (and no generation_log) and the
+run goes on; a rerun retries those first. A server that cannot be reached stops the run.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from langgraph.graph.state import CompiledStateGraph
 from tqdm import tqdm
 
-from switchgen.errors import InputError
+from switchgen.errors import InputError, ServerError, ServerUnreachable
 from switchgen.graph.config import SwitchConfig
 
 
@@ -24,19 +30,20 @@ def read_inputs(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     records: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{path}:{lineno}: expected a JSON object with an \"input\" field")
-            if not isinstance(record.get("input"), str) or not record["input"].strip():
-                raise InputError(f"{path}:{lineno}: missing or empty \"input\" (a non-empty string)")
-            records.append(record)
+    for lineno, line in enumerate(path.read_bytes().split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InputError(f"{path}:{lineno}: not UTF-8 text") from None
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{path}:{lineno}: expected a JSON object with an \"input\" field")
+        if not isinstance(record.get("input"), str) or not record["input"].strip():
+            raise InputError(f"{path}:{lineno}: missing or empty \"input\" (a non-empty string)")
+        records.append(record)
     if not records:
         raise InputError(f"{path}: no input records (expected one JSON object with \"input\" per line)")
     return records
@@ -48,26 +55,30 @@ def default_output(input_path: Path) -> Path:
 
 
 def records_done(output: Path, inputs: list[dict[str, Any]]) -> int:
-    """How many inputs already have a record in `output`; a torn last line is cut off."""
+    """How many inputs already have a record in `output`.
+
+    The records are checked against the inputs first; only then is a torn last line (a run
+    killed mid-write) cut off, so a file that is refused is left exactly as it was.
+    """
     if not output.exists():
         return 0
-    with output.open("rb+") as f:
-        data = f.read()
-        complete = data[: data.rfind(b"\n") + 1]
-        if len(complete) != len(data):
-            f.truncate(len(complete))
-    lines = complete.decode("utf-8").splitlines()
+    data = output.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    lines = complete.split(b"\n")[:-1]
     if len(lines) > len(inputs):
         raise InputError(f"{output}: holds {len(lines)} records but the input has {len(inputs)}; choose another --output")
     for lineno, (line, source) in enumerate(zip(lines, inputs, strict=False), 1):
         try:
-            done = json.loads(line)
-        except json.JSONDecodeError:
-            raise InputError(f"{output}:{lineno}: not valid JSON; delete the file or choose another --output") from None
+            done = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise InputError(f"{output}:{lineno}: not a JSON record; delete the file or choose another --output") from None
         if not isinstance(done, dict) or done.get("input") != source["input"]:
             raise InputError(
                 f"{output}:{lineno}: this record is for another input; delete the file or choose another --output"
             )
+    if len(complete) != len(data):
+        with output.open("rb+") as f:
+            f.truncate(len(complete))
     return len(lines)
 
 
@@ -90,6 +101,49 @@ def make_record(source: dict[str, Any], result: dict[str, Any], config: SwitchCo
     return {**source, "output": result.get("output", ""), "generation_log": log}
 
 
+class RunResult(NamedTuple):
+    start: int  # records already in the file
+    written: int  # records appended now
+    failed: int  # records (old retried or new) that hold an "error"
+
+
+def is_failed(record: dict[str, Any]) -> bool:
+    """A record of a query that a server failed: it holds "error" and no generation_log."""
+    return record.get("generation_log") is None and "error" in record
+
+
+def error_record(source: dict[str, Any], err: Exception) -> dict[str, Any]:
+    return {**source, "output": None, "generation_log": None, "error": str(err)}
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def in_order(items: Iterable[T], fn: Callable[[T], R], concurrency: int) -> Iterator[tuple[T, R]]:
+    """`fn` over `items` on `concurrency` threads, yielded in input order as soon as each is ready.
+
+    At most 2 x concurrency are submitted ahead of the first unfinished one, so a slow query
+    holds back only a bounded number of finished ones.
+    """
+    if concurrency <= 1:
+        for item in items:
+            yield item, fn(item)
+        return
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="switchgen-query")
+    it = iter(items)
+    window: deque[tuple[T, Future[R]]] = deque((item, pool.submit(fn, item)) for item in islice(it, 2 * concurrency))
+    try:
+        while window:
+            item, future = window.popleft()
+            result = future.result()
+            for nxt in islice(it, 1):
+                window.append((nxt, pool.submit(fn, nxt)))
+            yield item, result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_file(
     graph: CompiledStateGraph,
     config: SwitchConfig,
@@ -97,19 +151,55 @@ def run_file(
     output: Path,
     *,
     progress: bool = True,
-) -> tuple[int, int]:
-    """Generate for every input without a record yet; returns (already done, written now)."""
+    concurrency: int = 1,
+) -> RunResult:
+    """Generate for every input without a record yet (and retry failed records first)."""
+    if concurrency < 1:
+        raise InputError(f"concurrency must be at least 1, got {concurrency}")
     start = records_done(output, inputs)
-    todo: Iterable[dict[str, Any]] = inputs[start:]
-    bar = tqdm(total=len(inputs), initial=start, desc="switch generation", unit="query", disable=not progress)
-    written = 0
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("a", encoding="utf-8") as out, bar:
-        for source in todo:
+    lines = output.read_text(encoding="utf-8").splitlines() if start else []
+    retry = [i for i, line in enumerate(lines) if is_failed(json.loads(line))]
+
+    def one(index: int) -> dict[str, Any]:
+        source = inputs[index]
+        try:
             result = graph.invoke({"query": source["input"]})
-            out.write(json.dumps(make_record(source, result, config), ensure_ascii=False) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-            written += 1
-            bar.update(1)
-    return start, written
+        except ServerUnreachable:
+            raise
+        except ServerError as err:  # this query only: recorded, and the run goes on
+            return error_record(source, err)
+        return make_record(source, result, config)
+
+    failed = written = 0
+    bar = tqdm(total=len(inputs), initial=start - len(retry), desc="switch generation", unit="query", disable=not progress)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with bar:
+            if retry:  # redo failed records, then replace them in one atomic rewrite
+                for index, record in in_order(retry, one, concurrency):
+                    lines[index] = json.dumps(record, ensure_ascii=False)
+                    failed += is_failed(record)
+                    bar.update(1)
+                _rewrite(output, lines)
+            with output.open("a", encoding="utf-8") as out:
+                for _, record in in_order(range(start, len(inputs)), one, concurrency):
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+                    written += 1
+                    failed += is_failed(record)
+                    bar.update(1)
+    except ServerUnreachable as err:
+        done = start + written
+        raise ServerUnreachable(f"{err}. {output} keeps its {done} finished records: rerun to resume") from None
+    return RunResult(start, written, failed)
+
+
+def _rewrite(output: Path, lines: list[str]) -> None:
+    """Replace `output` by `lines` atomically: the old file stays whole until the new one is."""
+    tmp = output.with_name(output.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, output)

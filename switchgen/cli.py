@@ -27,11 +27,51 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--input", type=Path, required=True, help='JSONL, one object with "input" per line')
     gen.add_argument("--output", type=Path, help="default: INPUT_switch_generation.jsonl beside the input")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.add_argument("--concurrency", type=int, default=1, help="queries run at once (servers batch them); default 1")
     _config_args(gen)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve each checkpoint over TGI's HTTP protocol (and /v1/completions), or write a compose file",
+        description="Start one server per distinct checkpoint of the configuration on 127.0.0.1 "
+        "(ports BASE, BASE+1, ...), or print the config that points at them, or a Docker Compose file.",
+    )
+    _config_args(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="first port; one per server (default 8080; 0: any free)")
+    serve.add_argument("--max-top-n-tokens", type=int, default=1024, help="largest top_n_tokens / logprobs allowed")
+    serve.add_argument("--print-config", action="store_true", help="print a config pointing at the servers, and exit")
+    serve.add_argument("--compose", action="store_true", help="print a Docker Compose file for GPUs instead of serving")
+    serve.add_argument(
+        "--engine", choices=["tgi", "vllm"], default="tgi",
+        help="protocol of --print-config (tgi, or vllm: the OpenAI completions API) and server image of --compose",
+    )
+    serve.add_argument("--output", type=Path, help="write --compose or --print-config here instead of stdout")
+
+    merge = sub.add_parser("merge-switcher", help="merge the switcher's LoRA adapter into its base model (for TGI)")
+    _config_args(merge)
+    merge.add_argument("--output", type=Path, required=True, help="folder for the merged model and tokenizer")
+
+    chat = sub.add_parser("chat", help="an interactive conversation, tokens coloured by the candidate writing them")
+    _config_args(chat)
+    chat.add_argument("--thread", help="resume this conversation (default: a new one; its id is printed)")
+    chat.add_argument("--db", type=Path, help="SQLite file of the threads (default: $SWITCHGEN_HOME/chat.sqlite)")
+    chat.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="ANSI colours (default: auto)")
+    chat.add_argument("--review", action="store_true", help="pause before each patch to choose its author")
 
     toy = sub.add_parser("toy-models", help="build the tiny offline checkpoints (P, F, A, switcher)")
     toy.add_argument("directory", type=Path, nargs="?", help="default: the toy preset's cache folder")
     toy.add_argument("--overwrite", action="store_true")
+
+    bench = sub.add_parser("bench", help="measure switching's cost against a single model and the reference")
+    bench.add_argument("--preset", default="toy", help="a named preset (default: toy)")
+    bench.add_argument("--config", type=Path, help="a YAML configuration file")
+    bench.add_argument("--device", help="run every checkpoint on this device (e.g. cuda)")
+    bench.add_argument("--budget", type=int, default=512, help="tokens per response for the variants")
+    bench.add_argument("--reps", type=int, default=5, help="timed repetitions per variant, after a warm-up")
+    bench.add_argument("--budgets", default="128,256,512,1024", help="budget sweep")
+    bench.add_argument("--concurrency", default="1,4,8", help="concurrency sweep")
+    bench.add_argument("--json", type=Path, default=Path("bench.json"), help="raw figures (default: bench.json)")
 
     sub.add_parser("presets", help="list the named presets")
     return parser
@@ -65,6 +105,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "generate":
         return _generate(args)
+    if args.command == "chat":
+        return _chat(args)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "merge-switcher":
+        from switchgen.graph import load_config
+        from switchgen.servers.merge import merge_switcher
+
+        _quiet_transformers()
+        print(f"merged switcher in {merge_switcher(load_config(args.config or args.preset), args.output)}")
+        return 0
+    if args.command == "bench":
+        return _bench(args)
     raise AssertionError(args.command)
 
 
@@ -81,11 +134,131 @@ def _generate(args: argparse.Namespace) -> int:
         patch_size=args.patch_size,
     )
     output = args.output or default_output(args.input)
+    if args.concurrency < 1:
+        raise SwitchgenError(f"--concurrency must be at least 1, got {args.concurrency}")
+    from switchgen.servers.connect import server_probes
+    from switchgen.servers.remote import check_servers
+
+    check_servers(server_probes(config))  # every server answers before any query runs
     graph = build_graph(config)
-    start, written = run_file(graph, config, inputs, output, progress=not args.no_progress)
+    start, written, failed = run_file(
+        graph, config, inputs, output, progress=not args.no_progress, concurrency=args.concurrency
+    )
     resumed = f" (resumed after {start})" if start else ""
     print(f"{start + written} records in {output}{resumed}")
+    if failed:
+        print(
+            f"switchgen: {failed} queries failed on a server; their records hold \"error\": rerun to retry them",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _quiet_transformers()
+    from switchgen.graph import load_config
+    from switchgen.servers.plan import plan_servers
+
+    config = load_config(
+        args.config or args.preset, seed=args.seed, max_new_tokens=args.max_new_tokens, patch_size=args.patch_size
+    )
+    if args.compose:
+        from switchgen.servers.compose import compose_config, compose_file
+
+        text = compose_config(config, engine=args.engine, base_port=args.port) if args.print_config else compose_file(
+            config, engine=args.engine, base_port=args.port, source=_source_args(args)
+        )
+        return _write_text(text, args.output)
+    plan = plan_servers(config, args.port)
+    if args.print_config:
+        if args.port == 0:
+            raise SwitchgenError("--print-config needs fixed ports: give --port BASE")
+        return _write_text(_config_yaml(config, plan, args), args.output)
+
+    from switchgen.servers.serve import prepare, serve_forever
+
+    running = prepare(plan, args.host, max_top_n_tokens=args.max_top_n_tokens)
+
+    def ready() -> None:
+        print(f"switchgen serve: {len(running)} servers (TGI protocol, /v1/completions); Ctrl-C stops them")
+        for r in running:
+            users = ", ".join(r.plan.users) + (f" (+ adapter {', '.join(r.plan.adapters)})" if r.plan.adapters else "")
+            print(f"  {r.plan.url(args.host):<26} {r.plan.model:<24} {users}")
+        hint = " ".join(["switchgen serve", *_source_args(args), f"--port {running[0].plan.port}", "--print-config"])
+        print(f"a config for these servers: {hint} > my.yaml")
+        print("ready", flush=True)
+
+    serve_forever(running, on_ready=ready)
+    return 0
+
+
+def _source_args(args: argparse.Namespace) -> list[str]:
+    source = [f"--config {args.config}"] if args.config else [f"--preset {args.preset}"] if args.preset else []
+    for flag in ("seed", "max_new_tokens", "patch_size"):
+        if getattr(args, flag) is not None:
+            source.append(f"--{flag.replace('_', '-')} {getattr(args, flag)}")
+    return source
+
+
+def _config_yaml(config, plan, args: argparse.Namespace) -> str:  # noqa: ANN001 - SwitchConfig, plan
+    import yaml
+
+    from switchgen.servers.plan import served_config
+
+    data = served_config(config, plan, engine=args.engine, host=args.host)
+    if "switcher" in data and "top_n_tokens" not in data["switcher"]:
+        data["switcher"]["top_n_tokens"] = args.max_top_n_tokens  # these servers allow it: the exact distribution
+    head = f"# Generated by: switchgen serve {' '.join(_source_args(args))} --port {args.port} --print-config\n"
+    return head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _write_text(text: str, output: Path | None) -> int:
+    if output is None:
+        sys.stdout.write(text)
+        return 0
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(output)  # no half-written file
+    print(f"wrote {output}", file=sys.stderr)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    _quiet_transformers()
+    from switchgen.bench import markdown, run_bench, write_json
+    from switchgen.graph import load_config
+
+    def ints(text: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(x) for x in text.split(","))
+        except ValueError:
+            raise SwitchgenError(f"expected comma-separated integers, got {text!r}") from None
+
+    report = run_bench(
+        load_config(args.config or args.preset),
+        budget=args.budget,
+        reps=args.reps,
+        budgets=ints(args.budgets),
+        concurrency=ints(args.concurrency),
+        device=args.device,
+        progress=lambda line: print(line, file=sys.stderr),
+    )
+    write_json(report, args.json)
+    print(markdown(report))
+    print(f"\nraw figures: {args.json}")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    _quiet_transformers()
+    from switchgen.chat import run_chat
+    from switchgen.graph import load_config
+
+    config = load_config(
+        args.config or args.preset, seed=args.seed, max_new_tokens=args.max_new_tokens, patch_size=args.patch_size
+    )
+    return run_chat(config, db=args.db, thread=args.thread, color=args.color, review=args.review)
 
 
 def _quiet_transformers() -> None:

@@ -13,5 +13,17 @@ class ModelLoadError(SwitchgenError):
     """A checkpoint or adapter could not be found or loaded."""
 
 
-class InputError(SwitchgenError):
-    """A query, an input file or a graph input is malformed."""
+class InputError(SwitchgenError, ValueError):
+    """A query, an input file or a graph input is malformed.
+
+    Also a ValueError, so that servers which show only standard errors' messages (the LangGraph
+    API server) pass its message on to the client.
+    """
+
+
+class ServerError(SwitchgenError):
+    """An inference server refused or failed a request (after any retries)."""
+
+
+class ServerUnreachable(ServerError):
+    """No inference server answers at a configured URL (down, wrong URL, or dropped connections)."""

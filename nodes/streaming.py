@@ -1,0 +1,48 @@
+"""Tokens with their author: custom stream events {candidate, text, patch} from the generator nodes.
+
+`graph.stream(..., stream_mode="custom")` yields one event per piece of decoded text, tagged with
+the candidate writing it and the patch (the segment's position in the trace). Joined, a patch's
+events are exactly its segment's text, even for a backend that does not stream (one event then).
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from langgraph.config import get_stream_writer
+from langgraph.types import StreamWriter
+
+
+class TokenEvent(TypedDict):
+    candidate: str
+    text: str
+    patch: int
+
+
+def _writer() -> StreamWriter | None:
+    try:
+        return get_stream_writer()
+    except RuntimeError:  # called outside a graph run (a node used on its own)
+        return None
+
+
+class PatchStream:
+    """Sends one patch's text as it is written; `complete` sends whatever the backend did not."""
+
+    def __init__(self, candidate: str, patch: int) -> None:
+        self.candidate = candidate
+        self.patch = patch
+        self.sent = ""
+        self._write = _writer()
+
+    def emit(self, text: str) -> None:
+        if not text:
+            return
+        self.sent += text
+        if self._write is not None:
+            self._write(TokenEvent(candidate=self.candidate, text=text, patch=self.patch))
+
+    def complete(self, text: str) -> None:
+        """Send the rest of the patch's final `text` (a backend that streamed nothing sends it all here)."""
+        if text.startswith(self.sent):
+            self.emit(text[len(self.sent):])

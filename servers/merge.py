@@ -1,0 +1,36 @@
+"""`switchgen merge-switcher`: a LoRA switcher merged into its base model, for servers that lose
+prefix caching with adapters (TGI turns it off when started with --lora-adapters)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from switchgen.errors import ConfigError
+from switchgen.graph.config import SwitchConfig
+from switchgen.servers.loading import attach_adapter, load_model, load_tokenizer, resolve_dtype, resolve_model
+
+
+def merge_switcher(config: SwitchConfig, output: Path) -> Path:
+    """Write base + adapter, merged (peft's merge_and_unload), with the base's tokenizer, to `output`."""
+    sw = config.switcher
+    if sw.strategy != "learned" or not sw.adapter:
+        raise ConfigError("the configuration's switcher has no adapter (switcher.adapter): nothing to merge")
+    if output.exists() and any(output.iterdir()):
+        raise ConfigError(f"{output} exists and is not empty; choose another --output")
+    location = resolve_model(config.switcher_model)
+    twin = next((c for c in config.candidates if c.model == config.switcher_model), None)
+    # The checkpoint's own dtype unless the config names one (a CPU-only host must not widen it).
+    dtype = resolve_dtype(sw.dtype or (twin.dtype if twin else "auto"), torch.device("cuda"))
+    model = attach_adapter(load_model(location, torch.device("cpu"), dtype), sw.adapter, "switcher")
+    merged = model.merge_and_unload()
+    tmp = output.with_name(output.name + ".partial")  # no half-written model under `output`
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    load_tokenizer(location).save_pretrained(tmp)
+    if output.exists():
+        output.rmdir()
+    tmp.replace(output)
+    return output

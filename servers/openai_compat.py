@@ -1,0 +1,199 @@
+"""A checkpoint served by an OpenAI-compatible server (vLLM, SGLang, `switchgen serve`).
+
+A patch is one POST /v1/completions (max_tokens, temperature 0 for greedy, seed, stop); the
+switcher's distribution is a one-token request with `logprobs` = top-k. OpenAI says "stop" for
+both EOS and a stop string: vLLM's `stop_reason` and SGLang's `matched_stop` tell them apart
+(a string: the stop string; an integer or null: EOS). Servers that say neither are read as EOS
+when no stop strings were asked for, else as a stop string (both end the response).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+from transformers import PreTrainedTokenizerBase
+
+from switchgen.errors import ServerError
+from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
+from switchgen.servers.loading import load_tokenizer, resolve_model
+from switchgen.servers.local import choice_token_ids
+from switchgen.servers.remote import (
+    Endpoint,
+    HTTPFailure,
+    StopHoldback,
+    choice_probabilities,
+    cut_at_stop,
+    error_detail,
+    retry_after_seconds,
+    run_streaming,
+    run_sync,
+    server_prompt,
+    with_retries,
+)
+
+_MISSING = object()
+
+
+class OpenAIBackend:
+    """The `Backend` surface over one OpenAI-compatible completions endpoint."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        model: str,
+        *,
+        served_model: str | None = None,
+        top_n_tokens: int = 20,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.served_model = served_model or model
+        self.top_n_tokens = top_n_tokens
+        self._tokenizer = tokenizer or load_tokenizer(resolve_model(model))
+        self._client: httpx.AsyncClient | None = None
+        self._spellings: dict[tuple[str, ...], tuple[dict[str, int], bool]] = {}
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._tokenizer
+
+    def generate(self, prompt: str, params: GenerationParams, on_text: TextCallback | None = None) -> Patch:
+        body = self._body(prompt, params)
+        if on_text is None:
+            return run_sync(self._generate(body, params.stop))
+        return run_streaming(lambda emit: self._stream(body, params.stop, emit), on_text)
+
+    def choice_distribution(self, prompt: str, choices: Sequence[str]) -> ChoiceScores:
+        spelled, all_spelled = self._choice_spellings(choices)
+        body = {
+            "model": self.served_model,
+            "prompt": server_prompt(self.tokenizer, prompt),
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": self.top_n_tokens,
+        }
+        data = run_sync(self._post(body))
+        logprobs = (data["choices"][0].get("logprobs") or {}) if data.get("choices") else {}
+        candidates: dict[str, float] = {}
+        for top in (logprobs.get("top_logprobs") or [])[:1]:
+            candidates.update(top or {})
+        for token, lp in zip((logprobs.get("tokens") or [])[:1], (logprobs.get("token_logprobs") or [])[:1], strict=False):
+            if lp is not None:
+                candidates.setdefault(token, lp)
+        per_choice = [0.0] * len(choices)
+        for token, lp in candidates.items():
+            index = spelled.get(token)
+            if index is None and token.startswith("token_id:"):  # vLLM's return_tokens_as_token_ids
+                index = spelled.get(f"token_id:{token.removeprefix('token_id:')}")
+            if index is not None and lp is not None:
+                per_choice[index] += math.exp(float(lp))
+        probs, mass = choice_probabilities(per_choice, all_spelled)
+        return ChoiceScores(probs=probs, mass=mass)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _choice_spellings(self, choices: Sequence[str]) -> tuple[dict[str, int], bool]:
+        """Token text (and "token_id:N") -> choice index, for the single-token spellings of each choice."""
+        key = tuple(choices)
+        if key not in self._spellings:
+            ids = choice_token_ids(self.tokenizer, choices)
+            spelled: dict[str, int] = {}
+            for index, token_ids in enumerate(ids):
+                for tid in token_ids:
+                    spelled.setdefault(self.tokenizer.decode([tid]), index)
+                    spelled.setdefault(f"token_id:{tid}", index)
+            self._spellings[key] = (spelled, all(ids))
+        return self._spellings[key]
+
+    def _body(self, prompt: str, params: GenerationParams) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.served_model,
+            "prompt": server_prompt(self.tokenizer, prompt),
+            "max_tokens": params.max_new_tokens,
+            "temperature": 0.0 if params.greedy else params.temperature,
+            "top_p": 1.0 if params.greedy else params.top_p,
+        }
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if getattr(params, "ignore_eos", False):
+            body["ignore_eos"] = True  # vLLM and SGLang extension
+        return body
+
+    def _client_for_loop(self) -> httpx.AsyncClient:
+        if self._client is None:  # created on the I/O loop, which owns its connections
+            self._client = httpx.AsyncClient(base_url=self.endpoint.url, timeout=self.endpoint.http_timeout())
+        return self._client
+
+    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        async def once() -> dict[str, Any]:
+            response = await self._client_for_loop().post("/v1/completions", json=body)
+            if response.status_code != 200:
+                raise HTTPFailure(response.status_code, error_detail(response), retry_after_seconds(response.headers))
+            return response.json()
+
+        return await with_retries(self.endpoint, once)
+
+    def _finish(self, choice: dict[str, Any], stop: Sequence[str], cut: bool) -> str:
+        reason = choice.get("finish_reason")
+        if reason == "length":
+            return "stop" if cut else "length"
+        matched = choice.get("stop_reason", choice.get("matched_stop", _MISSING))
+        if isinstance(matched, str) or cut:
+            return "stop"
+        if matched is _MISSING:
+            return "stop" if stop else "eos"
+        return "eos"  # null (vLLM) or the EOS id (SGLang)
+
+    def _tokens(self, data: dict[str, Any], text: str) -> int:
+        usage = data.get("usage") or {}
+        if isinstance(usage.get("completion_tokens"), int):
+            return usage["completion_tokens"]
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    async def _generate(self, body: dict[str, Any], stop: Sequence[str]) -> Patch:
+        data = await self._post(body)
+        try:
+            choice = data["choices"][0]
+            text, cut = cut_at_stop(choice["text"], stop)
+        except (KeyError, IndexError, TypeError):
+            raise ServerError(f"{self.endpoint.where()}: not a completions response: {str(data)[:200]}") from None
+        return Patch(text=text, tokens=self._tokens(data, text), finish_reason=self._finish(choice, stop, cut))  # type: ignore[arg-type]
+
+    async def _stream(self, body: dict[str, Any], stop: Sequence[str], emit: Callable[[str], None]) -> Patch:
+        holdback = StopHoldback(emit, stop)
+        payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
+
+        async def once() -> Patch:
+            final: dict[str, Any] = {}
+            usage: dict[str, Any] = {}
+            async with self._client_for_loop().stream("POST", "/v1/completions", json=payload) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise HTTPFailure(response.status_code, error_detail(response), retry_after_seconds(response.headers))
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    raw = line.removeprefix("data:").strip()
+                    if raw == "[DONE]":
+                        break
+                    event = json.loads(raw)
+                    if "error" in event:
+                        raise ServerError(f"{self.endpoint.where()}: {event['error']}")
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices") or []:
+                        holdback.add(choice.get("text") or "")
+                        if choice.get("finish_reason"):
+                            final = choice
+            text, cut = cut_at_stop(holdback.text, stop)
+            holdback.finish(text)
+            return Patch(
+                text=text, tokens=self._tokens({"usage": usage}, text), finish_reason=self._finish(final, stop, cut)  # type: ignore[arg-type]
+            )
+
+        return await with_retries(self.endpoint, once, retry=lambda: not holdback.sent)

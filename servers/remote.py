@@ -1,0 +1,286 @@
+"""What every inference-server backend shares: one I/O event loop, retries, errors, health checks.
+
+The graph's nodes are synchronous and may run in many threads at once (`generate --concurrency`).
+Remote calls from all of them run as coroutines on one background event loop, so N threads
+waiting on servers cost N futures, not N blocked connections pools, and the servers see truly
+concurrent requests to batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import queue
+import random
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from transformers import PreTrainedTokenizerBase
+
+from switchgen.errors import ConfigError, ServerError, ServerUnreachable
+from switchgen.servers.base import TextCallback
+
+T = TypeVar("T")
+
+RETRY_STATUS = frozenset({429, 502, 503, 504})  # overloaded, or a proxy/server not ready yet
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 8.0
+
+
+# -- the I/O loop --------------------------------------------------------------------------
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def io_loop() -> asyncio.AbstractEventLoop:
+    """The process-wide event loop (a daemon thread) on which remote calls run."""
+    global _loop
+    with _loop_lock:
+        if _loop is None or _loop.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="switchgen-io", daemon=True).start()
+            _loop = loop
+        return _loop
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on the I/O loop and wait for its result in the calling thread."""
+    return asyncio.run_coroutine_threadsafe(coro, io_loop()).result()
+
+
+_DONE = object()
+
+
+def run_streaming(start: Callable[[Callable[[str], None]], Coroutine[Any, Any, T]], on_text: TextCallback) -> T:
+    """Run a streaming coroutine on the I/O loop; `on_text` is called in *this* thread.
+
+    Callbacks such as LangGraph's stream writer belong to the node's thread and context, so
+    text pieces travel through a queue instead of being delivered from the loop's thread.
+    """
+    pieces: queue.Queue = queue.Queue()
+
+    async def wrapped() -> T:
+        try:
+            return await start(pieces.put)
+        finally:
+            pieces.put(_DONE)
+
+    future = asyncio.run_coroutine_threadsafe(wrapped(), io_loop())
+    while (piece := pieces.get()) is not _DONE:
+        on_text(piece)
+    return future.result()
+
+
+# -- failures and retries ------------------------------------------------------------------
+
+
+class HTTPFailure(Exception):
+    """A server answered with an error status."""
+
+    def __init__(self, status: int, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One server as the graph sees it: who uses it (for messages), where, and how patiently."""
+
+    label: str  # "candidate 'P'" or "switcher"
+    url: str
+    timeout: float = 300.0
+    connect_timeout: float = 10.0
+    retries: int = 4
+
+    def http_timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(self.timeout, connect=self.connect_timeout)
+
+    def where(self) -> str:
+        return f"{self.label} at {self.url}"
+
+
+def retry_after_seconds(headers: httpx.Headers | dict | None) -> float | None:
+    value = (headers or {}).get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def error_detail(response: httpx.Response) -> str:
+    """The message in a TGI ({"error"}), OpenAI/vLLM ({"error": {"message"}}) or plain error body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300] or response.reason_phrase
+    if isinstance(body, dict):
+        err = body.get("error", body.get("detail", body.get("message")))
+        if isinstance(err, dict):
+            err = err.get("message", err)
+        if err is not None:
+            return str(err)[:300]
+    return str(body)[:300]
+
+
+def backoff_delay(attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff with jitter; a server's Retry-After wins when it asks for longer."""
+    delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt) * (0.5 + random.random() / 2)
+    return max(delay, min(retry_after or 0.0, 60.0))
+
+
+def _transient(err: BaseException) -> tuple[bool, bool, str]:
+    """(retry it?, is the server unreachable?, what happened) for one failed attempt."""
+    if isinstance(err, HTTPFailure):
+        return err.status in RETRY_STATUS, False, str(err)
+    if isinstance(err, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return True, True, f"cannot connect ({type(err).__name__}: {err or 'refused'})"
+    if isinstance(err, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+        return True, False, f"the connection dropped ({type(err).__name__}: {err or 'closed'})"
+    if isinstance(err, (httpx.TimeoutException, asyncio.TimeoutError, TimeoutError)):
+        return False, False, "no answer in time (raise the backend's `timeout` if the server is just slow)"
+    return False, False, f"{type(err).__name__}: {err}"
+
+
+async def with_retries(endpoint: Endpoint, call: Callable[[], Awaitable[T]], *, retry: Callable[[], bool] = lambda: True) -> T:
+    """`call()`, retried with backoff on 429/502/503/504 and dropped connections.
+
+    `retry()` may veto a retry (a stream that already delivered text cannot be replayed).
+    Failures become ServerUnreachable (nothing answers) or ServerError, naming the endpoint.
+    """
+    for attempt in range(endpoint.retries + 1):
+        try:
+            return await call()
+        except (ServerError, ConfigError):
+            raise
+        except Exception as err:  # noqa: BLE001 - classified below, re-raised as our errors
+            again, unreachable, what = _transient(err)
+            if again and attempt < endpoint.retries and retry():
+                await asyncio.sleep(backoff_delay(attempt, getattr(err, "retry_after", None)))
+                continue
+            tries = f" after {attempt + 1} attempts" if attempt else ""
+            cls = ServerUnreachable if unreachable else ServerError
+            raise cls(f"{endpoint.where()}: {what}{tries}") from None
+    raise AssertionError("unreachable")
+
+
+# -- prompts, stop strings, choices --------------------------------------------------------
+
+
+def server_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+    """The prompt as a server should receive it: without a leading BOS the server adds itself.
+
+    TGI and vLLM tokenize prompts with special tokens, so a chat-rendered prompt that starts
+    with BOS would get two. The in-process engine gives exactly one; so do we, by sending the
+    rest and letting the server add it.
+    """
+    bos = tokenizer.bos_token
+    if bos and prompt.startswith(bos) and adds_bos(tokenizer):
+        return prompt[len(bos) :]
+    return prompt
+
+
+_ADDS_BOS: dict[int, bool] = {}
+
+
+def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    key = id(tokenizer)
+    if key not in _ADDS_BOS:
+        ids = tokenizer("a")["input_ids"]
+        _ADDS_BOS[key] = bool(ids) and ids[0] == tokenizer.bos_token_id
+    return _ADDS_BOS[key]
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` up to the first stop string (the in-process engine's rule), and whether one was found."""
+    cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class StopHoldback:
+    """Streams text while holding back what a stop string may still claim (as the local engine)."""
+
+    def __init__(self, emit: Callable[[str], None], stop: Sequence[str]) -> None:
+        self.emit = emit
+        self.stop = [s for s in stop if s]
+        self.text = ""
+        self.sent = ""
+
+    def add(self, piece: str) -> None:
+        self.text += piece
+        visible, ended = cut_at_stop(self.text, self.stop)
+        if not ended:
+            visible = visible.rstrip("\ufffd")
+            held = max((k for s in self.stop for k in range(1, len(s)) if visible.endswith(s[:k])), default=0)
+            visible = visible[: len(visible) - held]
+        self._send(visible)
+
+    def finish(self, final: str) -> None:
+        self._send(final)
+
+    def _send(self, visible: str) -> None:
+        if len(visible) > len(self.sent) and visible.startswith(self.sent):
+            self.emit(visible[len(self.sent) :])
+            self.sent = visible
+
+
+def choice_probabilities(per_choice: list[float], all_spelled: bool) -> tuple[list[float] | None, float]:
+    """Renormalise the choices' probabilities; None where no choice holds any mass."""
+    mass = float(sum(per_choice))
+    if not all_spelled or not math.isfinite(mass) or mass <= 0.0:
+        return None, mass if math.isfinite(mass) else 0.0
+    return [p / mass for p in per_choice], mass
+
+
+# -- health --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What to ask one server before a run."""
+
+    endpoint: Endpoint
+    engine: str  # tgi | openai
+    served_model: str | None = None
+
+
+async def _probe(probe: Probe, client: httpx.AsyncClient) -> str | None:
+    """None when the server is up (and serves the model); else what is wrong."""
+    ep = probe.endpoint
+    path = "/health" if probe.engine == "tgi" else "/v1/models"
+    try:
+        response = await client.get(ep.url + path, timeout=httpx.Timeout(ep.connect_timeout * 3, connect=ep.connect_timeout))
+    except httpx.HTTPError as err:
+        return f"no server answers at {ep.url} ({type(err).__name__}: {err or 'refused'})"
+    if response.status_code != 200:
+        return f"{ep.url}{path} answers HTTP {response.status_code}: {error_detail(response)}"
+    if probe.engine == "openai" and probe.served_model:
+        try:
+            body = response.json()
+            listed = [m.get("id") for m in body.get("data", [])] if "data" in body else [body.get("id")]
+        except (ValueError, AttributeError):
+            return f"{ep.url}/v1/models did not answer a model list: is it an OpenAI-compatible server?"
+        if probe.served_model not in listed:
+            return f"{ep.url} does not serve model {probe.served_model!r} (it serves {listed}); set served_model"
+    return None
+
+
+def check_servers(probes: Sequence[Probe]) -> None:
+    """Ask every server before a run; one error names each candidate and URL that is not ready."""
+    if not probes:
+        return
+
+    async def run() -> list[str | None]:
+        async with httpx.AsyncClient() as client:
+            return await asyncio.gather(*(_probe(p, client) for p in probes))
+
+    problems = [f"{p.endpoint.label}: {what}" for p, what in zip(probes, run_sync(run()), strict=True) if what]
+    if problems:
+        raise ServerUnreachable(
+            "; ".join(problems) + " (start the servers: `switchgen serve ...` or `docker compose up`; or fix the url)"
+        )

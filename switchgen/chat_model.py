@@ -1,0 +1,162 @@
+"""Switch Generation as a LangChain chat model: `ChatSwitchGeneration(graph=build_graph(...))`.
+
+Messages in, one AIMessage out, through the graph: the last human message is the query, the
+earlier turns are the history each candidate sees. The answer's response_metadata holds the
+segments and decisions, usage_metadata the token counts. invoke/ainvoke/batch/stream/astream
+come from BaseChatModel; streaming yields the text as the candidates write it (so a LangGraph
+graph calling this model streams tokens in `messages` mode), then a last chunk with the metadata.
+
+The model is stateless, like any chat model: the conversation is the messages it is given. For
+memory across calls (threads), review mode or forking, use the graph itself with a checkpointer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field
+
+from switchgen.errors import InputError
+
+STREAM_MODES = ["custom", "values"]
+
+
+class ChatSwitchGeneration(BaseChatModel):
+    """A LangChain chat model whose answers are written by Switch Generation (a compiled switchgen graph)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    graph: Any = Field(exclude=True, description="The compiled graph, from switchgen.graph.build_graph.")
+    context: dict[str, Any] | None = Field(
+        None, description="Run-time settings for every call (switchgen.graph.context.Context fields)."
+    )
+
+    @classmethod
+    def from_config(
+        cls, config: Any = None, *, context: dict[str, Any] | None = None, **build_kwargs: Any
+    ) -> ChatSwitchGeneration:
+        """Build the graph for `config` (a SwitchConfig, preset name or YAML path) and wrap it."""
+        from switchgen.graph import build_graph
+
+        if isinstance(config, Path):
+            config = str(config)
+        return cls(graph=build_graph(config, **build_kwargs), context=context)
+
+    @property
+    def _llm_type(self) -> str:
+        return "switchgen"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"graph": getattr(self.graph, "name", "switchgen"), "context": self.context}
+
+    # -- one call -------------------------------------------------------------------------
+
+    def _run_args(self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> dict:
+        if stop:
+            raise InputError("stop sequences are set per candidate in the configuration (candidates[].stop)")
+        context = {**(self.context or {}), **(kwargs.get("context") or {})}
+        if context.get("review"):
+            raise InputError("review mode pauses the graph for a reviewer: use the graph itself, not the chat model")
+        config: dict[str, Any] = {}
+        if getattr(self.graph, "checkpointer", None) not in (None, False):
+            config["configurable"] = {"thread_id": f"chat-{uuid.uuid4().hex}"}  # each call is its own conversation
+        return {"input": {"messages": list(messages)}, "config": config, "context": context or None}
+
+    @staticmethod
+    def _answer(result: dict[str, Any] | None) -> AIMessage:
+        if not result or "__interrupt__" in result:
+            raise InputError("the graph paused (interrupt) before answering")
+        message = (result.get("messages") or [None])[-1]
+        if not isinstance(message, AIMessage):
+            raise InputError("the graph returned no answer message")
+        return message
+
+    @staticmethod
+    def _last_chunk(message: AIMessage) -> ChatGenerationChunk:
+        """The closing chunk: no text, the answer's metadata and usage."""
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                response_metadata=dict(message.response_metadata),
+                usage_metadata=message.usage_metadata,
+                chunk_position="last",
+            )
+        )
+
+    @staticmethod
+    def _token(event: Any) -> str | None:
+        if isinstance(event, dict) and isinstance(event.get("text"), str) and "candidate" in event:
+            return event["text"]
+        return None
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        args = self._run_args(messages, stop, kwargs)
+        result = self.graph.invoke(args["input"], args["config"], context=args["context"])
+        return ChatResult(generations=[ChatGeneration(message=self._answer(result))])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        args = self._run_args(messages, stop, kwargs)
+        result = await self.graph.ainvoke(args["input"], args["config"], context=args["context"])
+        return ChatResult(generations=[ChatGeneration(message=self._answer(result))])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        args = self._run_args(messages, stop, kwargs)
+        final = None
+        for mode, data in self.graph.stream(
+            args["input"], args["config"], context=args["context"], stream_mode=STREAM_MODES
+        ):
+            if mode == "values":
+                final = data
+            elif (text := self._token(data)) is not None:
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+                if run_manager:
+                    run_manager.on_llm_new_token(text, chunk=chunk)
+                yield chunk
+        yield self._last_chunk(self._answer(final))
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        args = self._run_args(messages, stop, kwargs)
+        final = None
+        async for mode, data in self.graph.astream(
+            args["input"], args["config"], context=args["context"], stream_mode=STREAM_MODES
+        ):
+            if mode == "values":
+                final = data
+            elif (text := self._token(data)) is not None:
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+                if run_manager:
+                    await run_manager.on_llm_new_token(text, chunk=chunk)
+                yield chunk
+        yield self._last_chunk(self._answer(final))

@@ -1,0 +1,47 @@
+"""The examples in examples/ run on the toy checkpoints (imported and run, as a reader would)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from langchain_core.messages import AIMessage, ToolMessage
+
+import switchgen.graph  # noqa: F401  isort: skip
+from switchgen.graph import build_graph
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_agent_calls_the_graph_as_a_tool(toy_config, engine):
+    example = load("agent_tool")
+    config = toy_config(max_new_tokens=30, patch_size=10, seed=6)
+    state = example.run("Why is the sky blue?", config, engine=engine)
+    messages = state["messages"]
+    assert [m.type for m in messages] == ["human", "ai", "tool", "ai"]
+    tool_result = messages[2]
+    assert isinstance(tool_result, ToolMessage) and tool_result.name == "switch_generation"
+    # The tool's result is what the graph writes for that question (a real run, same seed).
+    expected = build_graph(config, engine=engine).invoke({"query": "Why is the sky blue?"})["output"]
+    assert tool_result.content == expected
+
+
+def test_graph_as_a_subgraph_node(toy_config, engine):
+    example = load("subgraph")
+    config = toy_config(max_new_tokens=30, patch_size=10, seed=6)
+    state, tokens = example.run("Why is the sky blue?", config=config, engine=engine)
+    types = [m.type for m in state["messages"]]
+    assert types == ["system", "human", "ai"]
+    answer = state["messages"][-1]
+    assert isinstance(answer, AIMessage)
+    assert state["authors"] == [d["chosen"] for d in answer.response_metadata["decisions"]]
+    assert "".join(t["text"] for t in tokens) == answer.content
+    # The subgraph saw the parent's system instruction: the answer differs from a run without it.
+    assert answer.content != build_graph(config, engine=engine).invoke({"query": "Why is the sky blue?"})["output"]
