@@ -14,6 +14,7 @@ import atexit
 import queue
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,13 +29,24 @@ if TYPE_CHECKING:
     from switchgen.servers.local import LocalBackend
 
 
+class Cancelled(Exception):
+    """The caller went away (a closed HTTP stream): its sequence left the batch."""
+
+
+# What a caller with `details` receives per token: id, log-probability, top-n (id, log-probability).
+TokenDetails = tuple[int, float, list[tuple[int, float]]]
+
+
 @dataclass
 class Request:
     """One generate (params set) or score (params None) call, and its progress."""
 
     ids: list[int]
     params: GenerationParams | None
-    streaming: bool = False
+    streaming: bool = False  # send decoded text as it grows
+    details: bool = False  # send every token with its log-probability and the top-n alternatives
+    top_n: int = 0
+    cancelled: threading.Event | None = None
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     entry: CacheEntry | None = None
     logits: torch.Tensor | None = None
@@ -157,8 +169,13 @@ class DecodeWorker:
             self.inbox.put(None)
             thread.join(timeout=5)
 
-    def run(self, req: Request, on_text: TextCallback | None = None) -> Request:
-        """Submit `req` and wait for it; text events are delivered on the caller's thread."""
+    def run(
+        self,
+        req: Request,
+        on_text: TextCallback | None = None,
+        on_token: Callable[[TokenDetails], None] | None = None,
+    ) -> Request:
+        """Submit `req` and wait for it; text and token events are delivered on the caller's thread."""
         self._ensure_thread()
         self.inbox.put(req)
         while True:
@@ -166,6 +183,9 @@ class DecodeWorker:
             if kind == "text":
                 if on_text is not None:
                     on_text(value)
+            elif kind == "token":
+                if on_token is not None:
+                    on_token(value)
             elif kind == "done":
                 return req
             else:
@@ -219,6 +239,13 @@ class DecodeWorker:
         assert params is not None and req.logits is not None
         token = next_token(req.logits, params, req.generator)
         req.out.append(token)
+        if req.details:
+            logprobs = torch.log_softmax(req.logits.float(), dim=-1)
+            top: list[tuple[int, float]] = []
+            if req.top_n > 0:
+                values, ids = torch.topk(logprobs, min(req.top_n, logprobs.numel()))
+                top = list(zip(ids.tolist(), values.tolist(), strict=True))
+            req.events.put(("token", (token, float(logprobs[token]), top)))
         if token in self.backend.eos_ids and not params.ignore_eos:
             req.finish = "eos"
         elif params.stop or req.streaming:
@@ -250,6 +277,11 @@ class DecodeWorker:
             r.entry.ids.append(r.out[-1])
             r.logits = logits[i]
         for r in list(rows):
+            if r.cancelled is not None and r.cancelled.is_set():
+                self.batch.remove(r)
+                self.backend.pool.checkin(r.entry)
+                r.events.put(("error", Cancelled()))
+                continue
             self._sample(r)
             if r.finish is not None:
                 self.batch.remove(r)

@@ -118,11 +118,16 @@ class LocalBackend:
         done = self.worker.run(Request(ids, params, streaming=on_text is not None), on_text)
         patch = to_patch(done)
         if patch.finish_reason == "length":  # the text is exactly the tokens: remember them
-            with self._written_lock:
-                self._written[prompt + patch.text] = ids + done.out
-                while len(self._written) > _WRITTEN_CAPACITY:
-                    self._written.popitem(last=False)
+            self.remember(prompt + patch.text, ids + done.out)
         return patch
+
+    def remember(self, text: str, ids: list[int]) -> None:
+        """`text` was written as `ids`: a later prompt extending it continues from these tokens."""
+        with self._written_lock:
+            self._written[text] = ids
+            self._written.move_to_end(text)
+            while len(self._written) > _WRITTEN_CAPACITY:
+                self._written.popitem(last=False)
 
     def choice_distribution(self, prompt: str, choices: Sequence[str]) -> ChoiceScores:
         key = tuple(choices)

@@ -275,3 +275,31 @@ def test_concurrent_requests_all_answer_like_sequential_ones(url):
     for t in threads:
         t.join()
     assert [results[i] for i in range(len(prompts))] == sequential
+
+
+def test_concurrent_requests_are_decoded_in_one_batch(servers, engine):
+    """The server runs on the engine's decode worker: requests from concurrent graphs share forward passes."""
+    worker = engine.backend("toy:F", device="cpu").worker
+    worker.max_batch_seen = 0
+    url = servers.urls["F"]
+    body = lambda i: {"inputs": f"Question {i}: name a river.", "parameters": {"max_new_tokens": 40}}  # noqa: E731
+    with httpx.Client(timeout=60) as client:
+        threads = [threading.Thread(target=client.post, args=(url + "/generate",), kwargs={"json": body(i)}) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert worker.max_batch_seen > 1
+
+
+def test_a_client_that_goes_away_leaves_the_batch(servers, engine):
+    worker = engine.backend("toy:P", device="cpu").worker
+    url = servers.urls["P"]  # P never stops early
+    body = {"inputs": "Tell me a long story", "parameters": {"max_new_tokens": 4000}}
+    with httpx.Client(timeout=60) as client, client.stream("POST", url + "/generate_stream", json=body) as stream:
+        next(line for line in stream.iter_lines() if line.startswith("data:"))
+        assert worker.batch.rows  # the sequence is being decoded
+    deadline = time.monotonic() + 1.5  # the remaining ~4000 tokens would take several seconds
+    while worker.batch.rows and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not worker.batch.rows, "the abandoned sequence is still being decoded"
