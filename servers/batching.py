@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from switchgen.servers.sampling import make_generator, next_token
 
 if TYPE_CHECKING:
     from switchgen.servers.local import LocalBackend
+
+STREAM_INTERVAL = 0.02  # seconds between streamed text events of one request
 
 
 class Cancelled(Exception):
@@ -56,6 +59,7 @@ class Request:
     finish: str | None = None
     emitted: str = ""
     text: str = ""
+    next_emit: float = 0.0  # monotonic time before which no text event is sent
 
 
 class _Batch:
@@ -248,7 +252,7 @@ class DecodeWorker:
             req.events.put(("token", (token, float(logprobs[token]), top)))
         if token in self.backend.eos_ids and not params.ignore_eos:
             req.finish = "eos"
-        elif params.stop or req.streaming:
+        elif params.stop or (req.streaming and time.monotonic() >= req.next_emit):
             text = self.backend.decode(req.out)
             cut = min((text.find(s) for s in params.stop if s in text), default=-1)
             if cut >= 0:
@@ -300,8 +304,10 @@ def _emit(req: Request, text: str, *, final: bool) -> str:
 
     Until the patch is final, a trailing partial UTF-8 character and a tail that could still
     grow into a stop string are held back, so the stream never shows text the patch drops.
+    Events are at most one per STREAM_INTERVAL (a wake-up of the caller's thread per token
+    costs more than the token on small models); the end of a patch is sent at once.
     """
-    if not req.streaming:
+    if not req.streaming or (not final and time.monotonic() < req.next_emit):
         return req.emitted
     stable = text
     if not final:
@@ -311,6 +317,7 @@ def _emit(req: Request, text: str, *, final: bool) -> str:
         stable = stable[: len(stable) - held]
     if len(stable) > len(req.emitted) and stable.startswith(req.emitted):
         req.events.put(("text", stable[len(req.emitted) :]))
+        req.next_emit = time.monotonic() + STREAM_INTERVAL
         return stable
     return req.emitted
 
