@@ -1,11 +1,13 @@
-"""Continuous batching for one in-process backend.
+"""Continuous batching for the in-process engine: one decode thread per device.
 
-Requests for the same checkpoint from concurrently running graphs are decoded together: one
-worker thread owns the backend's forward passes. New requests are prefilled one by one (each
-from its own prefix cache) between decode steps, then join the running batch; every decode
-step is one forward pass over the last token of every running sequence. Caches of different
-lengths are merged by left padding (masked out), and a finished sequence's cache is cut back
-out and returned to the prefix-cache pool, so its next patch still starts warm.
+Requests for the same checkpoint from concurrently running graphs are decoded together. One
+worker thread per device runs every forward pass on it, for all its checkpoints: new requests
+are prefilled one by one (each from its own prefix cache) between decode steps, then join their
+checkpoint's running batch; each round steps every checkpoint's batch once, one forward pass
+over the last token of every running sequence. Caches of different lengths are merged by left
+padding (masked out), and a finished sequence's cache is cut back out and returned to the
+prefix-cache pool, so its next patch still starts warm. One thread per device (not per
+checkpoint) keeps the checkpoints from contending for the device, and for Python's GIL.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Request:
 
     ids: list[int]
     params: GenerationParams | None
+    backend: LocalBackend | None = None  # set by DecodeWorker.run
     streaming: bool = False  # send decoded text as it grows
     details: bool = False  # send every token with its log-probability and the top-n alternatives
     top_n: int = 0
@@ -155,14 +158,14 @@ def _stop_workers() -> None:
 
 
 class DecodeWorker:
-    """The thread that runs every forward pass of one backend, batching concurrent requests."""
+    """The thread that runs every forward pass on one device, batching concurrent requests."""
 
-    def __init__(self, backend: LocalBackend) -> None:
-        self.backend = backend
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.batch = _Batch()
+        self.batches: dict[LocalBackend, _Batch] = {}
         self.max_batch_seen = 0
         _WORKERS.add(self)
 
@@ -173,13 +176,20 @@ class DecodeWorker:
             self.inbox.put(None)
             thread.join(timeout=5)
 
+    def running(self, backend: LocalBackend) -> int:
+        """How many of `backend`'s sequences are being decoded now."""
+        batch = self.batches.get(backend)
+        return len(batch.rows) if batch is not None else 0
+
     def run(
         self,
+        backend: LocalBackend,
         req: Request,
         on_text: TextCallback | None = None,
         on_token: Callable[[TokenDetails], None] | None = None,
     ) -> Request:
-        """Submit `req` and wait for it; text and token events are delivered on the caller's thread."""
+        """Run `req` on `backend` and wait; text and token events are delivered on the caller's thread."""
+        req.backend = backend
         self._ensure_thread()
         self.inbox.put(req)
         while True:
@@ -198,13 +208,16 @@ class DecodeWorker:
     def _ensure_thread(self) -> None:
         with self._start_lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="switchgen-decode", daemon=True)
+                self._thread = threading.Thread(target=self._loop, name=f"switchgen-decode-{self.device}", daemon=True)
                 self._thread.start()
+
+    def _busy(self) -> bool:
+        return any(batch.rows for batch in self.batches.values())
 
     def _loop(self) -> None:
         closing = False
-        while not closing or self.batch.rows:
-            new = [self.inbox.get()] if not self.batch.rows else []
+        while not closing or self._busy():
+            new = [self.inbox.get()] if not self._busy() else []
             while True:
                 try:
                     new.append(self.inbox.get_nowait())
@@ -215,32 +228,36 @@ class DecodeWorker:
                     closing = True
                 else:
                     self._admit(req)
-            if self.batch.rows:
-                self._step()
+            for backend, batch in list(self.batches.items()):
+                if batch.rows:
+                    self._step(backend, batch)
 
     def _admit(self, req: Request) -> None:
+        backend = req.backend
+        assert backend is not None
         try:
-            with self.backend.active():
-                req.entry, req.logits, req.prefilled = self.backend.prefill(req.ids)
+            with backend.active():
+                req.entry, req.logits, req.prefilled = backend.prefill(req.ids)
         except Exception as err:  # noqa: BLE001 - handed to the caller
             req.events.put(("error", err))
             return
         if req.params is None:
-            self.backend.pool.checkin(req.entry)
+            backend.pool.checkin(req.entry)
             req.events.put(("done", req))
             return
-        req.generator = make_generator(req.params.seed, self.backend.device)
+        req.generator = make_generator(req.params.seed, backend.device)
         self._sample(req)
         if req.finish is None:
-            self.batch.add(req)
-            self.max_batch_seen = max(self.max_batch_seen, len(self.batch.rows))
+            batch = self.batches.setdefault(backend, _Batch())
+            batch.add(req)
+            self.max_batch_seen = max(self.max_batch_seen, len(batch.rows))
         else:
             self._finish(req)
 
     def _sample(self, req: Request) -> None:
         """Pick the next token from `req.logits`; set `finish` when the patch is over."""
-        params = req.params
-        assert params is not None and req.logits is not None
+        params, backend = req.params, req.backend
+        assert params is not None and req.logits is not None and backend is not None
         token = next_token(req.logits, params, req.generator)
         req.out.append(token)
         if req.details:
@@ -250,10 +267,10 @@ class DecodeWorker:
                 values, ids = torch.topk(logprobs, min(req.top_n, logprobs.numel()))
                 top = list(zip(ids.tolist(), values.tolist(), strict=True))
             req.events.put(("token", (token, float(logprobs[token]), top)))
-        if token in self.backend.eos_ids and not params.ignore_eos:
+        if token in backend.eos_ids and not params.ignore_eos:
             req.finish = "eos"
         elif params.stop or (req.streaming and time.monotonic() >= req.next_emit):
-            text = self.backend.decode(req.out)
+            text = backend.decode(req.out)
             cut = min((text.find(s) for s in params.stop if s in text), default=-1)
             if cut >= 0:
                 req.text, req.finish = text[:cut], "stop"
@@ -261,20 +278,19 @@ class DecodeWorker:
         if req.finish is None and len(req.out) >= params.max_new_tokens:
             req.finish = "length"
 
-    def _step(self) -> None:
-        rows = self.batch.rows
-        device = self.backend.device
-        tokens = torch.tensor([[r.out[-1]] for r in rows], device=device)
+    def _step(self, backend: LocalBackend, batch: _Batch) -> None:
+        rows = batch.rows
+        tokens = torch.tensor([[r.out[-1]] for r in rows], device=self.device)
         try:
-            with self.backend.active():
+            with backend.active():
                 if len(rows) == 1:
-                    logits = self.backend.forward(tokens, self.batch.cache, None, None)
+                    logits = backend.forward(tokens, batch.cache, None, None)
                 else:
-                    positions = torch.tensor([[len(r.entry.ids)] for r in rows], device=device)
-                    logits = self.backend.forward(tokens, self.batch.cache, self.batch.mask(device), positions)
+                    positions = torch.tensor([[len(r.entry.ids)] for r in rows], device=self.device)
+                    logits = backend.forward(tokens, batch.cache, batch.mask(self.device), positions)
         except Exception as err:  # noqa: BLE001 - every waiting caller gets it
             for r in list(rows):
-                self.batch.remove(r)
+                batch.remove(r)
                 r.events.put(("error", err))
             return
         for i, r in enumerate(list(rows)):
@@ -282,20 +298,22 @@ class DecodeWorker:
             r.logits = logits[i]
         for r in list(rows):
             if r.cancelled is not None and r.cancelled.is_set():
-                self.batch.remove(r)
-                self.backend.pool.checkin(r.entry)
+                batch.remove(r)
+                backend.pool.checkin(r.entry)
                 r.events.put(("error", Cancelled()))
                 continue
             self._sample(r)
             if r.finish is not None:
-                self.batch.remove(r)
+                batch.remove(r)
                 self._finish(r)
 
     def _finish(self, req: Request) -> None:
+        backend = req.backend
+        assert backend is not None
         if req.finish != "stop":
-            req.text = self.backend.decode([t for t in req.out if t not in self.backend.eos_ids])
+            req.text = backend.decode([t for t in req.out if t not in backend.eos_ids])
             _emit(req, req.text, final=True)
-        self.backend.pool.checkin(req.entry)
+        backend.pool.checkin(req.entry)
         req.events.put(("done", req))
 
 

@@ -75,7 +75,9 @@ def choice_token_ids(tokenizer: PreTrainedTokenizerBase, choices: Sequence[str])
 class LocalBackend:
     """A loaded checkpoint (optionally with one LoRA adapter active) behind the `Backend` surface."""
 
-    def __init__(self, loaded: LoadedModel, adapter: str | None, cache_capacity: int, reuse_cache: bool) -> None:
+    def __init__(
+        self, loaded: LoadedModel, adapter: str | None, cache_capacity: int, reuse_cache: bool, worker: DecodeWorker
+    ) -> None:
         self.loaded = loaded
         self.adapter = adapter
         self.reuse_cache = reuse_cache
@@ -86,7 +88,7 @@ class LocalBackend:
             eos.add(loaded.tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos)
         self._choice_ids: dict[tuple[str, ...], list[list[int]]] = {}
-        self.worker = DecodeWorker(self)
+        self.worker = worker  # the device's decode thread
         self._written: OrderedDict[str, list[int]] = OrderedDict()
         self._written_lock = threading.Lock()
 
@@ -115,7 +117,7 @@ class LocalBackend:
 
     def generate(self, prompt: str, params: GenerationParams, on_text: TextCallback | None = None) -> Patch:
         ids = self.encode(prompt)
-        done = self.worker.run(Request(ids, params, streaming=on_text is not None), on_text)
+        done = self.worker.run(self, Request(ids, params, streaming=on_text is not None), on_text)
         patch = to_patch(done)
         if patch.finish_reason == "length":  # the text is exactly the tokens: remember them
             self.remember(prompt + patch.text, ids + done.out)
@@ -134,7 +136,7 @@ class LocalBackend:
         if key not in self._choice_ids:
             self._choice_ids[key] = choice_token_ids(self.tokenizer, choices)
         choice_ids = self._choice_ids[key]
-        done = self.worker.run(Request(self.encode(prompt), None))
+        done = self.worker.run(self, Request(self.encode(prompt), None))
         logits, prefilled = done.logits, done.prefilled
         if not all(choice_ids):
             return ChoiceScores(probs=None, mass=0.0, prefilled=prefilled)
@@ -208,6 +210,7 @@ class LocalEngine:
         self.reuse_cache = reuse_cache
         self._models: dict[tuple[str, str, str], LoadedModel] = {}
         self._device_locks: dict[str, threading.RLock] = {}
+        self._workers: dict[str, DecodeWorker] = {}
         self._backends: dict[tuple[str, str, str, str | None, bool], LocalBackend] = {}
         self._lock = threading.Lock()
 
@@ -243,7 +246,8 @@ class LocalEngine:
             reuse = self.reuse_cache if reuse_cache is None else reuse_cache
             bkey = (*mkey, adapter_name, reuse)
             if bkey not in self._backends:
-                self._backends[bkey] = LocalBackend(loaded, adapter_name, self.cache_capacity, reuse)
+                worker = self._workers.setdefault(str(dev), DecodeWorker(dev))
+                self._backends[bkey] = LocalBackend(loaded, adapter_name, self.cache_capacity, reuse, worker)
             return self._backends[bkey]
 
     @property

@@ -112,7 +112,7 @@ class TokenServer:
         if ignore_eos:
             params = dataclasses.replace(params, ignore_eos=True)
         request = Request(ids, params, details=True, top_n=top_n, cancelled=cancelled)
-        done = backend.worker.run(request, on_token=on_token)
+        done = backend.worker.run(backend, request, on_token=on_token)
         result.finish = done.finish or "length"
         kept = [t for t in done.out if t not in self.eos_ids or ignore_eos]
         result.full_text = backend.decode(kept)

@@ -291,13 +291,14 @@ def test_concurrent_requests_are_decoded_in_one_batch(servers, engine):
 
 
 def test_a_client_that_goes_away_leaves_the_batch(servers, engine):
-    worker = engine.backend("toy:P", device="cpu").worker
+    backend = engine.backend("toy:P", device="cpu")
+    worker = backend.worker
     url = servers.urls["P"]  # P never stops early
     body = {"inputs": "Tell me a long story", "parameters": {"max_new_tokens": 4000}}
     with httpx.Client(timeout=60) as client, client.stream("POST", url + "/generate_stream", json=body) as stream:
         next(line for line in stream.iter_lines() if line.startswith("data:"))
-        assert worker.batch.rows  # the sequence is being decoded
+        assert worker.running(backend)  # the sequence is being decoded
     deadline = time.monotonic() + 1.5  # the remaining ~4000 tokens would take several seconds
-    while worker.batch.rows and time.monotonic() < deadline:
+    while worker.running(backend) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not worker.batch.rows, "the abandoned sequence is still being decoded"
+    assert not worker.running(backend), "the abandoned sequence is still being decoded"

@@ -184,15 +184,20 @@ def test_overloaded_server_is_retried_with_backoff(engine):
     config = toy_config_dict()
     with start_toy_servers(engine, config, max_concurrent_requests=1) as group:
         url = group.urls["P"]
-        busy = threading.Thread(
-            target=lambda: httpx.post(url + "/generate", json={"inputs": "x", "parameters": {"max_new_tokens": 1500}}, timeout=60)
-        )
-        busy.start()
-        import time
+        in_flight = threading.Event()
 
-        deadline = time.time() + 10
-        while httpx.post(url + "/generate", json={"inputs": "y", "parameters": {"max_new_tokens": 1}}).status_code != 429:
-            assert time.time() < deadline, "the server never got busy"
+        def occupy() -> None:  # a long stream, read to its end so the server can finish it
+            body = {"inputs": "x", "parameters": {"max_new_tokens": 1500}}
+            with httpx.Client(timeout=60) as client, client.stream("POST", url + "/generate_stream", json=body) as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("data:"):
+                        in_flight.set()
+
+        busy = threading.Thread(target=occupy)
+        busy.start()
+        assert in_flight.wait(30), "the long request never started"
+        probe = httpx.post(url + "/generate", json={"inputs": "y", "parameters": {"max_new_tokens": 1}})
+        assert probe.status_code == 429
         with pytest.raises(ServerError, match=r"candidate 'X' at http://127\.0\.0\.1:\d+: HTTP 429: Model is overloaded"):
             tgi(url, "toy:P", retries=0).generate("Hello", GenerationParams(max_new_tokens=2, greedy=True))
         patient = tgi(url, "toy:P", retries=8)
