@@ -26,7 +26,7 @@ from transformers import DynamicCache
 
 from switchgen.servers.base import GenerationParams, Patch, TextCallback
 from switchgen.servers.kvcache import CacheEntry
-from switchgen.servers.sampling import make_generator, next_token
+from switchgen.servers.sampling import make_generator, next_token, next_tokens
 
 if TYPE_CHECKING:
     from switchgen.servers.local import LocalBackend
@@ -72,6 +72,7 @@ class _Batch:
         self.rows: list[Request] = []
         self.pads: list[int] = []
         self.cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # over the cache; rebuilt when rows join or leave
 
     @property
     def length(self) -> int:
@@ -79,6 +80,7 @@ class _Batch:
 
     def add(self, req: Request) -> None:
         assert req.entry is not None
+        self._mask = None
         own = _kv(req.entry.cache)
         n = len(req.entry.ids)
         if self.cache is None:
@@ -103,6 +105,7 @@ class _Batch:
 
     def remove(self, req: Request) -> None:
         """Take `req` out; its unpadded cache goes back into its entry."""
+        self._mask = None
         i = self.rows.index(req)
         layers = _kv(self.cache)
         assert req.entry is not None
@@ -120,12 +123,16 @@ class _Batch:
 
     def mask(self, device: torch.device) -> torch.Tensor:
         """Attention mask over the cache plus one new token per row, already 4-D ([rows, 1, 1, keys]):
-        transformers uses it as is instead of rebuilding one from a padding mask every step."""
-        length = self.length + 1
-        mask = torch.ones(len(self.rows), 1, 1, length, dtype=torch.bool, device=device)
-        for i, pad in enumerate(self.pads):
-            mask[i, ..., :pad] = False
-        return mask
+        transformers uses it as is instead of rebuilding one from a padding mask every step.
+        Between joins and leaves it only grows by one column a step."""
+        length = self.length
+        if self._mask is None or self._mask.shape[-1] != length:
+            mask = torch.ones(len(self.rows), 1, 1, length, dtype=torch.bool, device=device)
+            for i, pad in enumerate(self.pads):
+                mask[i, ..., :pad] = False
+            self._mask = mask
+        self._mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1, 1, 1)], dim=-1)
+        return self._mask
 
 
 def _kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -255,10 +262,14 @@ class DecodeWorker:
             self._finish(req)
 
     def _sample(self, req: Request) -> None:
-        """Pick the next token from `req.logits`; set `finish` when the patch is over."""
+        """Pick the next token from `req.logits` (a request on its own)."""
+        assert req.params is not None and req.logits is not None
+        self._accept(req, next_token(req.logits, req.params, req.generator))
+
+    def _accept(self, req: Request, token: int) -> None:
+        """Append `token`; send it where asked; set `finish` when the patch is over."""
         params, backend = req.params, req.backend
         assert params is not None and req.logits is not None and backend is not None
-        token = next_token(req.logits, params, req.generator)
         req.out.append(token)
         if req.details:
             logprobs = torch.log_softmax(req.logits.float(), dim=-1)
@@ -293,16 +304,18 @@ class DecodeWorker:
                 batch.remove(r)
                 r.events.put(("error", err))
             return
-        for i, r in enumerate(list(rows)):
+        rows = list(rows)
+        for i, r in enumerate(rows):
             r.entry.ids.append(r.out[-1])
             r.logits = logits[i]
-        for r in list(rows):
+        chosen = next_tokens(logits, [r.params for r in rows], [r.generator for r in rows])
+        for r, token in zip(rows, chosen, strict=True):
             if r.cancelled is not None and r.cancelled.is_set():
                 batch.remove(r)
                 backend.pool.checkin(r.entry)
                 r.events.put(("error", Cancelled()))
                 continue
-            self._sample(r)
+            self._accept(r, token)
             if r.finish is not None:
                 batch.remove(r)
                 self._finish(r)

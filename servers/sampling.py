@@ -29,3 +29,34 @@ def next_token(logits: torch.Tensor, params: GenerationParams, generator: torch.
         choice = torch.multinomial(sorted_probs, 1, generator=generator)
         return int(order[choice])
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def next_tokens(
+    logits: torch.Tensor, params: list[GenerationParams], generators: list[torch.Generator | None]
+) -> list[int]:
+    """One token id per row of a [rows, vocab] batch, each row with its own settings and generator.
+
+    Rows sharing settings are transformed together (one softmax and sort for all of them), then
+    each samples with its own generator, so a seeded request draws the same tokens whether it
+    runs alone or in a batch (the transforms act on each row independently).
+    """
+    tokens = [0] * len(params)
+    greedy = [i for i, p in enumerate(params) if p.greedy]
+    if greedy:
+        for i, token in zip(greedy, logits[greedy].argmax(dim=-1).tolist(), strict=True):
+            tokens[i] = token
+    groups: dict[tuple[float, float], list[int]] = {}
+    for i, p in enumerate(params):
+        if not p.greedy:
+            groups.setdefault((p.temperature, p.top_p), []).append(i)
+    for (temperature, top_p), rows in groups.items():
+        probs = torch.softmax(logits[rows].float() / temperature, dim=-1)
+        order = None
+        if top_p < 1.0:
+            probs, order = torch.sort(probs, dim=-1, descending=True)
+            cumulative = torch.cumsum(probs, dim=-1)
+            probs = probs.masked_fill(cumulative - probs >= top_p, 0.0)
+        for j, i in enumerate(rows):
+            choice = torch.multinomial(probs[j], 1, generator=generators[i])
+            tokens[i] = int(order[j, choice]) if order is not None else int(choice)
+    return tokens
