@@ -113,6 +113,14 @@ def run_concurrent(graph, queries: list[str], concurrency: int) -> Timing:
     return Timing(time.perf_counter() - start, sum(r["tokens_used"] for r in results))
 
 
+def run_concurrent_single(config: SwitchConfig, aligned: Backend, queries: list[str], concurrency: int) -> Timing:
+    """The aligned model alone, `concurrency` queries at once: what batching one checkpoint gives."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(lambda q: run_single(config, aligned, q, config.max_new_tokens), queries))
+    return Timing(time.perf_counter() - start, sum(r.tokens for r in results))
+
+
 def interleaved(variants: dict[str, Callable[[int], Timing]], reps: int, progress: Callable[[str], None]) -> dict:
     """Warm every variant up once, then run them round-robin `reps` times (order rotating)."""
     for name, fn in variants.items():
@@ -181,10 +189,11 @@ def run_bench(
 
     progress("concurrency sweep")
     queries = (QUERIES * ((max(concurrency) + len(QUERIES) - 1) // len(QUERIES)))[: max(concurrency)]
-    conc_runs = interleaved(
-        {str(c): (lambda rep, c=c: run_concurrent(graph, queries, c)) for c in concurrency}, reps, progress
-    )
-    conc = {int(c): _median(r) for c, r in conc_runs.items()}
+    variants = {str(c): (lambda rep, c=c: run_concurrent(graph, queries, c)) for c in concurrency}
+    variants |= {f"single-{c}": (lambda rep, c=c: run_concurrent_single(cfg, aligned, queries, c)) for c in concurrency}
+    conc_runs = interleaved(variants, reps, progress)
+    conc = {int(c): _median(conc_runs[str(c)]) for c in concurrency}
+    conc_single = {int(c): _median(conc_runs[f"single-{c}"]) for c in concurrency}
 
     per_token = {name: t.seconds / t.tokens for name, t in med.items()}
     lo, hi = min(budgets), max(budgets)
@@ -199,6 +208,9 @@ def run_bench(
         "raw": {n: [(t.seconds, t.tokens) for t in r] for n, r in runs.items()},
         "budget_sweep": {b: {"median_s": t.seconds, "tokens": t.tokens, "s_per_token": t.seconds / t.tokens} for b, t in sweep.items()},
         "concurrency_sweep": {c: {"median_s": t.seconds, "tokens": t.tokens, "tokens_per_s": t.tokens / t.seconds} for c, t in conc.items()},
+        "concurrency_sweep_single": {
+            c: {"median_s": t.seconds, "tokens": t.tokens, "tokens_per_s": t.tokens / t.seconds} for c, t in conc_single.items()
+        },
         "weights": weights_report(engine, cfg),
         "ratios": {
             "switch_vs_single": per_token["switch"] / per_token["single"],
@@ -206,6 +218,8 @@ def run_bench(
             f"per_token_{hi}_vs_{lo}": (sweep[hi].seconds / sweep[hi].tokens) / (sweep[lo].seconds / sweep[lo].tokens),
             f"throughput_c{c_hi}_vs_c{c_lo}": (conc[c_hi].tokens / conc[c_hi].seconds) / (conc[c_lo].tokens / conc[c_lo].seconds),
         },
+        "single_throughput_ratio": (conc_single[c_hi].tokens / conc_single[c_hi].seconds)
+        / (conc_single[c_lo].tokens / conc_single[c_lo].seconds),
     }
 
 
@@ -225,9 +239,15 @@ def markdown(report: dict) -> str:
         f"| {b} | {t['median_s']:.3f} | {t['tokens']} | {1000 * t['s_per_token']:.2f} |"
         for b, t in report["budget_sweep"].items()
     ]
-    lines += ["", "| concurrency | median s | tokens | tokens/s |", "|---:|---:|---:|---:|"]
     lines += [
-        f"| {c} | {t['median_s']:.3f} | {t['tokens']} | {t['tokens_per_s']:.0f} |"
+        "",
+        "| concurrency | switch: median s | tokens | tokens/s | aligned alone: median s | tokens | tokens/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    single = report["concurrency_sweep_single"]
+    lines += [
+        f"| {c} | {t['median_s']:.3f} | {t['tokens']} | {t['tokens_per_s']:.0f} "
+        f"| {single[c]['median_s']:.3f} | {single[c]['tokens']} | {single[c]['tokens_per_s']:.0f} |"
         for c, t in report["concurrency_sweep"].items()
     ]
     w = report["weights"]
@@ -244,6 +264,7 @@ def markdown(report: dict) -> str:
         else:
             target, ok = goals[name][0], goals[name][1](value)
         lines.append(f"| {name} | {value:.2f} | {target} | {'yes' if ok else 'no'} |")
+    lines.append(f"| (aligned alone: throughput high vs low concurrency) | {report['single_throughput_ratio']:.2f} | | |")
     lines.append(
         f"| weights in memory | {w['checkpoints_in_memory']} checkpoints for {w['roles']} roles "
         f"({w['weight_bytes'] / 2**20:.1f} MiB) | shared once | "

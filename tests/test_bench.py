@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from switchgen.bench import QUERIES
 from switchgen.cli import main
 
 
@@ -20,7 +21,8 @@ def test_bench_reports_every_variant_sweep_and_ratio(toy_kit, tmp_path, capsys):
     assert {v["tokens"] for v in report["variants"].values()} == {40}
     assert set(report["budget_sweep"]) == {"20", "40"}
     assert [report["budget_sweep"][b]["tokens"] for b in ("20", "40")] == [20, 40]
-    assert set(report["concurrency_sweep"]) == {"1", "2"}
+    assert set(report["concurrency_sweep"]) == set(report["concurrency_sweep_single"]) == {"1", "2"}
+    assert {v["tokens"] for v in report["concurrency_sweep_single"].values()} == {len(QUERIES[:2]) * 40}
     assert set(report["ratios"]) == {
         "switch_vs_single", "reference_vs_switch", "per_token_40_vs_20", "throughput_c2_vs_c1",
     }
