@@ -261,11 +261,15 @@ def load_config(source: str | Path | dict | SwitchConfig | None = None, **overri
     try:
         return SwitchConfig.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in err.errors()
-        )
-        raise ConfigError(f"{origin}: {problems}") from None
+        raise ConfigError(f"{origin}: {describe(err)}") from None
+
+
+def describe(err: ValidationError, root: str = "config") -> str:
+    """A pydantic error as one line: `field.path: problem; ...` (`root` names a top-level problem)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or root}: {e['msg'].removeprefix('Value error, ')}"
+        for e in err.errors()
+    )
 
 
 def _read_yaml(source: str) -> tuple[dict, str]:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from switchgen.errors import InputError
-from switchgen.graph.config import SwitchConfig
+from switchgen.graph.config import SwitchConfig, describe
 
 StrategyName = Literal["learned", "random", "fixed", "single"]
 
@@ -115,11 +115,7 @@ def resolve_config(config: SwitchConfig, context: Any) -> SwitchConfig:
     try:
         return SwitchConfig.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in err.errors()
-        )
-        raise InputError(f"context: {problems}") from None
+        raise InputError(f"context: {describe(err)}") from None
 
 
 def _known(config: SwitchConfig, ref: Any, name: str) -> None:

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from switchgen.graph.config import describe
 from switchgen.servers.base import GenerationParams
 from switchgen.servers.remote import StopHoldback
 from switchgen.servers.steps import Cancelled, Generation, Step, TokenInfo, TokenServer
@@ -138,9 +139,7 @@ def _parse(model: type[BaseModel], raw: bytes) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise RequestError(
-            "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors())
-        ) from None
+        raise RequestError(describe(err, root="body")) from None
 
 
 # -- the application -----------------------------------------------------------------------
