@@ -46,6 +46,12 @@ class Timing:
     tokens: int
 
 
+def _repeat(times: int, fn: Callable[[], Timing]) -> Timing:
+    """`fn` run `times` times, summed: short runs are timed over as many tokens as long ones."""
+    runs = [fn() for _ in range(times)]
+    return Timing(sum(r.seconds for r in runs), sum(r.tokens for r in runs))
+
+
 def _median(runs: list[Timing]) -> Timing:
     return Timing(statistics.median(r.seconds for r in runs), int(statistics.median(r.tokens for r in runs)))
 
@@ -184,8 +190,16 @@ def run_bench(
 
     progress("budget sweep")
     sweep_graphs = {b: build_graph(bench_config(config, b, device), engine=engine) for b in budgets}
-    sweep_runs = interleaved({str(b): (lambda rep, g=g: run_switch(g, query)) for b, g in sweep_graphs.items()}, reps, progress)
-    sweep = {int(b): _median(r) for b, r in sweep_runs.items()}
+    times = {b: max(1, max(budgets) // b) for b in budgets}
+    sweep_variants = {
+        str(b): (lambda rep, g=g, b=b: _repeat(times[b], lambda: run_switch(g, query))) for b, g in sweep_graphs.items()
+    }
+    sweep_variants |= {
+        f"single-{b}": (lambda rep, b=b: _repeat(times[b], lambda: run_single(cfg, aligned, query, b))) for b in budgets
+    }
+    sweep_runs = interleaved(sweep_variants, reps, progress)
+    sweep = {b: _median(sweep_runs[str(b)]) for b in budgets}
+    sweep_single = {b: _median(sweep_runs[f"single-{b}"]) for b in budgets}
 
     progress("concurrency sweep")
     queries = (QUERIES * ((max(concurrency) + len(QUERIES) - 1) // len(QUERIES)))[: max(concurrency)]
@@ -206,7 +220,15 @@ def run_bench(
         "reps": reps,
         "variants": {n: {"median_s": t.seconds, "tokens": t.tokens, "s_per_token": per_token[n]} for n, t in med.items()},
         "raw": {n: [(t.seconds, t.tokens) for t in r] for n, r in runs.items()},
-        "budget_sweep": {b: {"median_s": t.seconds, "tokens": t.tokens, "s_per_token": t.seconds / t.tokens} for b, t in sweep.items()},
+        "budget_sweep": {
+            b: {
+                "median_s": t.seconds,
+                "tokens": t.tokens,
+                "s_per_token": t.seconds / t.tokens,
+                "single_s_per_token": sweep_single[b].seconds / sweep_single[b].tokens,
+            }
+            for b, t in sweep.items()
+        },
         "concurrency_sweep": {c: {"median_s": t.seconds, "tokens": t.tokens, "tokens_per_s": t.tokens / t.seconds} for c, t in conc.items()},
         "concurrency_sweep_single": {
             c: {"median_s": t.seconds, "tokens": t.tokens, "tokens_per_s": t.tokens / t.seconds} for c, t in conc_single.items()
@@ -234,9 +256,13 @@ def markdown(report: dict) -> str:
         "|---|---:|---:|---:|",
     ]
     lines += [f"| {n} | {t['median_s']:.3f} | {t['tokens']} | {1000 * t['s_per_token']:.2f} |" for n, t in v.items()]
-    lines += ["", "| budget | median s | tokens | ms/token |", "|---:|---:|---:|---:|"]
     lines += [
-        f"| {b} | {t['median_s']:.3f} | {t['tokens']} | {1000 * t['s_per_token']:.2f} |"
+        "",
+        "| budget | switch: median s (repeated to ~equal tokens) | tokens | ms/token | aligned alone: ms/token |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {b} | {t['median_s']:.3f} | {t['tokens']} | {1000 * t['s_per_token']:.2f} | {1000 * t['single_s_per_token']:.2f} |"
         for b, t in report["budget_sweep"].items()
     ]
     lines += [
