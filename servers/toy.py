@@ -72,7 +72,7 @@ TOY_CANDIDATES = ("P", "F", "A")  # pretrained, finetuned, aligned
 SWITCHER = "switcher"
 
 # Bump whenever the output changes, so that cached kits are rebuilt.
-TOY_VERSION = "switchgen-toy-1"
+TOY_VERSION = "switchgen-toy-2"
 _MARKER = ".complete"
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
