@@ -207,3 +207,19 @@ class GreedyReference:
 @pytest.fixture(scope="session")
 def hf_greedy(toy_kit) -> GreedyReference:
     return GreedyReference(toy_kit)
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(toy_kit: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real LoRA adapter on toy A, with random (non-zero) weights so it changes the logits
+    (peft's default initialisation makes a new adapter a no-op)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(11)  # seed 7 gives a degenerate adapter: digits hold ~1e-11 of the mass
+    base = AutoModelForCausalLM.from_pretrained(toy_kit["A"])
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    out = tmp_path_factory.mktemp("lora") / "switcher_adapter"
+    lora.save_pretrained(out)
+    return out

@@ -14,20 +14,6 @@ from switchgen.servers.base import GenerationParams
 from switchgen.servers.local import LocalEngine
 
 
-@pytest.fixture(scope="module")
-def adapter_dir(toy_kit, tmp_path_factory) -> Path:
-    """A real LoRA adapter on toy A, with random (non-zero) weights so it changes the logits."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(7)
-    base = AutoModelForCausalLM.from_pretrained(toy_kit["A"])
-    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
-    out = tmp_path_factory.mktemp("lora") / "switcher_adapter"
-    lora.save_pretrained(out)
-    return out
-
-
 def _config(adapter: Path | None):
     return load_config(
         "toy",

@@ -137,21 +137,6 @@ def test_digits_outside_the_top_tokens_count_as_zero(servers, engine):
         assert tgi(servers.urls["switcher"], "toy:switcher").choice_distribution(prompt, ["10", "11"]).probs is None
 
 
-@pytest.fixture(scope="module")
-def adapter_dir(toy_kit, tmp_path_factory):
-    """A real LoRA adapter on toy A with random (non-zero) weights, so it changes the logits."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(11)
-    base = AutoModelForCausalLM.from_pretrained(toy_kit["A"])
-    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
-    out = tmp_path_factory.mktemp("lora") / "tgi_switcher_adapter"
-    lora.save_pretrained(out)
-    return out
-
-
 def test_adapter_id_selects_the_lora_on_a_shared_server(toy_kit, adapter_dir):
     """A LoRA switcher on the aligned model's server, as TGI's --lora-adapters: adapter_id picks it."""
     from switchgen.servers.local import LocalEngine
