@@ -27,6 +27,7 @@ from transformers import DynamicCache
 from switchgen.servers.base import GenerationParams, Patch, TextCallback
 from switchgen.servers.kvcache import CacheEntry
 from switchgen.servers.sampling import make_generator, next_token, next_tokens
+from switchgen.servers.stops import cut_at_stop, streamable
 
 if TYPE_CHECKING:
     from switchgen.servers.local import LocalBackend
@@ -281,11 +282,10 @@ class DecodeWorker:
         if token in backend.eos_ids and not params.ignore_eos:
             req.finish = "eos"
         elif params.stop or (req.streaming and time.monotonic() >= req.next_emit):
-            text = backend.decode(req.out)
-            cut = min((text.find(s) for s in params.stop if s in text), default=-1)
-            if cut >= 0:
-                req.text, req.finish = text[:cut], "stop"
-            req.emitted = _emit(req, text if cut < 0 else req.text, final=req.finish == "stop")
+            text, stopped = cut_at_stop(backend.decode(req.out), params.stop)
+            if stopped:
+                req.text, req.finish = text, "stop"
+            req.emitted = _emit(req, text, final=stopped)
         if req.finish is None and len(req.out) >= params.max_new_tokens:
             req.finish = "length"
 
@@ -340,12 +340,7 @@ def _emit(req: Request, text: str, *, final: bool) -> str:
     """
     if not req.streaming or (not final and time.monotonic() < req.next_emit):
         return req.emitted
-    stable = text
-    if not final:
-        stable = stable.rstrip("\ufffd")
-        stop = req.params.stop if req.params else ()
-        held = max((k for s in stop for k in range(1, len(s)) if stable.endswith(s[:k])), default=0)
-        stable = stable[: len(stable) - held]
+    stable = text if final else streamable(text, req.params.stop if req.params else ())
     if len(stable) > len(req.emitted) and stable.startswith(req.emitted):
         req.events.put(("text", stable[len(req.emitted) :]))
         req.next_emit = time.monotonic() + STREAM_INTERVAL

@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from switchgen.graph.config import describe
 from switchgen.servers.base import GenerationParams
-from switchgen.servers.remote import StopHoldback
+from switchgen.servers.stops import StopHoldback
 from switchgen.servers.steps import Cancelled, Generation, Step, TokenInfo, TokenServer
 
 PROTOCOL_VERSION = "3.3.6"  # the TGI version whose OpenAPI spec these responses follow

@@ -28,6 +28,7 @@ from transformers import AutoTokenizer, LogitsProcessorList, PreTrainedTokenizer
 from switchgen.errors import ConfigError
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.remote import server_prompt
+from switchgen.servers.stops import StopHoldback
 
 InvokeKwargs = Callable[[GenerationParams, str], dict[str, Any]]
 TGI_FINISH = {"length": "length", "eos_token": "eos", "stop_sequence": "stop"}
@@ -82,41 +83,6 @@ def endpoint_kwargs(params: GenerationParams) -> dict[str, Any]:
     return kwargs
 
 
-class _StopStream:
-    """Streams text pieces to `on_text`, cut at the first stop string; holds back a possible stop prefix."""
-
-    def __init__(self, stop: Sequence[str], on_text: TextCallback | None) -> None:
-        self.stop = tuple(stop)
-        self.on_text = on_text
-        self.text = ""
-        self.sent = ""
-        self.stopped = False
-
-    def add(self, piece: str) -> None:
-        self.text += piece
-        cut = min((self.text.find(s) for s in self.stop if s in self.text), default=-1)
-        if cut >= 0:
-            self.text, self.stopped = self.text[:cut], True
-            self._send(self.text)
-            return
-        held = max((k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
-        self._send(self.text[: len(self.text) - held])
-
-    def finish(self, final: str | None = None) -> str:
-        """The patch's text (the server's own decoding when given), cut at a stop string."""
-        text = self.text if final is None or self.stopped else final
-        cut = min((text.find(s) for s in self.stop if s in text), default=-1)
-        if cut >= 0:
-            text, self.stopped = text[:cut], True
-        self._send(text)
-        return text
-
-    def _send(self, stable: str) -> None:
-        if self.on_text is not None and len(stable) > len(self.sent) and stable.startswith(self.sent):
-            self.on_text(stable[len(self.sent):])
-            self.sent = stable
-
-
 class LangChainLLMBackend:
     """A LangChain LLM writing patches for one candidate (no switcher scoring).
 
@@ -152,7 +118,7 @@ class LangChainLLMBackend:
         return self._tokenizer
 
     def generate(self, prompt: str, params: GenerationParams, on_text: TextCallback | None = None) -> Patch:
-        stream = _StopStream(params.stop, on_text)
+        stream = StopHoldback(on_text, params.stop)
         if self.invoke_kwargs is None and _is_endpoint(self.llm):
             return self._endpoint(prompt, params, stream)
         counter: _StepCounter | None = None
@@ -180,12 +146,12 @@ class LangChainLLMBackend:
             finish = "eos"
         return Patch(text=text, tokens=max(tokens, 1), finish_reason=finish)
 
-    def _endpoint(self, prompt: str, params: GenerationParams, stream: _StopStream) -> Patch:
+    def _endpoint(self, prompt: str, params: GenerationParams, stream: StopHoldback) -> Patch:
         """HuggingFaceEndpoint: TGI's details give the exact token count and finish reason."""
         llm = self.llm
         call = {"model": llm.model, "details": True, **endpoint_kwargs(params)}
         prompt = server_prompt(self._tokenizer, prompt)  # TGI adds the BOS itself
-        if stream.on_text is None:
+        if stream.emit is None:
             out = llm.client.text_generation(prompt, **call)
             details, final = out.details, out.generated_text
         else:

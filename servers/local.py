@@ -19,6 +19,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.batching import DecodeWorker, Request, to_patch
+from switchgen.servers.choices import choice_probabilities, choice_token_ids
 from switchgen.servers.kvcache import CacheEntry, PrefixCachePool
 from switchgen.servers.loading import (
     attach_adapter,
@@ -57,19 +58,6 @@ def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     bos = tokenizer.bos_token
     add_special = not (bos and text.startswith(bos))
     return tokenizer(text, add_special_tokens=add_special)["input_ids"]
-
-
-def choice_token_ids(tokenizer: PreTrainedTokenizerBase, choices: Sequence[str]) -> list[list[int]]:
-    """For each choice, the single tokens that spell it, with and without a leading space."""
-    ids: list[list[int]] = []
-    for choice in choices:
-        found: list[int] = []
-        for spelling in (choice, " " + choice):
-            toks = tokenizer.encode(spelling, add_special_tokens=False)
-            if len(toks) == 1 and toks[0] not in found:
-                found.append(toks[0])
-        ids.append(found)
-    return ids
 
 
 class LocalBackend:
@@ -141,11 +129,8 @@ class LocalBackend:
         if not all(choice_ids):
             return ChoiceScores(probs=None, mass=0.0, prefilled=prefilled)
         full = torch.softmax(logits.float(), dim=-1)
-        per_choice = torch.stack([full[ids].sum() for ids in choice_ids])
-        mass = float(per_choice.sum())
-        if not torch.isfinite(per_choice).all() or mass <= 0.0:
-            return ChoiceScores(probs=None, mass=mass if mass == mass else 0.0, prefilled=prefilled)
-        return ChoiceScores(probs=(per_choice / mass).tolist(), mass=mass, prefilled=prefilled)
+        probs, mass = choice_probabilities([float(full[ids].sum()) for ids in choice_ids], True)
+        return ChoiceScores(probs=probs, mass=mass, prefilled=prefilled)
 
     # -- used by the decode worker, on its thread ------------------------------------------
 

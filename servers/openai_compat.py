@@ -20,13 +20,10 @@ from transformers import PreTrainedTokenizerBase
 from switchgen.errors import ServerError
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.loading import load_tokenizer, resolve_model
-from switchgen.servers.local import choice_token_ids
+from switchgen.servers.choices import choice_probabilities, choice_token_ids
 from switchgen.servers.remote import (
     Endpoint,
     HTTPFailure,
-    StopHoldback,
-    choice_probabilities,
-    cut_at_stop,
     error_detail,
     retry_after_seconds,
     run_streaming,
@@ -34,6 +31,7 @@ from switchgen.servers.remote import (
     server_prompt,
     with_retries,
 )
+from switchgen.servers.stops import StopHoldback, cut_at_stop
 
 _MISSING = object()
 

@@ -9,7 +9,6 @@ concurrent requests to batch.
 from __future__ import annotations
 
 import asyncio
-import math
 import queue
 import random
 import threading
@@ -194,47 +193,6 @@ def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
         ids = tokenizer("a")["input_ids"]
         _ADDS_BOS[key] = bool(ids) and ids[0] == tokenizer.bos_token_id
     return _ADDS_BOS[key]
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """`text` up to the first stop string (the in-process engine's rule), and whether one was found."""
-    cut = min((text.find(s) for s in stop if s and s in text), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
-class StopHoldback:
-    """Streams text while holding back what a stop string may still claim (as the local engine)."""
-
-    def __init__(self, emit: Callable[[str], None], stop: Sequence[str]) -> None:
-        self.emit = emit
-        self.stop = [s for s in stop if s]
-        self.text = ""
-        self.sent = ""
-
-    def add(self, piece: str) -> None:
-        self.text += piece
-        visible, ended = cut_at_stop(self.text, self.stop)
-        if not ended:
-            visible = visible.rstrip("\ufffd")
-            held = max((k for s in self.stop for k in range(1, len(s)) if visible.endswith(s[:k])), default=0)
-            visible = visible[: len(visible) - held]
-        self._send(visible)
-
-    def finish(self, final: str) -> None:
-        self._send(final)
-
-    def _send(self, visible: str) -> None:
-        if len(visible) > len(self.sent) and visible.startswith(self.sent):
-            self.emit(visible[len(self.sent) :])
-            self.sent = visible
-
-
-def choice_probabilities(per_choice: list[float], all_spelled: bool) -> tuple[list[float] | None, float]:
-    """Renormalise the choices' probabilities; None where no choice holds any mass."""
-    mass = float(sum(per_choice))
-    if not all_spelled or not math.isfinite(mass) or mass <= 0.0:
-        return None, mass if math.isfinite(mass) else 0.0
-    return [p / mass for p in per_choice], mass
 
 
 # -- health --------------------------------------------------------------------------------

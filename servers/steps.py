@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from switchgen.servers.base import GenerationParams
 from switchgen.servers.batching import Cancelled, Request, TokenDetails
 from switchgen.servers.local import LocalBackend
+from switchgen.servers.stops import first_stop
 
 __all__ = ["Cancelled", "Generation", "Step", "TokenInfo", "TokenServer"]
 
@@ -117,9 +118,9 @@ class TokenServer:
         kept = [t for t in done.out if t not in self.eos_ids or ignore_eos]
         result.full_text = backend.decode(kept)
         result.text = result.full_text
-        if result.finish == "stop":
-            found = [(result.full_text.find(s), s) for s in params.stop if s and s in result.full_text]
-            cut, result.stop = min(found)
+        hit = first_stop(result.full_text, params.stop) if result.finish == "stop" else None
+        if hit is not None:
+            cut, result.stop = hit
             result.text = result.full_text[:cut]
         return result
 

@@ -21,13 +21,10 @@ from transformers import PreTrainedTokenizerBase
 from switchgen.errors import ConfigError, ServerError
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.loading import load_tokenizer, resolve_model
-from switchgen.servers.local import choice_token_ids
+from switchgen.servers.choices import choice_probabilities, choice_token_ids
 from switchgen.servers.remote import (
     Endpoint,
     HTTPFailure,
-    StopHoldback,
-    choice_probabilities,
-    cut_at_stop,
     error_detail,
     retry_after_seconds,
     run_streaming,
@@ -35,6 +32,7 @@ from switchgen.servers.remote import (
     server_prompt,
     with_retries,
 )
+from switchgen.servers.stops import StopHoldback, cut_at_stop
 
 _FINISH = {"eos_token": "eos", "stop_sequence": "stop", "length": "length"}
 ROTATE_AFTER = 256  # calls per huggingface_hub client (see TGIBackend._using_client)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from switchgen.graph import build_graph, load_config
 from switchgen.nodes.prompts import user_turn

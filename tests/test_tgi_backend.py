@@ -121,7 +121,7 @@ def test_digits_outside_the_top_tokens_count_as_zero(servers, engine):
         servers.urls["switcher"] + "/generate",
         json={"inputs": prompt.removeprefix("<|bos|>"), "parameters": {"max_new_tokens": 1, "details": True, "top_n_tokens": 1024}},
     ).json()["details"]["top_tokens"][0]
-    from switchgen.servers.local import choice_token_ids
+    from switchgen.servers.choices import choice_token_ids
 
     digit_ids = {i for ids in choice_token_ids(local.tokenizer, CHOICES) for i in ids}
     ranks = [r for r, t in enumerate(ranking) if t["id"] in digit_ids]
