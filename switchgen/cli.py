@@ -6,8 +6,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from switchgen.errors import SwitchgenError
+
+if TYPE_CHECKING:
+    from switchgen.graph.config import SwitchConfig
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -124,15 +128,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     _quiet_transformers()
     from switchgen.batch import default_output, read_inputs, run_file
-    from switchgen.graph import build_graph, load_config
+    from switchgen.graph import build_graph
 
     inputs = read_inputs(args.input)
-    config = load_config(
-        args.config or args.preset,
-        seed=args.seed,
-        max_new_tokens=args.max_new_tokens,
-        patch_size=args.patch_size,
-    )
+    config = _config(args)
     output = args.output or default_output(args.input)
     if args.concurrency < 1:
         raise SwitchgenError(f"--concurrency must be at least 1, got {args.concurrency}")
@@ -157,12 +156,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     _quiet_transformers()
-    from switchgen.graph import load_config
     from switchgen.servers.plan import plan_servers
 
-    config = load_config(
-        args.config or args.preset, seed=args.seed, max_new_tokens=args.max_new_tokens, patch_size=args.patch_size
-    )
+    config = _config(args)
     if args.compose:
         from switchgen.servers.compose import compose_config, compose_file
 
@@ -253,12 +249,18 @@ def _bench(args: argparse.Namespace) -> int:
 def _chat(args: argparse.Namespace) -> int:
     _quiet_transformers()
     from switchgen.chat import run_chat
+
+    config = _config(args)
+    return run_chat(config, db=args.db, thread=args.thread, color=args.color, review=args.review)
+
+
+def _config(args: argparse.Namespace) -> SwitchConfig:
+    """The configuration the command names (--preset or --config) with the flags of _config_args applied."""
     from switchgen.graph import load_config
 
-    config = load_config(
+    return load_config(
         args.config or args.preset, seed=args.seed, max_new_tokens=args.max_new_tokens, patch_size=args.patch_size
     )
-    return run_chat(config, db=args.db, thread=args.thread, color=args.color, review=args.review)
 
 
 def _quiet_transformers() -> None:
