@@ -53,9 +53,9 @@ def start_servers() -> tuple[subprocess.Popen, dict[str, str]]:
 
 def run(config_dict: dict, inputs: list[dict], concurrency: int, workdir: Path) -> tuple[int, float]:
     """(tokens generated, seconds) for one `switchgen generate` job; models are loaded before timing."""
-    from switchgen.batch import run_file
+    from switchgen.generate import run_file
     from switchgen.graph import build_graph, load_config
-    from switchgen.servers.local import LocalEngine
+    from switchgen.servers.engine.local import LocalEngine
 
     config = load_config(config_dict)
     graph = build_graph(config, engine=LocalEngine())

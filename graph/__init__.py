@@ -6,7 +6,7 @@ state from here) can be imported on their own without an import cycle through th
 
 from typing import TYPE_CHECKING, Any
 
-from switchgen.graph.config import SwitchConfig, load_config
+from switchgen.config import SwitchConfig, load_config
 from switchgen.graph.state import Decision, Segment, SwitchState
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ input's trace from the previous turn's. Every way of running a graph (invoke, ba
 their async forms, astream_events, the LangGraph server, use as a subgraph) goes through
 `stream` / `astream`, so this class checks the input there (graph/inputs.py), before anything
 is written, and marks the run with a fresh turn id that the switcher node uses to start a fresh
-trace (nodes/contextual.py). Runs that continue a thread — `None` input, `Command(resume=...)`,
+trace (nodes/turn.py). Runs that continue a thread — `None` input, `Command(resume=...)`,
 replays from a checkpoint, a parent graph resuming this one as its subgraph — pass unchanged.
 """
 
@@ -21,14 +21,19 @@ from langgraph._internal._constants import CONFIG_KEY_RESUMING
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 
-from switchgen.graph.config import SwitchConfig
+from switchgen.config import SwitchConfig
 from switchgen.graph.context import resolve_config
 from switchgen.graph.inputs import admit_turn
-from switchgen.nodes.contextual import TURN_KEY
+from switchgen.nodes.turn import TURN_KEY
 
 # Runs that continue a turn (resume, replay) may carry on with the turn's stored budget, which
 # this class does not read: they get a generous limit (the budget bounds every run anyway).
 CONTINUE_LIMIT = 100_000
+
+
+def recursion_limit(max_new_tokens: int) -> int:
+    """Supersteps a turn may take: two per patch (three in review mode); a patch holds at least one token."""
+    return 3 * max_new_tokens + 10
 
 
 class SwitchGraph(CompiledStateGraph):
@@ -48,8 +53,7 @@ class SwitchGraph(CompiledStateGraph):
         """Check a new turn's input and mark the run; every run gets a recursion limit fit for its budget."""
         resolved = resolve_config(self.switch_config, context)  # a bad context fails before anything runs
         config = dict(config or {})  # type: ignore[assignment]
-        # Two supersteps per patch (three in review mode); a patch holds at least one token.
-        config["recursion_limit"] = max(config.get("recursion_limit") or 0, 3 * resolved.max_new_tokens + 10)
+        config["recursion_limit"] = max(config.get("recursion_limit") or 0, recursion_limit(resolved.max_new_tokens))
         continuing = (
             input is None
             or isinstance(input, Command)

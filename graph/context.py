@@ -9,14 +9,12 @@ result exactly like a YAML file, so a bad setting gets the configuration's own m
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
-from switchgen.errors import InputError
-from switchgen.graph.config import SwitchConfig, describe
-
-StrategyName = Literal["learned", "random", "fixed", "single"]
+from switchgen.config import Strategy, SwitchConfig
+from switchgen.errors import InputError, describe
 
 
 @dataclass(kw_only=True)
@@ -35,7 +33,7 @@ class Context:
         default=None,
         metadata={"description": "Top-p over the switcher's distribution (0 < top_p <= 1). Unset: the config's."},
     )
-    strategy: StrategyName | None = field(
+    strategy: Strategy | None = field(
         default=None,
         metadata={
             "description": "Who picks the next author: learned (the switcher LM), random, fixed (`sequence`), "

@@ -18,8 +18,8 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage, convert_to_messages
 
+from switchgen.config import SwitchConfig
 from switchgen.errors import InputError
-from switchgen.graph.config import SwitchConfig
 from switchgen.graph.context import resolve_config
 from switchgen.nodes.messages import last_human_index
 

@@ -12,11 +12,11 @@ trace (segments, decisions and the budget are per turn; see switchgen.graph.comp
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NotRequired, Required  # pydantic builds schemas from these on 3.11
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
-from typing_extensions import NotRequired, Required, TypedDict  # pydantic builds schemas from these on 3.11
+from typing_extensions import TypedDict
 
 FinishReason = Literal["length", "eos", "stop", "budget"]
 How = Literal["anchor", "switcher", "fallback", "forced", "review"]

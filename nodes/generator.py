@@ -1,10 +1,10 @@
-"""Generator nodes, one per candidate: render the trace for it, write one patch, append it."""
+"""A candidate's patch: render the trace for it, write one patch, append it (one generator node per candidate)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from switchgen.graph.config import SwitchConfig
+from switchgen.config import SwitchConfig
 from switchgen.graph.state import Segment, SwitchState
 from switchgen.nodes.messages import conversation_history
 from switchgen.nodes.prompts import candidate_prompt, has_chat_template
@@ -13,10 +13,13 @@ from switchgen.nodes.streaming import PatchStream
 from switchgen.servers.base import Backend, GenerationParams
 
 
-def make_generator_node(config: SwitchConfig, index: int, backend: Backend) -> Callable[[SwitchState], dict]:
-    """The node for candidate `index`: at most `patch_size` tokens, fewer where the budget ends."""
+def make_generator(config: SwitchConfig, index: int, backend: Backend) -> Callable[[SwitchState], dict]:
+    """Candidate `index` writing one patch under `config`: at most `patch_size` tokens, fewer where the budget ends.
+
+    nodes/turn.py wraps it into the LangGraph node (context, turns, the answer message).
+    """
     candidate = config.candidates[index]
-    view = candidate.view or ("chat" if has_chat_template(backend.tokenizer) else "plain")
+    view = config.candidate_view(index, has_chat_template(backend.tokenizer))
     sampling = config.sampling
     budget = config.max_new_tokens
 

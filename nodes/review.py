@@ -11,7 +11,7 @@ from typing import Any
 
 from langgraph.types import interrupt
 
-from switchgen.graph.config import SwitchConfig
+from switchgen.config import SwitchConfig
 from switchgen.graph.state import Decision, SwitchState
 
 REVIEW_KIND = "switchgen.review"

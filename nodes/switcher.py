@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
+from switchgen.config import SwitchConfig
 from switchgen.errors import InputError
-from switchgen.graph.config import SwitchConfig
 from switchgen.graph.state import Decision, Segment, SwitchState
 from switchgen.nodes.prompts import user_turn
 from switchgen.nodes.seeds import derive_seed
@@ -48,12 +48,15 @@ def top_p_choice(probs: Sequence[float], top_p: float, rng: random.Random) -> in
     return kept[-1]
 
 
-def make_switcher_node(
+def make_switcher(
     config: SwitchConfig,
     switcher: Backend | None,
     count_tokens: Callable[[Segment], int],
 ) -> Callable[[SwitchState], dict]:
-    """The node; `switcher` is the learned switcher's backend (None for the other strategies)."""
+    """The decision under `config`; `switcher` is the learned switcher's backend (None for the other strategies).
+
+    nodes/turn.py wraps it into the LangGraph node (context, turns, review, the answer message).
+    """
     names = config.names
     n = len(names)
     budget = config.max_new_tokens

@@ -12,7 +12,6 @@ from typing import Literal, Protocol
 
 from transformers import PreTrainedTokenizerBase
 
-
 TextCallback = Callable[[str], None]
 
 

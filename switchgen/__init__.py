@@ -16,7 +16,7 @@ def __getattr__(name: str):
 
         return ChatSwitchGeneration
     if name == "LangChainLLMBackend":
-        from switchgen.servers.langchain_llm import LangChainLLMBackend
+        from switchgen.servers.clients.langchain import LangChainLLMBackend
 
         return LangChainLLMBackend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

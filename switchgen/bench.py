@@ -21,12 +21,14 @@ from pathlib import Path
 
 import torch
 
-from switchgen.graph.builder import build_graph, connect
-from switchgen.graph.config import SwitchConfig
+from switchgen.config import SwitchConfig
+from switchgen.files import atomic_write_text
+from switchgen.graph.backends import connect
+from switchgen.graph.builder import build_graph
 from switchgen.nodes.prompts import candidate_prompt, has_chat_template, user_turn
 from switchgen.nodes.switcher import switcher_prompt
 from switchgen.servers.base import Backend, GenerationParams
-from switchgen.servers.local import LocalEngine
+from switchgen.servers.engine.local import LocalEngine
 
 QUERIES = [
     "Explain why the sky is blue to a ten-year-old.",
@@ -76,7 +78,7 @@ def run_switch(graph, query: str) -> Timing:
 
 def run_single(config: SwitchConfig, aligned: Backend, query: str, tokens: int) -> Timing:
     cand = config.candidates[config.aligned_index]
-    view = cand.view or ("chat" if has_chat_template(aligned.tokenizer) else "plain")
+    view = config.candidate_view(config.aligned_index, has_chat_template(aligned.tokenizer))
     prompt = candidate_prompt(aligned.tokenizer, view, query, [], cand.plain_template)
     params = GenerationParams(max_new_tokens=tokens, temperature=0.7, top_p=0.9, seed=0, ignore_eos=True)
     start = time.perf_counter()
@@ -129,7 +131,7 @@ def run_concurrent_single(config: SwitchConfig, aligned: Backend, queries: list[
 
 def interleaved(variants: dict[str, Callable[[int], Timing]], reps: int, progress: Callable[[str], None]) -> dict:
     """Warm every variant up once, then run them round-robin `reps` times (order rotating)."""
-    for name, fn in variants.items():
+    for fn in variants.values():
         fn(-1)
     runs: dict[str, list[Timing]] = {name: [] for name in variants}
     names = list(variants)
@@ -168,8 +170,8 @@ def run_bench(
     ]
     ref_switcher = engine.backend(
         cfg.switcher_model,
-        device=cfg.switcher.device or cfg.candidates[cfg.aligned_index].device,
-        dtype=cfg.switcher.dtype or "auto",
+        device=cfg.switcher_device,
+        dtype=cfg.switcher_dtype,
         adapter=cfg.switcher.adapter,
         reuse_cache=False,
     )
@@ -300,9 +302,7 @@ def markdown(report: dict) -> str:
 
 
 def write_json(report: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(report, indent=2))
 
 
 __all__ = ["markdown", "run_bench", "write_json"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from switchgen.errors import InputError
+from switchgen.files import switchgen_home
 
 RESET = "\033[0m"
 DIM = "\033[2m"
@@ -25,9 +26,7 @@ EXIT_WORDS = {"/exit", "/quit", "/bye"}
 
 def default_db() -> Path:
     """$SWITCHGEN_HOME/chat.sqlite (default ~/.cache/switchgen/chat.sqlite)."""
-    home = os.environ.get("SWITCHGEN_HOME")
-    base = Path(home).expanduser() if home else Path.home() / ".cache" / "switchgen"
-    return base / "chat.sqlite"
+    return switchgen_home() / "chat.sqlite"
 
 
 def use_color(mode: str, stream: TextIO) -> bool:

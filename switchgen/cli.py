@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from switchgen.errors import SwitchgenError
+from switchgen.files import atomic_write_text
 
 if TYPE_CHECKING:
-    from switchgen.graph.config import SwitchConfig
+    from switchgen.config import SwitchConfig
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -95,13 +96,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "presets":
-        from switchgen.graph.config import DEFAULT_PRESET, preset_names
+        from switchgen.config import DEFAULT_PRESET, preset_names
 
         for name in preset_names():
             print(name + ("  (default)" if name == DEFAULT_PRESET else ""))
         return 0
     if args.command == "toy-models":
-        from switchgen.servers.toy import build_toy_models, default_toy_dir
+        from switchgen.kits.toy import build_toy_models, default_toy_dir
 
         paths = build_toy_models(args.directory or default_toy_dir(), overwrite=args.overwrite)
         for name, path in paths.items():
@@ -115,7 +116,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "merge-switcher":
         from switchgen.graph import load_config
-        from switchgen.servers.merge import merge_switcher
+        from switchgen.servers.serve.merge import merge_switcher
 
         _quiet_transformers()
         print(f"merged switcher in {merge_switcher(load_config(args.config or args.preset), args.output)}")
@@ -127,7 +128,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     _quiet_transformers()
-    from switchgen.batch import default_output, read_inputs, run_file
+    from switchgen.generate import default_output, read_inputs, run_file
     from switchgen.graph import build_graph
 
     inputs = read_inputs(args.input)
@@ -135,8 +136,8 @@ def _generate(args: argparse.Namespace) -> int:
     output = args.output or default_output(args.input)
     if args.concurrency < 1:
         raise SwitchgenError(f"--concurrency must be at least 1, got {args.concurrency}")
-    from switchgen.servers.connect import server_probes
-    from switchgen.servers.remote import check_servers
+    from switchgen.graph.backends import server_probes
+    from switchgen.servers.clients.remote import check_servers
 
     check_servers(server_probes(config))  # every server answers before any query runs
     graph = build_graph(config)
@@ -156,11 +157,11 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     _quiet_transformers()
-    from switchgen.servers.plan import plan_servers
+    from switchgen.servers.serve.plan import plan_servers
 
     config = _config(args)
     if args.compose:
-        from switchgen.servers.compose import compose_config, compose_file
+        from switchgen.servers.serve.compose import compose_config, compose_file
 
         text = compose_config(config, engine=args.engine, base_port=args.port) if args.print_config else compose_file(
             config, engine=args.engine, base_port=args.port, source=_source_args(args)
@@ -172,7 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
             raise SwitchgenError("--print-config needs fixed ports: give --port BASE")
         return _write_text(_config_yaml(config, plan, args), args.output)
 
-    from switchgen.servers.serve import prepare, serve_forever
+    from switchgen.servers.serve.run import prepare, serve_forever
 
     running = prepare(plan, args.host, max_top_n_tokens=args.max_top_n_tokens)
 
@@ -197,10 +198,10 @@ def _source_args(args: argparse.Namespace) -> list[str]:
     return source
 
 
-def _config_yaml(config, plan, args: argparse.Namespace) -> str:  # noqa: ANN001 - SwitchConfig, plan
+def _config_yaml(config, plan, args: argparse.Namespace) -> str:
     import yaml
 
-    from switchgen.servers.plan import served_config
+    from switchgen.servers.serve.plan import served_config
 
     data = served_config(config, plan, engine=args.engine, host=args.host)
     if "switcher" in data and "top_n_tokens" not in data["switcher"]:
@@ -213,9 +214,7 @@ def _write_text(text: str, output: Path | None) -> int:
     if output is None:
         sys.stdout.write(text)
         return 0
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(output)  # no half-written file
+    atomic_write_text(output, text)  # no half-written file
     print(f"wrote {output}", file=sys.stderr)
     return 0
 

@@ -1,5 +1,7 @@
 """The errors a user can cause. The CLI prints them as one line and exits non-zero."""
 
+from pydantic import ValidationError
+
 
 class SwitchgenError(Exception):
     """Base class: a mistake in input or configuration, not a bug."""
@@ -27,3 +29,11 @@ class ServerError(SwitchgenError):
 
 class ServerUnreachable(ServerError):
     """No inference server answers at a configured URL (down, wrong URL, or dropped connections)."""
+
+
+def describe(err: ValidationError, root: str = "config") -> str:
+    """A pydantic error as one line: `field.path: problem; ...` (`root` names a top-level problem)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or root}: {e['msg'].removeprefix('Value error, ')}"
+        for e in err.errors()
+    )

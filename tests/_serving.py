@@ -10,15 +10,14 @@ from __future__ import annotations
 import copy
 
 import pytest
-
 from conftest import toy_config_dict
 
 
 def start_toy_servers(engine, config_dict: dict | None = None, **options):
     """`switchgen serve` for a toy config on port 0 (free ports), in a background thread."""
     from switchgen.graph import load_config
-    from switchgen.servers.plan import plan_servers
-    from switchgen.servers.serve import BackgroundServers, prepare
+    from switchgen.servers.serve.plan import plan_servers
+    from switchgen.servers.serve.run import BackgroundServers, prepare
 
     config = load_config(config_dict or toy_config_dict())
     options.setdefault("max_top_n_tokens", 1024)

@@ -1,7 +1,7 @@
 """Shared fixtures: a private SWITCHGEN_HOME, the toy kit built once, one engine for the session.
 
 Every model call in the suite is a real forward pass on the tiny toy checkpoints
-(switchgen.servers.toy); nothing of switchgen's own is mocked.
+(switchgen.kits.toy); nothing of switchgen's own is mocked.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def switchgen_home() -> Path:
 @pytest.fixture(scope="session")
 def toy_kit(switchgen_home: Path) -> dict[str, Path]:
     """The toy checkpoints, built once in the session's SWITCHGEN_HOME."""
-    from switchgen.servers.toy import default_toy_dir, ensure_toy_models
+    from switchgen.kits.toy import default_toy_dir, ensure_toy_models
 
     assert default_toy_dir().is_relative_to(switchgen_home)
     kit = ensure_toy_models()
@@ -65,7 +65,7 @@ def toy_kit(switchgen_home: Path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def engine(toy_kit: dict[str, Path]):
     """One in-process engine (KV-cache reuse on) shared by the tests: each toy model loads once."""
-    from switchgen.servers.local import LocalEngine
+    from switchgen.servers.engine.local import LocalEngine
 
     return LocalEngine()
 
@@ -127,7 +127,7 @@ def make_graph(engine, toy_config):
 def lcp(a: list[int], b: list[int]) -> int:
     """Length of the longest common prefix of two token lists (independent of switchgen's)."""
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1

@@ -8,14 +8,14 @@ import pytest
 
 from switchgen.nodes.prompts import chat_prefix
 from switchgen.servers.base import GenerationParams
-from switchgen.servers.kvcache import common_prefix
+from switchgen.servers.engine.kvcache import common_prefix
 
 QUERIES = [f"Question {i}: why is the sky blue{' and the sea green' * i}?" for i in range(6)]
 
 
 @pytest.fixture()
 def fresh_engine(toy_kit):
-    from switchgen.servers.local import LocalEngine
+    from switchgen.servers.engine.local import LocalEngine
 
     return LocalEngine()
 
@@ -44,7 +44,7 @@ def test_sequences_of_different_lengths_and_budgets_batch_correctly(fresh_engine
     backend = fresh_engine.backend("toy:F", device="cpu")
     prompts = [chat_prefix(backend.tokenizer, q) for q in QUERIES]
     budgets = [5, 40, 17, 1, 33, 25]
-    jobs = [(p, GenerationParams(max_new_tokens=n, greedy=True)) for p, n in zip(prompts, budgets)]
+    jobs = [(p, GenerationParams(max_new_tokens=n, greedy=True)) for p, n in zip(prompts, budgets, strict=False)]
     one_by_one = [backend.generate(p, params) for p, params in jobs]
     fresh_engine.clear_caches()
     together = _concurrently(lambda job: backend.generate(*job), jobs)
@@ -59,7 +59,7 @@ def test_a_finished_sequence_leaves_the_batch_with_its_cache(fresh_engine):
     params = GenerationParams(max_new_tokens=30, greedy=True)
     first = _concurrently(lambda p: backend.generate(p, params), prompts)
     assert backend.worker.max_batch_seen > 1
-    for prompt, patch in zip(prompts, first):
+    for prompt, patch in zip(prompts, first, strict=False):
         follow = prompt + patch.text + " and then"
         ids = backend.encode(follow)
         cached = max(common_prefix(entry.ids, ids) for entry in backend.pool._entries)
@@ -86,7 +86,7 @@ def test_switcher_scores_are_batched_with_decoding_and_unchanged(fresh_engine):
 
 def test_graph_runs_concurrently_give_the_same_answers(toy_kit):
     from switchgen.graph import build_graph, load_config
-    from switchgen.servers.local import LocalEngine
+    from switchgen.servers.engine.local import LocalEngine
 
     config = load_config("toy", seed=4, max_new_tokens=90, patch_size=30, sampling={"greedy": True})
     engine = LocalEngine()

@@ -14,13 +14,13 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 from langgraph.graph import START, MessagesState, StateGraph
 
 import switchgen.graph  # noqa: F401  isort: skip
+from _serving import hub_online  # noqa: F401 - fixture
+from conftest import chat_prompt
+
 from switchgen import ChatSwitchGeneration, LangChainLLMBackend
 from switchgen.errors import ConfigError, InputError
 from switchgen.graph import build_graph
 from switchgen.servers.base import GenerationParams
-
-from _serving import hub_online  # noqa: F401 - fixture
-from conftest import chat_prompt
 
 MESSAGES = [SystemMessage("Be brief."), HumanMessage("Hi"), AIMessage("Hello!"), HumanMessage("What is 2 plus 3?")]
 
@@ -198,7 +198,7 @@ def stop_inside(text: str) -> str:
 def test_endpoint_backend_against_a_tgi_protocol_server(tgi_url, toy_kit, prompt):
     from langchain_huggingface import HuggingFaceEndpoint
 
-    from switchgen.servers.local import LocalEngine
+    from switchgen.servers.engine.local import LocalEngine
 
     reference = LocalEngine().backend("toy:A", device="cpu")  # fresh: encodes the prompt from its text
     backend = LangChainLLMBackend(HuggingFaceEndpoint(endpoint_url=tgi_url), tokenizer=str(toy_kit["A"]))
@@ -218,7 +218,7 @@ def test_endpoint_backend_against_a_tgi_protocol_server(tgi_url, toy_kit, prompt
 
 
 def test_pipeline_backend_cuts_at_stop_strings(pipeline_llm):
-    from switchgen.servers.local import LocalEngine
+    from switchgen.servers.engine.local import LocalEngine
 
     reference = LocalEngine().backend("toy:A", device="cpu")
     backend = LangChainLLMBackend(pipeline_llm)

@@ -78,10 +78,10 @@ def without_floats(record: dict) -> tuple[dict, list]:
 
 def assert_same_records(a: list[dict], b: list[dict]) -> None:
     assert len(a) == len(b)
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=False):
         (ca, fa), (cb, fb) = without_floats(ra), without_floats(rb)
         assert ca == cb
-        for (pa, ma), (pb, mb) in zip(fa, fb):
+        for (pa, ma), (pb, mb) in zip(fa, fb, strict=False):
             assert (pa is None) == (pb is None) and (ma is None) == (mb is None)
             if pa is not None:
                 assert pa == pytest.approx(pb, rel=1e-4, abs=1e-6)

@@ -10,7 +10,7 @@ import yaml
 from switchgen.cli import main
 from switchgen.errors import ConfigError
 from switchgen.graph import load_config
-from switchgen.servers.compose import TGI_IMAGE, compose_config, compose_file
+from switchgen.servers.serve.compose import TGI_IMAGE, compose_config, compose_file
 
 COMMITTED = Path(__file__).resolve().parents[1] / "servers" / "compose.yaml"
 
@@ -31,7 +31,7 @@ def test_tgi_compose_one_pinned_gpu_per_checkpoint_and_a_merged_switcher():
     assert list(svc) == ["p", "f", "a", "switcher"]
     gpus = [s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for s in svc.values()]
     assert gpus == [["0"], ["1"], ["2"], ["3"]]
-    for name, s in svc.items():
+    for _name, s in svc.items():
         assert s["image"] == TGI_IMAGE and s["image"].rsplit(":", 1)[1].startswith("3.3.")
         command = s["command"]
         assert command[command.index("--usage-stats") + 1] == "off"

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from _serving import hub_online, served_dict, start_toy_servers  # noqa: F401 - fixture
 from conftest import toy_config_dict
-from switchgen.batch import is_failed, run_file
+
+from switchgen.generate import is_failed, run_file
 from switchgen.graph import build_graph, load_config
-from switchgen.servers.local import LocalEngine
+from switchgen.servers.engine.local import LocalEngine
 
 GREEDY = {"sampling": {"greedy": True}, "seed": 5, "max_new_tokens": 120, "patch_size": 20}
 NAMES = ("P", "F", "A", "switcher")

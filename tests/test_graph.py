@@ -8,10 +8,10 @@ import pytest
 from transformers import AutoTokenizer
 
 import switchgen.graph  # noqa: F401  isort: skip  (import order; see test_switcher_prompt)
+from conftest import chat_prompt, toy_config_dict
+
 from switchgen.errors import InputError
 from switchgen.graph import build_graph, load_config
-
-from conftest import chat_prompt, toy_config_dict
 
 QUERIES = [
     "What is 2 plus 3?",
@@ -35,7 +35,7 @@ def check_run(config, result, given: list[dict] | None = None, given_tokens: int
     assert result["tokens_used"] <= budget
     assert len(decisions) == len(generated)
     used = given_tokens
-    for k, (d, s) in enumerate(zip(decisions, generated)):
+    for k, (d, s) in enumerate(zip(decisions, generated, strict=False)):
         step = len(given) + k
         assert d["step"] == step
         assert (s["candidate"], s["index"]) == (d["chosen"], d["index"])

@@ -15,10 +15,9 @@ from pathlib import Path
 import httpx
 import jsonschema
 import pytest
-from referencing import Registry, Resource
-
 from _serving import start_toy_servers
 from conftest import chat_prompt
+from referencing import Registry, Resource
 
 ROOT = Path(__file__).resolve().parents[1]
 # TGI's published OpenAPI spec (TGI 3.3.6-dev0), vendored so conformance is checked on every clone.

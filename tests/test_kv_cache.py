@@ -7,13 +7,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import switchgen.graph  # noqa: F401  isort: skip  (import order; see test_switcher_prompt)
+from conftest import chat_prompt, lcp, toy_config_dict
+
 from switchgen.graph import build_graph, load_config
 from switchgen.nodes.prompts import user_turn
 from switchgen.nodes.switcher import switcher_prompt
 from switchgen.servers.base import GenerationParams
-from switchgen.servers.local import LocalEngine
-
-from conftest import chat_prompt, lcp, toy_config_dict
+from switchgen.servers.engine.local import LocalEngine
 
 QUERIES = ["What is 2 plus 3?", "Tell me a short story.", "Why is the ocean salty?"]
 
@@ -55,7 +55,7 @@ def test_reuse_matches_recompute_from_scratch(engine, scratch_engine, anchor):
         assert a["segments"] == b["segments"]
         assert a["output"] == b["output"] and a["tokens_used"] == b["tokens_used"] == 70
         assert strip_floats(a["decisions"]) == strip_floats(b["decisions"])
-        for da, db in zip(a["decisions"], b["decisions"]):
+        for da, db in zip(a["decisions"], b["decisions"], strict=False):
             if da["probabilities"] is None:
                 assert db["probabilities"] is None
             else:

@@ -10,7 +10,7 @@ from switchgen.graph import build_graph, load_config
 from switchgen.nodes.prompts import user_turn
 from switchgen.nodes.switcher import switcher_prompt
 from switchgen.servers.base import GenerationParams
-from switchgen.servers.local import LocalEngine
+from switchgen.servers.engine.local import LocalEngine
 
 
 def _config(adapter: Path | None):

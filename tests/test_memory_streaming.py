@@ -14,7 +14,7 @@ import switchgen.graph  # noqa: F401  isort: skip
 from switchgen.chat import PALETTE, RESET
 from switchgen.cli import main
 from switchgen.graph import build_graph
-from switchgen.servers.local import LocalEngine
+from switchgen.servers.engine.local import LocalEngine
 
 GREEDY = {"aligned_model": "toy:F", "seed": 1, "max_new_tokens": 30, "patch_size": 10, "sampling": {"greedy": True}}
 

@@ -10,12 +10,12 @@ import threading
 from dataclasses import replace
 
 import pytest
-
 from _serving import start_toy_servers
 from conftest import chat_prompt
+
 from switchgen.errors import ServerError, ServerUnreachable
 from switchgen.servers.base import GenerationParams
-from switchgen.servers.remote import Endpoint, Probe, check_servers
+from switchgen.servers.clients.remote import Endpoint, Probe, check_servers
 
 CHOICES = ["0", "1", "2"]
 
@@ -27,7 +27,7 @@ def servers(engine):
 
 
 def oai(url: str, model: str, **kwargs):
-    from switchgen.servers.openai_compat import OpenAIBackend
+    from switchgen.servers.clients.openai import OpenAIBackend
 
     return OpenAIBackend(Endpoint("candidate 'X'", url, retries=kwargs.pop("retries", 2)), model, **kwargs)
 

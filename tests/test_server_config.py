@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from conftest import toy_config_dict
+
 from switchgen.cli import main
 from switchgen.errors import ConfigError
 from switchgen.graph import load_config

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from _serving import hub_online, served_dict, start_toy_servers  # noqa: F401 - fixture
 from conftest import toy_config_dict
-from switchgen.batch import run_file
+
+from switchgen.generate import run_file
 from switchgen.graph import build_graph, load_config
-from switchgen.servers.local import LocalEngine
+from switchgen.servers.engine.local import LocalEngine
 
 pytestmark = pytest.mark.usefixtures("hub_online")
 

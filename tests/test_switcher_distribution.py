@@ -11,13 +11,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import switchgen.graph  # noqa: F401  isort: skip  (import order; see test_switcher_prompt)
+from conftest import toy_config_dict
+
 from switchgen.errors import ConfigError
 from switchgen.graph import build_graph, load_config
 from switchgen.nodes.prompts import user_turn
 from switchgen.nodes.switcher import switcher_prompt
-from switchgen.servers.local import LocalEngine
-
-from conftest import toy_config_dict
+from switchgen.servers.engine.local import LocalEngine
 
 QUERY = "What is 2 plus 3?"
 TRACES = [
@@ -97,7 +97,7 @@ def test_switcher_decisions_carry_probabilities(make_graph, switcher, seed):
     result = graph.invoke({"query": "Tell me a short story."})
     decisions = result["decisions"]
     assert decisions and all(d["how"] == "switcher" for d in decisions)
-    for d, seg_before in zip(decisions, range(len(decisions))):
+    for d, seg_before in zip(decisions, range(len(decisions)), strict=False):
         probs = d["probabilities"]
         assert list(probs) == config.names
         assert math.isclose(sum(probs.values()), 1.0, abs_tol=1e-5)

@@ -29,7 +29,7 @@ def reference_prompt(q: str, segs: list[str], idx: list[int], n: int) -> str:
     """The formula of the reference code, written out independently."""
     return (
         q
-        + "".join(f" <model {i} begins> {s} <model {i} ends>" for s, i in zip(segs, idx))
+        + "".join(f" <model {i} begins> {s} <model {i} ends>" for s, i in zip(segs, idx, strict=False))
         + f" Which model should generate the next segment? Please respond with a number from 0 to {n-1}. The answer is model "
     )
 

@@ -11,12 +11,12 @@ from dataclasses import replace
 
 import httpx
 import pytest
-
 from _serving import hub_online, start_toy_servers  # noqa: F401 - fixture
 from conftest import chat_prompt, toy_config_dict
+
 from switchgen.errors import ConfigError, ServerError, ServerUnreachable
 from switchgen.servers.base import GenerationParams
-from switchgen.servers.remote import Endpoint, check_servers, Probe
+from switchgen.servers.clients.remote import Endpoint, Probe, check_servers
 
 pytestmark = pytest.mark.usefixtures("hub_online")
 
@@ -30,7 +30,7 @@ def servers(engine):
 
 
 def tgi(url: str, model: str, **kwargs):
-    from switchgen.servers.tgi import TGIBackend
+    from switchgen.servers.clients.tgi import TGIBackend
 
     endpoint_options = {k: kwargs.pop(k) for k in ("retries", "timeout") if k in kwargs}
     return TGIBackend(Endpoint("candidate 'X'", url, **endpoint_options), model, **kwargs)
@@ -139,7 +139,7 @@ def test_digits_outside_the_top_tokens_count_as_zero(servers, engine):
 
 def test_adapter_id_selects_the_lora_on_a_shared_server(toy_kit, adapter_dir):
     """A LoRA switcher on the aligned model's server, as TGI's --lora-adapters: adapter_id picks it."""
-    from switchgen.servers.local import LocalEngine
+    from switchgen.servers.engine.local import LocalEngine
 
     engine = LocalEngine()
     config = toy_config_dict(switcher={"model": "toy:A", "adapter": str(adapter_dir)})

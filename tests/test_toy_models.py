@@ -1,15 +1,14 @@
-"""The toy kit keeps the promises of its docstring (switchgen.servers.toy), which the other tests lean on."""
+"""The toy kit keeps the promises of its docstring (switchgen.kits.toy), which the other tests lean on."""
 
 from __future__ import annotations
 
 import statistics
 
 import pytest
+from conftest import chat_prompt
 from transformers import AutoTokenizer
 
-from switchgen.servers.toy import build_toy_models
-
-from conftest import chat_prompt
+from switchgen.kits.toy import build_toy_models
 
 CHAT_QUERIES = [
     "What is 2 plus 3?",

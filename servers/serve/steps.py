@@ -1,8 +1,8 @@
 """Token-by-token generation with log-probabilities, for serving a checkpoint over HTTP.
 
-The HTTP server (servers/http_server.py) reports what an inference server reports: each token's
+The HTTP server (servers/serve/app.py) reports what an inference server reports: each token's
 id, text and log-probability, the top-n alternatives, and why generation ended. This is a thin
-layer over the in-process engine's backends (servers/local.py): the same decode worker, so
+layer over the in-process engine's backends (servers/engine/local.py): the same decode worker, so
 concurrent requests to one checkpoint are decoded together in one batch, the same prefix KV
 caches and the same memory of the tokens each patch was written as. Greedy output is therefore
 exactly the in-process engine's.
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from transformers import PreTrainedTokenizerBase
 
 from switchgen.servers.base import GenerationParams
-from switchgen.servers.batching import Cancelled, Request, TokenDetails
-from switchgen.servers.local import LocalBackend
+from switchgen.servers.engine.batching import Cancelled, Request, TokenDetails
+from switchgen.servers.engine.local import LocalBackend
 from switchgen.servers.stops import first_stop
 
 __all__ = ["Cancelled", "Generation", "Step", "TokenInfo", "TokenServer"]

@@ -27,11 +27,11 @@ from transformers import AutoTokenizer, LogitsProcessorList, PreTrainedTokenizer
 
 from switchgen.errors import ConfigError
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
-from switchgen.servers.remote import server_prompt
+from switchgen.servers.clients.remote import server_prompt
+from switchgen.servers.protocol import FINISH_FROM_TGI, tgi_parameters
 from switchgen.servers.stops import StopHoldback
 
 InvokeKwargs = Callable[[GenerationParams, str], dict[str, Any]]
-TGI_FINISH = {"length": "length", "eos_token": "eos", "stop_sequence": "stop"}
 
 
 class _StepCounter:
@@ -68,18 +68,6 @@ def pipeline_kwargs(params: GenerationParams, prompt: str, tokenizer: PreTrained
         kwargs.update(temperature=params.temperature, top_p=params.top_p)
     if params.ignore_eos:
         kwargs["min_new_tokens"] = params.max_new_tokens
-    return kwargs
-
-
-def endpoint_kwargs(params: GenerationParams) -> dict[str, Any]:
-    """TGI text_generation parameters for one patch: switchgen's sampling settings only."""
-    kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "do_sample": not params.greedy}
-    if not params.greedy:
-        kwargs.update(temperature=params.temperature, top_p=params.top_p)
-    if params.seed is not None and not params.greedy:
-        kwargs["seed"] = params.seed
-    if params.stop:
-        kwargs["stop"] = list(params.stop)
     return kwargs
 
 
@@ -149,7 +137,7 @@ class LangChainLLMBackend:
     def _endpoint(self, prompt: str, params: GenerationParams, stream: StopHoldback) -> Patch:
         """HuggingFaceEndpoint: TGI's details give the exact token count and finish reason."""
         llm = self.llm
-        call = {"model": llm.model, "details": True, **endpoint_kwargs(params)}
+        call = {"model": llm.model, "details": True, **tgi_parameters(params)}
         prompt = server_prompt(self._tokenizer, prompt)  # TGI adds the BOS itself
         if stream.emit is None:
             out = llm.client.text_generation(prompt, **call)
@@ -164,7 +152,7 @@ class LangChainLLMBackend:
                     details, final = event.details, event.generated_text
         text = stream.finish(final)
         tokens = details.generated_tokens if details is not None else len(self._tokenizer.encode(text))
-        finish = "stop" if stream.stopped else TGI_FINISH.get(getattr(details, "finish_reason", ""), "length")
+        finish = "stop" if stream.stopped else FINISH_FROM_TGI.get(getattr(details, "finish_reason", ""), "length")
         return Patch(text=text, tokens=max(int(tokens), 1), finish_reason=finish)  # type: ignore[arg-type]
 
     def choice_distribution(self, prompt: str, choices: Sequence[str]) -> ChoiceScores:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
+from switchgen.config import SwitchConfig
 from switchgen.errors import ConfigError
-from switchgen.graph.config import SwitchConfig
-from switchgen.servers.loading import attach_adapter, load_model, load_tokenizer, resolve_dtype, resolve_model
+from switchgen.servers.engine.loading import attach_adapter, load_model, load_tokenizer, resolve_dtype, resolve_model
 
 
 def merge_switcher(config: SwitchConfig, output: Path) -> Path:
@@ -21,9 +21,8 @@ def merge_switcher(config: SwitchConfig, output: Path) -> Path:
     if output.exists() and any(output.iterdir()):
         raise ConfigError(f"{output} exists and is not empty; choose another --output")
     location = resolve_model(config.switcher_model)
-    twin = next((c for c in config.candidates if c.model == config.switcher_model), None)
     # The checkpoint's own dtype unless the config names one (a CPU-only host must not widen it).
-    dtype = resolve_dtype(sw.dtype or (twin.dtype if twin else "auto"), torch.device("cuda"))
+    dtype = resolve_dtype(config.switcher_dtype, torch.device("cuda"))
     model = attach_adapter(load_model(location, torch.device("cpu"), dtype), sw.adapter, "switcher")
     merged = model.merge_and_unload()
     tmp = output.with_name(output.name + ".partial")  # no half-written model under `output`

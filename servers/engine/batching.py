@@ -25,12 +25,12 @@ import torch
 from transformers import DynamicCache
 
 from switchgen.servers.base import GenerationParams, Patch, TextCallback
-from switchgen.servers.kvcache import CacheEntry
-from switchgen.servers.sampling import make_generator, next_token, next_tokens
+from switchgen.servers.engine.kvcache import CacheEntry
+from switchgen.servers.engine.sampling import make_generator, next_token, next_tokens
 from switchgen.servers.stops import cut_at_stop, streamable
 
 if TYPE_CHECKING:
-    from switchgen.servers.local import LocalBackend
+    from switchgen.servers.engine.local import LocalBackend
 
 STREAM_INTERVAL = 0.02  # seconds between streamed text events of one request
 
@@ -246,7 +246,7 @@ class DecodeWorker:
         try:
             with backend.active():
                 req.entry, req.logits, req.prefilled = backend.prefill(req.ids)
-        except Exception as err:  # noqa: BLE001 - handed to the caller
+        except Exception as err:
             req.events.put(("error", err))
             return
         if req.params is None:
@@ -299,7 +299,7 @@ class DecodeWorker:
                 else:
                     positions = torch.tensor([[len(r.entry.ids)] for r in rows], device=self.device)
                     logits = backend.forward(tokens, batch.cache, batch.mask(self.device), positions)
-        except Exception as err:  # noqa: BLE001 - every waiting caller gets it
+        except Exception as err:
             for r in list(rows):
                 batch.remove(r)
                 r.events.put(("error", err))

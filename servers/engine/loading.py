@@ -16,7 +16,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def resolve_model(spec: str) -> str:
     """A loadable location for `spec`: toy:NAME builds the toy kit on first use; a path must exist."""
     if spec.startswith(TOY_PREFIX):
-        from switchgen.servers.toy import ensure_toy_models
+        from switchgen.kits.toy import ensure_toy_models
 
         kit = ensure_toy_models()
         name = spec.removeprefix(TOY_PREFIX)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from switchgen.errors import ConfigError
-from switchgen.servers.http_server import ServedModel, create_app
-from switchgen.servers.local import LocalEngine
-from switchgen.servers.plan import PlannedServer
-from switchgen.servers.steps import TokenServer
+from switchgen.servers.engine.local import LocalEngine
+from switchgen.servers.serve.app import ServedModel, create_app
+from switchgen.servers.serve.plan import PlannedServer
+from switchgen.servers.serve.steps import TokenServer
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""What every inference-server backend shares: one I/O event loop, retries, errors, health checks.
+"""What every inference-server backend shares: one I/O event loop, retries, errors, health checks,
+and `RemoteBackend`, the base whose subclasses (tgi.py, openai.py) supply only a request's payload
+and the parsing of its answer.
 
 The graph's nodes are synchronous and may run in many threads at once (`generate --concurrency`).
 Remote calls from all of them run as coroutines on one background event loop, so N threads
@@ -20,7 +22,10 @@ import httpx
 from transformers import PreTrainedTokenizerBase
 
 from switchgen.errors import ConfigError, ServerError, ServerUnreachable
-from switchgen.servers.base import TextCallback
+from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
+from switchgen.servers.choices import choice_token_ids
+from switchgen.servers.engine.loading import load_tokenizer, resolve_model
+from switchgen.servers.stops import StopHoldback
 
 T = TypeVar("T")
 
@@ -157,7 +162,7 @@ async def with_retries(endpoint: Endpoint, call: Callable[[], Awaitable[T]], *, 
             return await call()
         except (ServerError, ConfigError):
             raise
-        except Exception as err:  # noqa: BLE001 - classified below, re-raised as our errors
+        except Exception as err:
             again, unreachable, what = _transient(err)
             if again and attempt < endpoint.retries and retry():
                 await asyncio.sleep(backoff_delay(attempt, getattr(err, "retry_after", None)))
@@ -193,6 +198,70 @@ def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
         ids = tokenizer("a")["input_ids"]
         _ADDS_BOS[key] = bool(ids) and ids[0] == tokenizer.bos_token_id
     return _ADDS_BOS[key]
+
+
+# -- the backend ---------------------------------------------------------------------------
+
+
+class RemoteBackend:
+    """The `Backend` surface over one inference server; the tokenizer (from `model`) renders prompts.
+
+    Subclasses build a request from a prompt (`_request`) and implement one plain call
+    (`_generate`, with its own retries) and one streamed attempt (`_stream_once`); streaming,
+    its retry rule and the choice-token cache are written here once.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        model: str,
+        *,
+        top_n_tokens: int = 20,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.top_n_tokens = top_n_tokens
+        self._tokenizer = tokenizer or load_tokenizer(resolve_model(model))
+        self._choice_ids: dict[tuple[str, ...], list[list[int]]] = {}
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._tokenizer
+
+    def generate(self, prompt: str, params: GenerationParams, on_text: TextCallback | None = None) -> Patch:
+        request = self._request(prompt, params)
+        if on_text is None:
+            return run_sync(self._generate(request, params.stop))
+
+        async def stream(emit: Callable[[str], None]) -> Patch:
+            holdback = StopHoldback(emit, params.stop)
+            # A stream that already showed text cannot be replayed: retry only before the first piece.
+            return await with_retries(
+                self.endpoint, lambda: self._stream_once(request, params.stop, holdback), retry=lambda: not holdback.sent
+            )
+
+        return run_streaming(stream, on_text)
+
+    def choice_distribution(self, prompt: str, choices: Sequence[str]) -> ChoiceScores:
+        raise NotImplementedError
+
+    def choice_ids(self, choices: Sequence[str]) -> list[list[int]]:
+        """The token ids that spell each choice (cached per choice list)."""
+        key = tuple(choices)
+        if key not in self._choice_ids:
+            self._choice_ids[key] = choice_token_ids(self.tokenizer, choices)
+        return self._choice_ids[key]
+
+    # -- what a subclass supplies -----------------------------------------------------------
+
+    def _request(self, prompt: str, params: GenerationParams) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _generate(self, request: dict[str, Any], stop: Sequence[str]) -> Patch:
+        raise NotImplementedError
+
+    async def _stream_once(self, request: dict[str, Any], stop: Sequence[str], holdback: StopHoldback) -> Patch:
+        raise NotImplementedError
 
 
 # -- health --------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from switchgen.files import switchgen_home
+
 __all__ = [
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
@@ -170,9 +172,7 @@ The quick brown fox jumps over the lazy dog near the quiet river bank.
 
 def default_toy_dir() -> Path:
     """Cache folder shared by tests and demos, so the kit is built once per machine."""
-    home = os.environ.get("SWITCHGEN_HOME")
-    base = Path(home).expanduser() if home else Path.home() / ".cache" / "switchgen"
-    return base / "toy-models"
+    return switchgen_home() / "toy-models"
 
 
 def ensure_toy_models() -> dict[str, Path]:

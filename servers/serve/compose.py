@@ -1,6 +1,6 @@
 """Docker Compose files for serving a configuration on GPUs, generated from it so the two never drift.
 
-One inference server per distinct checkpoint (the plan in servers/plan.py), each pinned to its
+One inference server per distinct checkpoint (the plan in servers/serve/plan.py), each pinned to its
 own GPU, all sharing one Hugging Face cache folder. TGI turns prefix caching off when started
 with --lora-adapters, so for TGI a LoRA switcher is served merged, by a server of its own
 (`switchgen merge-switcher` writes the merged folder); vLLM keeps prefix caching with LoRA, so
@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
+from switchgen.config import SwitchConfig
 from switchgen.errors import ConfigError
-from switchgen.graph.config import SwitchConfig
-from switchgen.servers.plan import MERGED_SWITCHER, PlannedServer, ServeEngine, plan_servers, served_config
+from switchgen.servers.serve.plan import MERGED_SWITCHER, PlannedServer, ServeEngine, plan_servers, served_config
 
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.6"
 VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"

@@ -1,11 +1,55 @@
-"""Server clients from configuration: a backend per remote checkpoint, and the probes of a health check."""
+"""From configuration to token sources: a backend per candidate and for the switcher.
+
+In process, the engine loads each checkpoint once; `backend: tgi|openai` gives a server client
+(tokenizer only). The probes of the pre-run health check come from the same configuration.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from switchgen.config import ServerFields, SwitchConfig
 from switchgen.errors import ModelLoadError
-from switchgen.graph.config import ServerFields, SwitchConfig
 from switchgen.servers.base import Backend
-from switchgen.servers.remote import Endpoint, Probe
+from switchgen.servers.clients.remote import Endpoint, Probe
+from switchgen.servers.engine.local import LocalEngine
+
+
+def connect(
+    config: SwitchConfig, engine: LocalEngine, given: Mapping[str, Backend] | None = None
+) -> tuple[list[Backend], Backend | None]:
+    """A backend per candidate and the learned switcher's (None for other strategies).
+
+    The engine loads each checkpoint once: a switcher naming a candidate's model (an untuned
+    switcher, or a LoRA adapter on it) shares that candidate's weights and device. Candidates
+    and switcher with `backend: tgi|openai` get a server client instead (tokenizer only).
+    Candidates named in `given` use that backend (e.g. a LangChain LLM) and load nothing.
+    """
+    backends: list[Backend] = []
+    for cand in config.candidates:
+        if given and cand.name in given:
+            backends.append(given[cand.name])
+            continue
+        if cand.backend != "local":
+            backends.append(remote_backend(cand, cand.model, f"candidate {cand.name!r}"))
+            continue
+        try:
+            backends.append(engine.backend(cand.model, device=cand.device, dtype=cand.dtype))
+        except ModelLoadError as err:
+            raise ModelLoadError(f"candidate {cand.name!r}: {err}") from None
+    sw = config.switcher
+    if sw.strategy != "learned":
+        return backends, None
+    remote = switcher_remote(config)
+    if remote is not None:
+        return backends, remote
+    try:
+        switcher = engine.backend(
+            config.switcher_model, device=config.switcher_device, dtype=config.switcher_dtype, adapter=sw.adapter
+        )
+    except ModelLoadError as err:
+        raise ModelLoadError(f"switcher: {err}") from None
+    return backends, switcher
 
 
 def endpoint(fields: ServerFields, label: str) -> Endpoint:
@@ -25,10 +69,10 @@ def remote_backend(
     """A tgi or openai backend for `model` (only its tokenizer is loaded, to render prompts)."""
     try:
         if fields.backend == "tgi":
-            from switchgen.servers.tgi import TGIBackend
+            from switchgen.servers.clients.tgi import TGIBackend
 
             return TGIBackend(endpoint(fields, label), model, adapter_id=adapter, top_n_tokens=top_n_tokens)
-        from switchgen.servers.openai_compat import OpenAIBackend
+        from switchgen.servers.clients.openai import OpenAIBackend
 
         return OpenAIBackend(
             endpoint(fields, label), model, served_model=served_model or fields.served_model, top_n_tokens=top_n_tokens

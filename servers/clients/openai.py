@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 from transformers import PreTrainedTokenizerBase
 
 from switchgen.errors import ServerError
-from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
-from switchgen.servers.loading import load_tokenizer, resolve_model
-from switchgen.servers.choices import choice_probabilities, choice_token_ids
-from switchgen.servers.remote import (
+from switchgen.servers.base import ChoiceScores, GenerationParams, Patch
+from switchgen.servers.choices import choice_probabilities
+from switchgen.servers.clients.remote import (
     Endpoint,
     HTTPFailure,
+    RemoteBackend,
     error_detail,
     retry_after_seconds,
-    run_streaming,
     run_sync,
     server_prompt,
     with_retries,
@@ -36,7 +35,7 @@ from switchgen.servers.stops import StopHoldback, cut_at_stop
 _MISSING = object()
 
 
-class OpenAIBackend:
+class OpenAIBackend(RemoteBackend):
     """The `Backend` surface over one OpenAI-compatible completions endpoint."""
 
     def __init__(
@@ -48,22 +47,10 @@ class OpenAIBackend:
         top_n_tokens: int = 20,
         tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> None:
-        self.endpoint = endpoint
+        super().__init__(endpoint, model, top_n_tokens=top_n_tokens, tokenizer=tokenizer)
         self.served_model = served_model or model
-        self.top_n_tokens = top_n_tokens
-        self._tokenizer = tokenizer or load_tokenizer(resolve_model(model))
         self._client: httpx.AsyncClient | None = None
         self._spellings: dict[tuple[str, ...], tuple[dict[str, int], bool]] = {}
-
-    @property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        return self._tokenizer
-
-    def generate(self, prompt: str, params: GenerationParams, on_text: TextCallback | None = None) -> Patch:
-        body = self._body(prompt, params)
-        if on_text is None:
-            return run_sync(self._generate(body, params.stop))
-        return run_streaming(lambda emit: self._stream(body, params.stop, emit), on_text)
 
     def choice_distribution(self, prompt: str, choices: Sequence[str]) -> ChoiceScores:
         spelled, all_spelled = self._choice_spellings(choices)
@@ -98,7 +85,7 @@ class OpenAIBackend:
         """Token text (and "token_id:N") -> choice index, for the single-token spellings of each choice."""
         key = tuple(choices)
         if key not in self._spellings:
-            ids = choice_token_ids(self.tokenizer, choices)
+            ids = self.choice_ids(choices)
             spelled: dict[str, int] = {}
             for index, token_ids in enumerate(ids):
                 for tid in token_ids:
@@ -107,7 +94,7 @@ class OpenAIBackend:
             self._spellings[key] = (spelled, all(ids))
         return self._spellings[key]
 
-    def _body(self, prompt: str, params: GenerationParams) -> dict[str, Any]:
+    def _request(self, prompt: str, params: GenerationParams) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.served_model,
             "prompt": server_prompt(self.tokenizer, prompt),
@@ -163,35 +150,28 @@ class OpenAIBackend:
             raise ServerError(f"{self.endpoint.where()}: not a completions response: {str(data)[:200]}") from None
         return Patch(text=text, tokens=self._tokens(data, text), finish_reason=self._finish(choice, stop, cut))  # type: ignore[arg-type]
 
-    async def _stream(self, body: dict[str, Any], stop: Sequence[str], emit: Callable[[str], None]) -> Patch:
-        holdback = StopHoldback(emit, stop)
+    async def _stream_once(self, body: dict[str, Any], stop: Sequence[str], holdback: StopHoldback) -> Patch:
         payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
-
-        async def once() -> Patch:
-            final: dict[str, Any] = {}
-            usage: dict[str, Any] = {}
-            async with self._client_for_loop().stream("POST", "/v1/completions", json=payload) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise HTTPFailure(response.status_code, error_detail(response), retry_after_seconds(response.headers))
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    raw = line.removeprefix("data:").strip()
-                    if raw == "[DONE]":
-                        break
-                    event = json.loads(raw)
-                    if "error" in event:
-                        raise ServerError(f"{self.endpoint.where()}: {event['error']}")
-                    usage = event.get("usage") or usage
-                    for choice in event.get("choices") or []:
-                        holdback.add(choice.get("text") or "")
-                        if choice.get("finish_reason"):
-                            final = choice
-            text, cut = cut_at_stop(holdback.text, stop)
-            holdback.finish(text)
-            return Patch(
-                text=text, tokens=self._tokens({"usage": usage}, text), finish_reason=self._finish(final, stop, cut)  # type: ignore[arg-type]
-            )
-
-        return await with_retries(self.endpoint, once, retry=lambda: not holdback.sent)
+        final: dict[str, Any] = {}
+        usage: dict[str, Any] = {}
+        async with self._client_for_loop().stream("POST", "/v1/completions", json=payload) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise HTTPFailure(response.status_code, error_detail(response), retry_after_seconds(response.headers))
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                raw = line.removeprefix("data:").strip()
+                if raw == "[DONE]":
+                    break
+                event = json.loads(raw)
+                if "error" in event:
+                    raise ServerError(f"{self.endpoint.where()}: {event['error']}")
+                usage = event.get("usage") or usage
+                for choice in event.get("choices") or []:
+                    holdback.add(choice.get("text") or "")
+                    if choice.get("finish_reason"):
+                        final = choice
+        text, cut = cut_at_stop(holdback.text, stop)
+        holdback.finish(text)
+        return Patch(text=text, tokens=self._tokens({"usage": usage}, text), finish_reason=self._finish(final, stop, cut))  # type: ignore[arg-type]

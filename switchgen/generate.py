@@ -21,8 +21,9 @@ from typing import Any, NamedTuple, TypeVar
 from langgraph.graph.state import CompiledStateGraph
 from tqdm import tqdm
 
+from switchgen.config import SwitchConfig
 from switchgen.errors import InputError, ServerError, ServerUnreachable
-from switchgen.graph.config import SwitchConfig
+from switchgen.files import atomic_write_text
 
 
 def read_inputs(path: Path) -> list[dict[str, Any]]:
@@ -197,9 +198,4 @@ def run_file(
 
 def _rewrite(output: Path, lines: list[str]) -> None:
     """Replace `output` by `lines` atomically: the old file stays whole until the new one is."""
-    tmp = output.with_name(output.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in lines))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, output)
+    atomic_write_text(output, "".join(line + "\n" for line in lines))

@@ -18,10 +18,10 @@ import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
-from switchgen.servers.batching import DecodeWorker, Request, to_patch
 from switchgen.servers.choices import choice_probabilities, choice_token_ids
-from switchgen.servers.kvcache import CacheEntry, PrefixCachePool
-from switchgen.servers.loading import (
+from switchgen.servers.engine.batching import DecodeWorker, Request, to_patch
+from switchgen.servers.engine.kvcache import CacheEntry, PrefixCachePool
+from switchgen.servers.engine.loading import (
     attach_adapter,
     load_model,
     load_tokenizer,
@@ -29,7 +29,6 @@ from switchgen.servers.loading import (
     resolve_dtype,
     resolve_model,
 )
-
 
 _WRITTEN_CAPACITY = 64  # remembered (prompt + patch) texts per backend
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from huggingface_hub import AsyncInferenceClient, constants
@@ -19,27 +19,26 @@ from huggingface_hub.errors import HfHubHTTPError, TextGenerationError
 from transformers import PreTrainedTokenizerBase
 
 from switchgen.errors import ConfigError, ServerError
-from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
-from switchgen.servers.loading import load_tokenizer, resolve_model
-from switchgen.servers.choices import choice_probabilities, choice_token_ids
-from switchgen.servers.remote import (
+from switchgen.servers.base import ChoiceScores, GenerationParams, Patch
+from switchgen.servers.choices import choice_probabilities
+from switchgen.servers.clients.remote import (
     Endpoint,
     HTTPFailure,
+    RemoteBackend,
     error_detail,
     retry_after_seconds,
-    run_streaming,
     run_sync,
     server_prompt,
     with_retries,
 )
+from switchgen.servers.protocol import FINISH_FROM_TGI, tgi_parameters
 from switchgen.servers.stops import StopHoldback, cut_at_stop
 
-_FINISH = {"eos_token": "eos", "stop_sequence": "stop", "length": "length"}
 ROTATE_AFTER = 256  # calls per huggingface_hub client (see TGIBackend._using_client)
 
 
-class TGIBackend:
-    """The `Backend` surface over one TGI server; the tokenizer (from `model`) renders prompts."""
+class TGIBackend(RemoteBackend):
+    """The `Backend` surface over one TGI server; `adapter_id` names a LoRA adapter it serves."""
 
     def __init__(
         self,
@@ -55,33 +54,15 @@ class TGIBackend:
                 f"{endpoint.label}: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, and huggingface_hub then "
                 f"refuses every request, even to {endpoint.url}: unset it to use the tgi backend"
             )
-        self.endpoint = endpoint
+        super().__init__(endpoint, model, top_n_tokens=top_n_tokens, tokenizer=tokenizer)
         self.adapter_id = adapter_id
-        self.top_n_tokens = top_n_tokens
-        self._tokenizer = tokenizer or load_tokenizer(resolve_model(model))
         self._client: AsyncInferenceClient | None = None
         self._uses = 0
         self._active: dict[int, int] = {}
         self._retired: set[AsyncInferenceClient] = set()
-        self._choice_ids: dict[tuple[str, ...], list[list[int]]] = {}
-
-    @property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        return self._tokenizer
-
-    def generate(self, prompt: str, params: GenerationParams, on_text: TextCallback | None = None) -> Patch:
-        if getattr(params, "ignore_eos", False):
-            raise ConfigError(f"{self.endpoint.label}: TGI cannot ignore EOS; use the openai or local backend")
-        kwargs = self._request(prompt, params)
-        if on_text is None:
-            return run_sync(self._generate(kwargs, params.stop))
-        return run_streaming(lambda emit: self._stream(kwargs, params.stop, emit), on_text)
 
     def choice_distribution(self, prompt: str, choices: Sequence[str]) -> ChoiceScores:
-        key = tuple(choices)
-        if key not in self._choice_ids:
-            self._choice_ids[key] = choice_token_ids(self.tokenizer, choices)
-        choice_ids = self._choice_ids[key]
+        choice_ids = self.choice_ids(choices)
         try:
             out = run_sync(
                 self._call(
@@ -113,19 +94,14 @@ class TGIBackend:
     # -- internals -------------------------------------------------------------------------
 
     def _request(self, prompt: str, params: GenerationParams) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
+        if params.ignore_eos:
+            raise ConfigError(f"{self.endpoint.label}: TGI cannot ignore EOS; use the openai or local backend")
+        return {
             "prompt": server_prompt(self.tokenizer, prompt),
             "details": True,  # TGI's code defaults to false
-            "max_new_tokens": params.max_new_tokens,
-            "stop": list(params.stop) or None,
             "adapter_id": self.adapter_id,
+            **tgi_parameters(params),
         }
-        # TGI samples whenever a warper (temperature, top_p) is set: send them only to sample.
-        if not params.greedy:
-            kwargs.update(do_sample=True, temperature=params.temperature, seed=params.seed)
-            if params.top_p < 1.0:
-                kwargs["top_p"] = params.top_p
-        return kwargs
 
     @contextlib.asynccontextmanager
     async def _using_client(self) -> AsyncIterator[AsyncInferenceClient]:
@@ -169,35 +145,28 @@ class TGIBackend:
         out = await self._call(**kwargs)
         details = out.details
         text, cut = cut_at_stop(out.generated_text, stop)
-        finish = _FINISH.get(details.finish_reason, "length")
+        finish = FINISH_FROM_TGI.get(details.finish_reason, "length")
         if cut and finish == "length":
             finish = "stop"
         return Patch(text=text, tokens=int(details.generated_tokens), finish_reason=finish)  # type: ignore[arg-type]
 
-    async def _stream(self, kwargs: dict[str, Any], stop: Sequence[str], emit: Callable[[str], None]) -> Patch:
-        holdback = StopHoldback(emit, stop)
-
-        async def once() -> Patch:
-            try:
-                async with self._using_client() as client:
-                    events = await client.text_generation(**kwargs, stream=True)
-                    async for event in events:
-                        if event.token is not None and not event.token.special:
-                            holdback.add(event.token.text)
-                        if event.details is not None:
-                            text, cut = cut_at_stop(event.generated_text or holdback.text, stop)
-                            holdback.finish(text)
-                            finish = _FINISH.get(event.details.finish_reason, "length")
-                            if cut and finish == "length":
-                                finish = "stop"
-                            tokens = int(event.details.generated_tokens)
-                            return Patch(text=text, tokens=tokens, finish_reason=finish)  # type: ignore[arg-type]
-            except (HfHubHTTPError, TextGenerationError) as err:
-                raise _http_failure(err) from None
-            raise ServerError(f"{self.endpoint.where()}: the stream ended without its final event")
-
-        # A stream that already showed text cannot be replayed: retry only before the first piece.
-        return await with_retries(self.endpoint, once, retry=lambda: not holdback.sent)
+    async def _stream_once(self, kwargs: dict[str, Any], stop: Sequence[str], holdback: StopHoldback) -> Patch:
+        try:
+            async with self._using_client() as client:
+                events = await client.text_generation(**kwargs, stream=True)
+                async for event in events:
+                    if event.token is not None and not event.token.special:
+                        holdback.add(event.token.text)
+                    if event.details is not None:
+                        text, cut = cut_at_stop(event.generated_text or holdback.text, stop)
+                        holdback.finish(text)
+                        finish = FINISH_FROM_TGI.get(event.details.finish_reason, "length")
+                        if cut and finish == "length":
+                            finish = "stop"
+                        return Patch(text=text, tokens=int(event.details.generated_tokens), finish_reason=finish)
+        except (HfHubHTTPError, TextGenerationError) as err:
+            raise _http_failure(err) from None
+        raise ServerError(f"{self.endpoint.where()}: the stream ended without its final event")
 
 
 def _field(token: Any, name: str) -> Any:
@@ -212,6 +181,6 @@ def _http_failure(err: Exception) -> HTTPFailure:
         return HTTPFailure(0, str(err))
     try:
         detail = error_detail(response)
-    except Exception:  # noqa: BLE001 - a streamed body may not be readable any more
+    except Exception:
         detail = str(err).splitlines()[0]
     return HTTPFailure(response.status_code, detail, retry_after_seconds(response.headers))

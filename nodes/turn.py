@@ -1,10 +1,10 @@
-"""The graph's nodes as LangGraph runs them: the step functions plus what a run adds around them.
+"""The graph's nodes as LangGraph runs them: the decision and the patch plus what a run adds around them.
 
-Around the switcher and generator steps (nodes/switcher.py, nodes/generator.py, written for one
-fixed configuration) this adds, per run:
+Around the switcher's decision and a candidate's patch (nodes/switcher.py, nodes/generator.py,
+written for one fixed configuration) this adds, per run:
 
 * the runtime context (graph/context.py): the configuration with the context's settings
-  applied; the steps are built once per distinct resolved configuration and cached; a turn
+  applied; the update functions are built once per distinct resolved configuration and cached; a turn
   stores the settings it started with, so resumes and forks go on under them;
 * turn boundaries: a new input (marked by `SwitchGraph` with a fresh turn id in the run's
   configurable) starts a fresh trace, so a thread's earlier turns never leak into this one's
@@ -25,7 +25,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 
-from switchgen.graph.config import SwitchConfig
+from switchgen.config import SwitchConfig
 from switchgen.graph.context import Context, resolve_config, turn_context
 from switchgen.graph.state import SwitchState
 from switchgen.nodes.messages import answer_message, conversation_history
@@ -36,27 +36,29 @@ from switchgen.servers.base import Backend
 # Set by SwitchGraph in a run's configurable when the run starts a new turn.
 TURN_KEY = "switchgen_turn"
 
-Step = Callable[[SwitchState], dict]
+# The switcher's decision or a candidate's patch under one resolved configuration (nodes/switcher.py,
+# nodes/generator.py): state in, state update out.
+Update = Callable[[SwitchState], dict]
 PromptTokens = Callable[[str, list[dict[str, str]]], int]
 
 
-class StepCache:
-    """One step function per resolved configuration (the context may change it run by run)."""
+class UpdateCache:
+    """One update function per resolved configuration (the context may change it run by run)."""
 
-    def __init__(self, base: SwitchConfig, factory: Callable[[SwitchConfig], Step]) -> None:
+    def __init__(self, base: SwitchConfig, factory: Callable[[SwitchConfig], Update]) -> None:
         self.base = base
         self.factory = factory
-        self._steps: dict[str, Step] = {}
+        self._updates: dict[str, Update] = {}
         self._lock = threading.Lock()
 
-    def resolve(self, context: Any) -> tuple[SwitchConfig, Step]:
+    def resolve(self, context: Any) -> tuple[SwitchConfig, Update]:
         config = resolve_config(self.base, context)
         key = config.model_dump_json()
         with self._lock:
-            step = self._steps.get(key)
-            if step is None:
-                step = self._steps[key] = self.factory(config)
-        return config, step
+            update = self._updates.get(key)
+            if update is None:
+                update = self._updates[key] = self.factory(config)
+        return config, update
 
 
 def _answer(state: SwitchState, update: dict, prompt_tokens: PromptTokens) -> dict:
@@ -78,23 +80,23 @@ def _answer(state: SwitchState, update: dict, prompt_tokens: PromptTokens) -> di
     return {**update, "messages": [message]}
 
 
-def make_switcher_step(
-    base: SwitchConfig, factory: Callable[[SwitchConfig], Step], prompt_tokens: PromptTokens
+def make_switcher_node(
+    base: SwitchConfig, factory: Callable[[SwitchConfig], Update], prompt_tokens: PromptTokens
 ) -> Callable[..., dict]:
     """The switcher node: picks the next author (or ends the turn), under the run's context."""
-    steps = StepCache(base, factory)
+    updates = UpdateCache(base, factory)
 
     def switcher(state: SwitchState, runtime: Runtime[Context], config: RunnableConfig) -> dict:
         turn = (config.get("configurable") or {}).get(TURN_KEY)
         new_turn = turn is not None and turn != state.get("turn")
         context = turn_context(None if new_turn else state.get("settings"), runtime.context)
-        resolved, step = steps.resolve(context)
+        resolved, update_fn = updates.resolve(context)
         if not new_turn and state.get("proposal"):  # review mode: the reviewer decides; pauses here
             proposal = state["proposal"]
             return {"decisions": [review(resolved, state, proposal) if context.review else proposal], "proposal": None}
         if new_turn:  # the previous turn's trace, budget and answer do not carry over
             state = {**state, "tokens_used": None, "decisions": [], "output": "", "done": False, "proposal": None}
-        update = dict(step(state))
+        update = dict(update_fn(state))
         decisions = list(update.pop("decisions", None) or [])
         if context.review and decisions:
             # Propose, and come back (route_after_switcher) to pause on it: the turn and its settings
@@ -114,15 +116,15 @@ def make_switcher_step(
     return switcher
 
 
-def make_generator_step(
-    base: SwitchConfig, factory: Callable[[SwitchConfig], Step], prompt_tokens: PromptTokens, name: str
+def make_generator_node(
+    base: SwitchConfig, factory: Callable[[SwitchConfig], Update], prompt_tokens: PromptTokens, name: str
 ) -> Callable[..., dict]:
     """A candidate's node: writes one patch under the run's context; the last one adds the answer."""
-    steps = StepCache(base, factory)
+    updates = UpdateCache(base, factory)
 
     def generate(state: SwitchState, runtime: Runtime[Context]) -> dict:
-        _, step = steps.resolve(turn_context(state.get("settings"), runtime.context))
-        return _answer(state, step(state), prompt_tokens)
+        _, update_fn = updates.resolve(turn_context(state.get("settings"), runtime.context))
+        return _answer(state, update_fn(state), prompt_tokens)
 
     generate.__name__ = name
     return generate
@@ -132,7 +134,7 @@ def prompt_token_counter(config: SwitchConfig, backend: Backend) -> PromptTokens
     """Tokens of the conversation as the aligned candidate sees it (the answer's usage_metadata input_tokens)."""
     candidate = config.candidates[config.aligned_index]
     tokenizer = backend.tokenizer
-    view = candidate.view or ("chat" if has_chat_template(tokenizer) else "plain")
+    view = config.candidate_view(config.aligned_index, has_chat_template(tokenizer))
 
     def count(query: str, history: list[dict[str, str]]) -> int:
         prompt = candidate_prompt(tokenizer, view, query, [], candidate.plain_template, history)

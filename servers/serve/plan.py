@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from switchgen.graph.config import SwitchConfig
+from switchgen.config import SwitchConfig
 
 ServeEngine = Literal["tgi", "vllm"]
 
@@ -75,13 +75,14 @@ def plan_servers(config: SwitchConfig, base_port: int, *, merge_adapter: bool = 
             model = MERGED_SWITCHER
         server = by_model.get(model)
         if server is None:
-            twin = by_model.get(config.switcher_model)  # a merged switcher keeps its base's device and dtype
+            # a merged switcher keeps its base's device and dtype
             server = PlannedServer(
                 _service_name("switcher", taken),
                 model,
-                sw.device or (twin.device if twin else "auto"),
-                sw.dtype or (twin.dtype if twin else "auto"),
-                _port(base_port, servers), switcher_only=True,
+                config.switcher_device,
+                config.switcher_dtype,
+                _port(base_port, servers),
+                switcher_only=True,
             )
             servers.append(server)
         server.users.append("switcher")

@@ -1,7 +1,7 @@
 """Configuration: which checkpoints write, who picks, and how long patches and answers are.
 
 Everything a run needs is one pydantic model, `SwitchConfig`, read from a YAML file or a
-named preset (graph/presets/*.yaml) by `load_config`.
+named preset (switchgen/presets/*.yaml) by `load_config`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from switchgen.errors import ConfigError
+from switchgen.errors import ConfigError, describe
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "olmo2-1b"
@@ -217,6 +217,23 @@ class SwitchConfig(_Model):
     def switcher_model(self) -> str:
         return self.switcher.model or self.candidates[self.aligned_index].model
 
+    @property
+    def switcher_twin(self) -> CandidateConfig | None:
+        """The candidate whose model the switcher shares (an untuned switcher, or a LoRA on it), if any."""
+        return next((c for c in self.candidates if c.model == self.switcher_model), None)
+
+    @property
+    def switcher_device(self) -> str:
+        """The switcher's device: its own, else its twin candidate's (shared weights stay on one device)."""
+        twin = self.switcher_twin
+        return self.switcher.device or (twin.device if twin else "auto")
+
+    @property
+    def switcher_dtype(self) -> str:
+        """The switcher's dtype: its own, else its twin candidate's."""
+        twin = self.switcher_twin
+        return self.switcher.dtype or (twin.dtype if twin else "auto")
+
     def switcher_server(self) -> ServerFields:
         """The learned switcher's server settings: its own, else those of the candidate sharing its model.
 
@@ -224,8 +241,13 @@ class SwitchConfig(_Model):
         """
         if self.switcher.backend is not None:
             return self.switcher
-        twin = next((c for c in self.candidates if c.model == self.switcher_model), None)
+        twin = self.switcher_twin
         return twin if twin is not None else ServerFields()
+
+    def candidate_view(self, index: int, has_chat_template: bool) -> View:
+        """How candidate `index` sees the trace: its configured view, else chat when its tokenizer has a template."""
+        view = self.candidates[index].view
+        return view or ("chat" if has_chat_template else "plain")
 
     def index_of(self, ref: str | int) -> int:
         """A candidate's index from its name or index (also given as a string, "2")."""
@@ -262,14 +284,6 @@ def load_config(source: str | Path | dict | SwitchConfig | None = None, **overri
         return SwitchConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(f"{origin}: {describe(err)}") from None
-
-
-def describe(err: ValidationError, root: str = "config") -> str:
-    """A pydantic error as one line: `field.path: problem; ...` (`root` names a top-level problem)."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or root}: {e['msg'].removeprefix('Value error, ')}"
-        for e in err.errors()
-    )
 
 
 def _read_yaml(source: str) -> tuple[dict, str]:

@@ -1,0 +1,1 @@
+"""The in-process engine: checkpoints loaded once, prefix KV caches, continuous batching on one decode thread per device."""

@@ -1,0 +1,1 @@
+"""`switchgen serve`: the TGI-protocol HTTP app over the in-process engine, and its deployment files (plan, compose, merge)."""
