@@ -55,8 +55,8 @@ def default_output(input_path: Path) -> Path:
     return input_path.with_name(input_path.name.removesuffix(".jsonl") + "_switch_generation.jsonl")
 
 
-def records_done(output: Path, inputs: list[dict[str, Any]]) -> int:
-    """How many inputs already have a record in `output`.
+def records_done(output: Path, inputs: list[dict[str, Any]], key: str = "input") -> int:
+    """How many inputs already have a record in `output` (matched on the field `key`, in order).
 
     The records are checked against the inputs first; only then is a torn last line (a run
     killed mid-write) cut off, so a file that is refused is left exactly as it was.
@@ -73,7 +73,7 @@ def records_done(output: Path, inputs: list[dict[str, Any]]) -> int:
             done = json.loads(line.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise InputError(f"{output}:{lineno}: not a JSON record; delete the file or choose another --output") from None
-        if not isinstance(done, dict) or done.get("input") != source["input"]:
+        if not isinstance(done, dict) or done.get(key) != source[key]:
             raise InputError(
                 f"{output}:{lineno}: this record is for another input; delete the file or choose another --output"
             )
