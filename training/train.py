@@ -26,8 +26,8 @@ import torch
 
 from switchgen.errors import ConfigError
 from switchgen.files import atomic_write_text
-from switchgen.servers.engine.local import LocalEngine
 from switchgen.servers.engine.loading import load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_model
+from switchgen.servers.engine.local import LocalEngine
 from switchgen.training.examples import Example, make_example, read_rollouts, recorded_base, select, split
 
 
@@ -71,9 +71,12 @@ def train_switcher(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train, save the adapter in `out` (and a merged model in `out`/merged), and return the report."""
-    from datasets import Dataset
-    from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
+    try:
+        from datasets import Dataset
+        from peft import LoraConfig
+        from trl import SFTConfig, SFTTrainer
+    except ImportError as err:
+        raise ConfigError(f"switchgen train needs TRL ({err.name} is missing): pip install 'switchgen[train]'") from None
 
     _check_out(out)
     records = read_rollouts(data)
