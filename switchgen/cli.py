@@ -77,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--budgets", default="128,256,512,1024", help="budget sweep")
     bench.add_argument("--concurrency", default="1,4,8", help="concurrency sweep")
     bench.add_argument("--json", type=Path, default=Path("bench.json"), help="raw figures (default: bench.json)")
+    bench.add_argument("--rollouts", action="store_true",
+                       help="instead: switcher-training rollouts/s, shared KV prefix vs independent generations")
+    bench.add_argument("--instances", type=int, default=2, help="--rollouts: instances per rep (default 2)")
+    bench.add_argument("--k", type=int, default=4, help="--rollouts: continuations per candidate (default 4)")
 
     roll = sub.add_parser(
         "rollouts", help="a switcher's training data: the paper's rollouts on a task's train split",
@@ -268,6 +272,17 @@ def _bench(args: argparse.Namespace) -> int:
         except ValueError:
             raise SwitchgenError(f"expected comma-separated integers, got {text!r}") from None
 
+    if args.rollouts:
+        from switchgen.bench import rollouts_markdown, run_rollouts_bench
+
+        report = run_rollouts_bench(
+            load_config(args.config or args.preset), budget=args.budget, instances=args.instances, k=args.k,
+            reps=args.reps, device=args.device, progress=lambda line: print(line, file=sys.stderr),
+        )
+        write_json(report, args.json)
+        print(rollouts_markdown(report))
+        print(f"\nraw figures: {args.json}")
+        return 0
     report = run_bench(
         load_config(args.config or args.preset),
         budget=args.budget,

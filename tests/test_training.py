@@ -239,3 +239,14 @@ def test_trained_adapter_in_generate_and_behind_serve(adapter, tmp_path, hub_onl
         assert g == pytest.approx(w, abs=1e-4)  # served as an adapter id: the trained switcher's scores
     untuned = local_run({"model": "toy:A", "device": "cpu"})
     assert got[0] != pytest.approx(untuned[0], abs=1e-4)  # ... not the base model's
+
+
+def test_bench_rollouts_shared_prefix_prefills_less_for_the_same_tokens(toy_kit, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--rollouts", "--preset", "toy", "--budget", "60", "--instances", "1", "--k", "2",
+                 "--reps", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())["rollouts"]
+    shared, independent = report["shared"], report["independent"]
+    assert shared["tokens"] == independent["tokens"] > 0 and shared["rollouts"] == independent["rollouts"]
+    assert shared["prefilled_tokens"] < independent["prefilled_tokens"]
+    assert "shared-prefix speedup" in capsys.readouterr().out
