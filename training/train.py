@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -89,12 +90,14 @@ def train_switcher(
     examples = [make_example(tokenizer, r) for r in kept]
     train, held = split(examples, settings.eval_fraction, settings.seed)
 
+    # Under `accelerate launch` every process trains; the first one alone measures and writes.
+    first = int(os.environ.get("RANK", "0")) == 0
     engine = LocalEngine()
-    before = switcher_scores(engine, base, None, held)
+    before = switcher_scores(engine, base, None, held) if first else {}
 
     device = resolve_device("auto")
     on_gpu = device.type == "cuda"
-    model = load_model(location, torch.device("cpu") if not on_gpu else device, resolve_dtype("auto", device))
+    model = load_model(location, torch.device("cpu"), resolve_dtype("auto", device))  # the trainer places it
     model.train()
     work = Path(tempfile.mkdtemp(prefix="switchgen-train-"))
     try:
