@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from _serving import hub_online, served_dict, start_toy_servers  # noqa: F401 - fixture
+from conftest import toy_config_dict
 
 from switchgen.cli import main
 from switchgen.errors import ConfigError
@@ -230,3 +232,28 @@ def test_lm_eval_cli_runs_a_local_task_through_the_graph(toy_kit, hf_greedy, tmp
         assert len(tok.encode(text, add_special_tokens=False)) <= 10  # max_gen_toks (re-encoding may merge tokens)
     (results,) = tmp_path.glob("lm/*/results_*.json")
     assert "switchgen_toy_qa" in json.loads(results.read_text())["results"]
+
+
+@pytest.mark.usefixtures("hub_online")
+def test_eval_over_inference_servers_with_concurrency(engine, tmp_path):
+    """Candidates and switcher behind TGI-protocol servers (switchgen serve on the toy kit), three
+    queries in flight: the same greedy answers as in process, records in order."""
+    from switchgen.graph import load_config
+    from switchgen.servers.engine.local import LocalEngine
+
+    methods = ["single:A", "fixed:A+P", "switch", "route", "oracle"]
+    greedy = {"sampling": {"greedy": True}, "max_new_tokens": 16, "patch_size": 8}
+    local = load_config(toy_config_dict(**greedy))
+    client_side = LocalEngine()
+    with start_toy_servers(engine) as servers:
+        remote = load_config(served_dict(servers.urls, "tgi", **greedy))
+        prepared = prepare([str(TOY_TASK)], methods, remote, limit=3)
+        run_eval(remote, prepared, tmp_path / "remote", concurrency=3, progress=False, engine=client_side)
+    assert client_side.loaded_models == []  # the run's own engine loaded no weights: every token came from a server
+    run_eval(local, prepare([str(TOY_TASK)], methods, local, limit=3), tmp_path / "local", progress=False, engine=engine)
+    for method in methods:
+        got = read(method_file(tmp_path / "remote", "toy-qa", method))
+        assert [r["id"] for r in got] == ["q1", "q2", "q3"]
+        if method in ("single:A", "fixed:A+P"):
+            want = read(method_file(tmp_path / "local", "toy-qa", method))
+            assert [r["output"] for r in got] == [r["output"] for r in want]
