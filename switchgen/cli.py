@@ -196,6 +196,10 @@ def _eval(args: argparse.Namespace) -> int:
         importlib.import_module(module)
     config = _config(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.adapter and "switch" not in methods:
+        raise SwitchgenError("--adapter is the switch method's adapter: add switch to --methods")
+    if args.adapter and args.adapter.startswith((".", "/", "~")) and not Path(args.adapter).expanduser().exists():
+        raise SwitchgenError(f"--adapter {args.adapter}: no such folder")
     prepared = prepare(args.task, methods, config, args.limit)  # bad input stops here, before any model loads
     seed = 0 if args.seed is None else args.seed
     run_eval(config, prepared, args.out, seed=seed, concurrency=args.concurrency, adapter=args.adapter,
