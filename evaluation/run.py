@@ -156,7 +156,7 @@ def _score_file(path: Path, records: list[dict[str, Any]], metric) -> None:
     lo, hi = metric.range
     for i, value in zip(todo, scores, strict=True):
         if not (lo <= value <= hi) and not math.isnan(value):
-            raise AssertionError(f"metric {metric.name} gave {value} outside its range {metric.range}")
+            raise ConfigError(f"metric {metric.name} gave {value} for {done[i]['id']}, outside its range {metric.range}")
         done[i]["score"] = value
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done))
 

@@ -27,10 +27,13 @@ def score(metric: str, output: str, reference) -> float:
 @pytest.mark.parametrize(
     ("metric", "output", "reference", "expected"),
     [
-        ("exact_match", "The answer is Paris.", "paris", 1.0),
-        ("exact_match", "False\nbecause not True is False", "False", 1.0),
+        ("exact_match", "Answer: Pelmora.", "Answer: Pelmora", 1.0),
+        ("exact_match", "  the Eiffel Tower!", ["Eiffel Tower", "La tour Eiffel"], 1.0),
+        ("exact_match", "Well, let me think. Answer: Pelmora.", "Answer: Pelmora", 0.0),
         ("exact_match", "Paris, France", "Paris", 0.0),
-        ("exact_match", "the Eiffel Tower", ["Eiffel Tower", "La tour Eiffel"], 1.0),
+        ("answer_exact_match", "not not True is True, so the answer is False.", "False", 1.0),
+        ("answer_exact_match", "False\nbecause not True is False", "False", 1.0),
+        ("answer_exact_match", "So the answer is Paris, France.", "Paris", 0.0),
         ("numeric", "48/2 = 24 in May, 48+24 = 72 in all.\n#### 72", "72", 1.0),
         ("numeric", "She earned $1,250.00 in total.", "1250", 1.0),
         ("numeric", "So the answer is 10 dollars, not 12.", "10", 1.0),
