@@ -46,8 +46,9 @@ def answer_span(output: str) -> str:
 
 
 def _aliases(reference: Any) -> list[str]:
+    """A reference as a flat list of alias strings (several reference fields may each hold a list)."""
     if isinstance(reference, list | tuple):
-        return [str(r) for r in reference]
+        return [alias for r in reference for alias in _aliases(r)]
     return [str(reference)]
 
 

@@ -49,6 +49,7 @@ def score(metric: str, output: str, reference) -> float:
         ("f1", "a banker", ["politician"], 0.0),
         ("contains", "He worked as a politician in Australia.", ["politician", "pol"], 1.0),
         ("contains", "He was a police officer.", ["pol"], 0.0),
+        ("contains", "Well, he is a baker by trade.", ["baker", ["a baker"]], 1.0),  # fields holding lists
         ("math", "so the graph has $\\boxed{2}$ vertical asymptotes", "2", 1.0),
         ("math", "The maximum is \\boxed{\\sqrt{2}}.", "\\sqrt{2}", 1.0),
         ("math", "We get \\boxed{\\dfrac{1}{2}}", "\\frac{1}{2}", 1.0),
