@@ -69,6 +69,8 @@ def test_every_method_end_to_end_on_one_engine(engine, toy_config, tmp_path):
     snapshot = {m: method_file(tmp_path, "toy-qa", m).read_bytes() for m in ALL}
     run_eval(config, prepared, tmp_path, seed=0, progress=False, engine=engine)
     assert snapshot == {m: method_file(tmp_path, "toy-qa", m).read_bytes() for m in ALL}
+    with pytest.raises(ConfigError, match="holds more records than this run's 1 examples"):
+        run_eval(config, prepare([str(TOY_TASK)], ALL, config, limit=1), tmp_path, progress=False, engine=engine)
 
 
 def test_logit_merge_is_the_mean_of_log_probs(engine, toy_kit):
