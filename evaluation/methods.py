@@ -19,7 +19,7 @@ from the other methods' scores (per question, the best of them: an upper bound).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,7 +44,6 @@ class EvalSetup:
     backends: dict[str, Backend]
     adapter: str | None = None
     soup_dir: Path | None = None
-    graphs: dict[str, Any] = field(default_factory=dict)
 
     def local(self, what: str) -> list[LocalBackend]:
         found = [self.backends[n] for n in self.config.names]

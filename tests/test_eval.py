@@ -259,3 +259,24 @@ def test_eval_over_inference_servers_with_concurrency(engine, tmp_path):
         if method in ("single:A", "fixed:A+P"):
             want = read(method_file(tmp_path / "local", "toy-qa", method))
             assert [r["output"] for r in got] == [r["output"] for r in want]
+
+
+class _Constant:
+    """A user's method: always the same answer (no model at all)."""
+
+    def invoke(self, query: str, seed: int | None) -> dict:
+        return {"output": "honey", "segments": [{"candidate": "user", "text": "honey"}], "decisions": [], "tokens_used": 1}
+
+
+def test_a_registered_method_runs_by_name(engine, toy_config, tmp_path):
+    from switchgen.evaluation import METHODS, register_method
+
+    register_method("constant", lambda arg, setup: _Constant(), description="a test method")
+    try:
+        config = toy_config()
+        prepared = prepare([str(TOY_TASK)], ["constant"], config, limit=4)
+        (row,) = run_eval(config, prepared, tmp_path, progress=False, engine=engine)
+    finally:
+        del METHODS["constant"]
+    assert [r["score"] for r in read(method_file(tmp_path, "toy-qa", "constant"))] == [0.0, 0.0, 0.0, 1.0]
+    assert row["mean"] == 0.25 and row["tokens"] == 4
