@@ -194,3 +194,13 @@ def test_bad_task_input_is_one_line(tmp_path):
     with pytest.raises(InputError, match="no split 'dev'"):
         files = _write_formats(tmp_path)
         load_task({**base, "test": {"path": str(files["disk"]), "split": "dev"}}).records("test")
+
+
+def test_switchgen_tasks_lists_source_and_metric(capsys):
+    from switchgen.cli import main
+
+    assert main(["tasks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(task_names())
+    gsm8k = next(line for line in lines if line.startswith("gsm8k "))
+    assert gsm8k.split()[1] == "numeric" and "test=hf:openai/gsm8k/main[test]" in gsm8k
