@@ -178,32 +178,34 @@ def test_bad_input_is_one_line_before_any_model_loads(extra, message, tmp_path, 
 
 
 def test_kill_mid_eval_then_rerun_loses_and_duplicates_nothing(toy_kit, tmp_path):
+    rows = [{"qid": f"k{i}", "question": f"Tell me about the number {i}.", "answer": str(i)} for i in range(12)]
+    (tmp_path / "k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = tmp_path / "k.yaml"
+    task.write_text(json.dumps({"name": "k", "test": {"path": "k.jsonl"}, "id_field": "qid", "query": "{question}",
+                                "reference": "answer", "metric": "contains"}))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "switchgen.cli", *_eval_args(out, "--methods", "single:A", "--max-new-tokens", "60",
-                                                             "--patch-size", "20")]
+    cmd = [sys.executable, "-m", "switchgen.cli", "eval", "--preset", "toy", "--task", str(task), "--out", str(out),
+           "--no-progress", "--methods", "random", "--max-new-tokens", "60", "--patch-size", "20"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    first = method_file(out, "toy-qa", "single:A")
+    path = method_file(out, "k", "random")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if first.exists() and first.read_text().count("\n") >= 2:
+        if path.exists() and path.read_text().count("\n") >= 2:
             break
-        time.sleep(0.02)
+        time.sleep(0.01)
     assert proc.poll() is None, proc.stderr.read().decode()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    kept = read(first)
-    assert 2 <= len(kept) < 6 and all(r["score"] is None for r in kept)  # killed before its scoring pass
+    kept = read(path)
+    assert 2 <= len(kept) < 12 and all(r["score"] is None for r in kept)  # killed before its scoring pass
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    ids = [f"q{i}" for i in range(1, 7)]
-    for method in ("single:A",):
-        recs = read(method_file(out, "toy-qa", method))
-        assert [r["id"] for r in recs] == ids and all(r["score"] is not None for r in recs)
-    again = read(first)
-    assert [r["output"] for r in again[: len(kept)]] == [r["output"] for r in kept]  # the finished ones were kept
-    rows = json.loads((out / "results.json").read_text())["results"]
-    assert [(r["method"], r["n"]) for r in rows] == [("single:A", 6)]
+    recs = read(path)
+    assert [r["id"] for r in recs] == [r["qid"] for r in rows] and all(r["score"] is not None for r in recs)
+    assert [r["output"] for r in recs[: len(kept)]] == [r["output"] for r in kept]  # the finished ones were kept
+    (row,) = json.loads((out / "results.json").read_text())["results"]
+    assert row["method"] == "random" and row["n"] == 12
 
 
 def test_lm_eval_plugin_refuses_loglikelihood():
