@@ -56,7 +56,7 @@ def default_output(input_path: Path) -> Path:
 
 
 def records_done(output: Path, inputs: list[dict[str, Any]], key: str = "input") -> int:
-    """How many inputs already have a record in `output` (matched on the field `key`, in order).
+    """How many inputs already have a record in `output` (a record matches its input on `key`).
 
     The records are checked against the inputs first; only then is a torn last line (a run
     killed mid-write) cut off, so a file that is refused is left exactly as it was.
@@ -155,11 +155,6 @@ def run_file(
     concurrency: int = 1,
 ) -> RunResult:
     """Generate for every input without a record yet (and retry failed records first)."""
-    if concurrency < 1:
-        raise InputError(f"concurrency must be at least 1, got {concurrency}")
-    start = records_done(output, inputs)
-    lines = output.read_text(encoding="utf-8").splitlines() if start else []
-    retry = [i for i, line in enumerate(lines) if is_failed(json.loads(line))]
 
     def one(index: int) -> dict[str, Any]:
         source = inputs[index]
@@ -171,16 +166,50 @@ def run_file(
             return error_record(source, err)
         return make_record(source, result, config)
 
+    return write_records(output, inputs, one, progress=progress, concurrency=concurrency)
+
+
+def write_records(
+    output: Path,
+    inputs: list[dict[str, Any]],
+    one: Callable[[int], dict[str, Any]],
+    *,
+    key: str = "input",
+    progress: bool = True,
+    concurrency: int = 1,
+    desc: str = "switch generation",
+    unit: str = "query",
+    postfix: Callable[[], str] | None = None,
+) -> RunResult:
+    """The resumable JSONL job: `one(i)` makes input i's record; records are appended in input order,
+    each flushed and fsynced, so a killed run keeps every finished record. A rerun checks the records
+    against the inputs (on `key`), retries failed ones (`is_failed`) first, then resumes after the last.
+    Used by `switchgen generate`, `switchgen eval` and `switchgen rollouts` (`postfix`: text shown after
+    the progress bar's rate, e.g. tokens/s).
+    """
+    if concurrency < 1:
+        raise InputError(f"concurrency must be at least 1, got {concurrency}")
+    start = records_done(output, inputs, key)
+    lines = output.read_text(encoding="utf-8").splitlines() if start else []
+    retry = [i for i, line in enumerate(lines) if is_failed(json.loads(line))]
+
     failed = written = 0
-    bar = tqdm(total=len(inputs), initial=start - len(retry), desc="switch generation", unit="query", disable=not progress)
+    bar = tqdm(total=len(inputs), initial=start - len(retry), desc=desc, unit=unit, disable=not progress)
+
+    def tick(record: dict[str, Any]) -> None:
+        nonlocal failed
+        failed += is_failed(record)
+        if postfix is not None:
+            bar.set_postfix_str(postfix(), refresh=False)
+        bar.update(1)
+
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         with bar:
             if retry:  # redo failed records, then replace them in one atomic rewrite
                 for index, record in in_order(retry, one, concurrency):
                     lines[index] = json.dumps(record, ensure_ascii=False)
-                    failed += is_failed(record)
-                    bar.update(1)
+                    tick(record)
                 _rewrite(output, lines)
             with output.open("a", encoding="utf-8") as out:
                 for _, record in in_order(range(start, len(inputs)), one, concurrency):
@@ -188,8 +217,7 @@ def run_file(
                     out.flush()
                     os.fsync(out.fileno())
                     written += 1
-                    failed += is_failed(record)
-                    bar.update(1)
+                    tick(record)
     except ServerUnreachable as err:
         done = start + written
         raise ServerUnreachable(f"{err}. {output} keeps its {done} finished records: rerun to resume") from None
