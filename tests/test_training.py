@@ -260,8 +260,8 @@ def test_trained_adapter_in_generate_and_behind_serve(adapter, tmp_path, hub_onl
 def test_bench_rollouts_shared_prefix_prefills_less_for_the_same_tokens(toy_kit, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--rollouts", "--preset", "toy", "--budget", "60", "--instances", "1", "--k", "2",
-                 "--reps", "1", "--json", str(out)]) == 0
-    report = json.loads(out.read_text())["rollouts"]
+                 "--reps", "1", "--concurrency", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())["rollouts"]["1"]
     shared, independent = report["shared"], report["independent"]
     assert shared["tokens"] == independent["tokens"] > 0 and shared["rollouts"] == independent["rollouts"]
     assert shared["prefilled_tokens"] < independent["prefilled_tokens"]
