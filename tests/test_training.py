@@ -266,3 +266,17 @@ def test_bench_rollouts_shared_prefix_prefills_less_for_the_same_tokens(toy_kit,
     assert shared["tokens"] == independent["tokens"] > 0 and shared["rollouts"] == independent["rollouts"]
     assert shared["prefilled_tokens"] < independent["prefilled_tokens"]
     assert "shared-prefix speedup" in capsys.readouterr().out
+
+
+def test_several_data_files_mix_into_one_switch_global_set(rollouts, tmp_path):
+    from switchgen.errors import InputError
+
+    other = tmp_path / "other-task.jsonl"
+    other.write_text("".join(json.dumps({**json.loads(line), "task": "other"}) + "\n"
+                             for line in rollouts.read_text().splitlines()))
+    mixed = read_rollouts([rollouts, other])
+    assert len(mixed) == 8 and {r["task"] for r in mixed} == {"toy-qa", "other"}
+    chain = tmp_path / "other-chain.jsonl"
+    chain.write_text(json.dumps({**json.loads(rollouts.read_text().splitlines()[0]), "candidates": ["X", "Y"]}) + "\n")
+    with pytest.raises(InputError, match="differ"):
+        read_rollouts([rollouts, chain])
