@@ -128,14 +128,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     _quiet_transformers()
-    from switchgen.generate import default_output, read_inputs, run_file
+    from switchgen.generate import check_output, default_output, read_inputs, run_file
     from switchgen.graph import build_graph
 
-    inputs = read_inputs(args.input)
-    config = _config(args)
-    output = args.output or default_output(args.input)
     if args.concurrency < 1:
         raise SwitchgenError(f"--concurrency must be at least 1, got {args.concurrency}")
+    inputs = read_inputs(args.input)
+    output = args.output or default_output(args.input)
+    check_output(output, args.input)  # before any model loads
+    config = _config(args)
     from switchgen.graph.backends import server_probes
     from switchgen.servers.clients.remote import check_servers
 

@@ -37,3 +37,7 @@ def describe(err: ValidationError, root: str = "config") -> str:
         f"{'.'.join(str(p) for p in e['loc']) or root}: {e['msg'].removeprefix('Value error, ')}"
         for e in err.errors()
     )
+
+
+class OutputError(SwitchgenError):
+    """An output file cannot be written where it was asked for (a folder, unwritable, the input itself, a full disk)."""
