@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="first port; one per server (default 8080; 0: any free)")
     serve.add_argument("--max-top-n-tokens", type=int, default=1024, help="largest top_n_tokens / logprobs allowed")
+    serve.add_argument("--max-input-tokens", type=int, help="TGI's: longest input in tokens (default: total - 1)")
+    serve.add_argument("--max-total-tokens", type=int, help="TGI's: input + new tokens (default: the model's context)")
+    serve.add_argument("--payload-limit", type=int, help="TGI's: largest request body in bytes (default 2000000)")
     serve.add_argument("--print-config", action="store_true", help="print a config pointing at the servers, and exit")
     serve.add_argument("--compose", action="store_true", help="print a Docker Compose file for GPUs instead of serving")
     serve.add_argument(
@@ -142,16 +145,23 @@ def _generate(args: argparse.Namespace) -> int:
 
     check_servers(server_probes(config))  # every server answers before any query runs
     graph = build_graph(config)
-    start, written, failed = run_file(
+    start, written, failed, refused = run_file(
         graph, config, inputs, output, progress=not args.no_progress, concurrency=args.concurrency
     )
     resumed = f" (resumed after {start})" if start else ""
     print(f"{start + written} records in {output}{resumed}")
-    if failed:
+    if refused:
         print(
-            f"switchgen: {failed} queries failed on a server; their records hold \"error\": rerun to retry them",
+            f"switchgen: {refused} queries are too long for a model; their records hold \"error\" and "
+            "\"permanent\": true (a rerun skips them): shorten those inputs",
             file=sys.stderr,
         )
+    if failed > refused:
+        print(
+            f"switchgen: {failed - refused} queries failed on a server; their records hold \"error\": rerun to retry them",
+            file=sys.stderr,
+        )
+    if failed:
         return 1
     return 0
 
@@ -160,6 +170,12 @@ def _serve(args: argparse.Namespace) -> int:
     _quiet_transformers()
     from switchgen.servers.serve.plan import plan_servers
 
+    if not 0 <= args.port <= 65535:
+        raise SwitchgenError(f"--port {args.port} is out of range 0..65535")
+    for flag in ("max_input_tokens", "max_total_tokens", "payload_limit", "max_top_n_tokens"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "max_top_n_tokens" else 1):
+            raise SwitchgenError(f"--{flag.replace('_', '-')} must be positive, got {value}")
     config = _config(args)
     if args.compose:
         from switchgen.servers.serve.compose import compose_config, compose_file
@@ -176,7 +192,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     from switchgen.servers.serve.run import prepare, serve_forever
 
-    running = prepare(plan, args.host, max_top_n_tokens=args.max_top_n_tokens)
+    running = prepare(
+        plan,
+        args.host,
+        max_top_n_tokens=args.max_top_n_tokens,
+        max_input_tokens=args.max_input_tokens,
+        max_total_tokens=args.max_total_tokens,
+        payload_limit=args.payload_limit,
+    )
 
     def ready() -> None:
         print(f"switchgen serve: {len(running)} servers (TGI protocol, /v1/completions); Ctrl-C stops them")

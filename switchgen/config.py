@@ -169,7 +169,9 @@ class SwitchConfig(_Model):
     patch_size: int = Field(50, gt=0, description="Tokens per patch.")
     max_new_tokens: int = Field(512, gt=0, description="Token budget of the whole response.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    seed: int | None = Field(None, description="Seed for switcher and generator sampling; None: fresh randomness.")
+    seed: int | None = Field(
+        None, ge=0, le=2**64 - 1, description="Seed (0 <= seed < 2**64) for switcher and generator sampling; None: fresh randomness."
+    )
     anchor: bool | None = Field(
         None,
         description="The aligned candidate writes the first patch and the patch that reaches the budget. "
@@ -254,6 +256,8 @@ class SwitchConfig(_Model):
         names = self.names
         if isinstance(ref, str) and ref in names:
             return names.index(ref)
+        if isinstance(ref, bool) or not isinstance(ref, (int, str)):  # True is not candidate 1, nor 1.0
+            raise ValueError(f"unknown candidate {ref!r}; candidates are {names} (a name, or an index as a whole number)")
         try:
             index = int(ref)
         except (TypeError, ValueError):

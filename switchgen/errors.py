@@ -23,6 +23,15 @@ class InputError(SwitchgenError, ValueError):
     """
 
 
+class InputTooLong(InputError):
+    """An input too long for a checkpoint's context, refused in process or by a server.
+
+    One policy for every backend: refuse, never truncate silently (cutting the left of a prompt
+    drops the question or the chat template). It is permanent: `switchgen generate` records the
+    query with "error" and "permanent": true and a rerun does not retry it.
+    """
+
+
 class ServerError(SwitchgenError):
     """An inference server refused or failed a request (after any retries)."""
 

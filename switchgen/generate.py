@@ -21,7 +21,7 @@ from langgraph.graph.state import CompiledStateGraph
 from tqdm import tqdm
 
 from switchgen.config import SwitchConfig
-from switchgen.errors import InputError, OutputError, ServerError, ServerUnreachable
+from switchgen.errors import InputError, InputTooLong, OutputError, ServerError, ServerUnreachable
 from switchgen.files import atomic_write_text
 from switchgen.jsonl import append_record, dumps_record, invalid_text, loads_record, split_lines
 
@@ -131,15 +131,24 @@ class RunResult(NamedTuple):
     start: int  # records already in the file
     written: int  # records appended now
     failed: int  # records (old retried or new) that hold an "error"
+    refused: int = 0  # of those, permanent failures (inputs too long): not retried by a rerun
 
 
 def is_failed(record: dict[str, Any]) -> bool:
-    """A record of a query that a server failed: it holds "error" and no generation_log."""
+    """A record of a query that failed (on a server, or refused as too long): "error" and no generation_log."""
     return record.get("generation_log") is None and "error" in record
 
 
+def is_retried(record: dict[str, Any]) -> bool:
+    """A failed record that a rerun retries: all but permanent failures (an input too long for a model)."""
+    return is_failed(record) and not record.get("permanent")
+
+
 def error_record(source: dict[str, Any], err: Exception) -> dict[str, Any]:
-    return {**source, "output": None, "generation_log": None, "error": str(err)}
+    record = {**source, "output": None, "generation_log": None, "error": str(err)}
+    if isinstance(err, InputTooLong):
+        record["permanent"] = True  # no rerun can fix it: shorten the input
+    return record
 
 
 T = TypeVar("T")
@@ -184,7 +193,7 @@ def run_file(
         raise InputError(f"concurrency must be at least 1, got {concurrency}")
     start = records_done(output, inputs)
     lines = [loads_record(line) for line in split_lines(output.read_bytes())] if start else []
-    retry = [i for i, record in enumerate(lines) if is_failed(record)]
+    retry = [i for i, record in enumerate(lines) if is_retried(record)]
 
     def one(index: int) -> dict[str, Any]:
         source = inputs[index]
@@ -192,11 +201,11 @@ def run_file(
             result = graph.invoke({"query": source["input"]})
         except ServerUnreachable:
             raise
-        except ServerError as err:  # this query only: recorded, and the run goes on
+        except (ServerError, InputTooLong) as err:  # this query only: recorded, and the run goes on
             return error_record(source, err)
         return make_record(source, result, config)
 
-    failed = written = 0
+    failed = written = refused = 0
     bar = tqdm(total=len(inputs), initial=start - len(retry), desc="switch generation", unit="query", disable=not progress)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -205,6 +214,7 @@ def run_file(
                 for index, record in in_order(retry, one, concurrency):
                     lines[index] = record
                     failed += is_failed(record)
+                    refused += is_failed(record) and not is_retried(record)
                     bar.update(1)
                 _rewrite(output, lines)
             fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
@@ -213,6 +223,7 @@ def run_file(
                     append_record(fd, record)
                     written += 1
                     failed += is_failed(record)
+                    refused += is_failed(record) and not is_retried(record)
                     bar.update(1)
             finally:
                 os.close(fd)
@@ -225,7 +236,7 @@ def run_file(
             f"cannot write {output} ({err.strerror or err}); it keeps its {done} finished records: "
             "free space (or fix the path) and rerun to resume"
         ) from None
-    return RunResult(start, written, failed)
+    return RunResult(start, written, failed, refused)
 
 
 def _rewrite(output: Path, lines: list[dict[str, Any]]) -> None:

@@ -124,3 +124,61 @@ def test_generate_refuses_bad_json_before_writing(tmp_path: Path, small_config: 
     assert code == 2
     one_line_error(err, *words)
     assert not out.exists()  # nothing half-written (it used to leave an empty file)
+
+
+# -- 6. Graph API: bad input raises InputError and leaves the thread untouched ---------------------
+
+
+@pytest.fixture(scope="module")
+def thread_graph(engine, toy_config):
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from switchgen.graph import build_graph
+
+    config = toy_config(patch_size=5, max_new_tokens=10)
+    return build_graph(config, engine=engine, checkpointer=InMemorySaver())
+
+
+BAD_TURNS = [
+    ({"query": "q", "segments": [{"candidate": "A", "text": "x", "tokens": "many"}]}, None, "'tokens' must be a whole number"),
+    ({"query": "q", "segments": [{"candidate": "A", "text": "x", "tokens": 2.5}]}, None, "'tokens' must be a whole number"),
+    ({"query": "q", "segments": [{"candidate": "A", "text": "x", "tokens": -40}]}, None, "'tokens' must be a whole number"),
+    ({"query": "q", "segments": [{"candidate": "A", "text": "x", "tokens": True}]}, None, "'tokens' must be a whole number"),
+    ({"query": "q", "forced": [True]}, None, "unknown candidate True"),
+    ({"query": "q", "forced": [1.0]}, None, "unknown candidate 1.0"),
+    ({"query": "q", "forced": [None]}, None, "unknown candidate None"),
+    ({"query": "bad \ud800 text"}, None, "lone surrogate"),
+    ({"messages": [("user", "fine"), ("assistant", "x\udfff"), ("user", "q")]}, None, "lone surrogate"),
+    ({"query": "q", "segments": [{"candidate": "A", "text": "\ud83d"}]}, None, "lone surrogate"),
+    ({"query": "q"}, {"seed": 2**64}, "seed"),
+    ({"query": "q"}, {"seed": -1}, "seed"),
+    ({"query": "q"}, {"seed": 10**5000}, "seed"),
+    ({"query": "q"}, {"review": "no"}, "review"),
+    ({"query": "q"}, {"review": 1}, "review"),
+    ({"query": "q"}, {"patch_size": 2.5}, "patch_size"),
+    ({"query": "q"}, {"max_new_tokens": True}, "max_new_tokens"),
+]
+
+
+@pytest.mark.parametrize(("turn", "context", "words"), BAD_TURNS)
+def test_graph_refuses_bad_input_and_leaves_the_thread(thread_graph, turn, context, words):
+    import uuid
+
+    thread = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    thread_graph.invoke({"query": "What is 2 plus 3?"}, thread)
+    before = thread_graph.get_state(thread)
+    with pytest.raises(InputError, match=words.replace("(", r"\(")):
+        thread_graph.invoke(turn, thread, context=context)
+    after = thread_graph.get_state(thread)
+    assert after.config == before.config and after.values["messages"] == before.values["messages"]
+    # ... and the thread goes on answering
+    result = thread_graph.invoke({"query": "And 3 plus 4?"}, thread)
+    assert len(result["messages"]) == 4 and result["tokens_used"] <= 10
+
+
+def test_given_segment_tokens_count_against_the_budget(thread_graph):
+    thread = {"configurable": {"thread_id": "budget"}}
+    result = thread_graph.invoke({"query": "q", "segments": [{"candidate": "A", "text": "Sure, ", "tokens": 0}]}, thread)
+    assert result["tokens_used"] <= 10
+    result = thread_graph.invoke({"query": "q", "segments": [{"candidate": "A", "text": "Sure, ", "tokens": 10}]}, thread)
+    assert result["tokens_used"] == 10 and len(result["segments"]) == 1  # the budget is spent: nothing more written

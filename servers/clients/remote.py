@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import httpx
 from transformers import PreTrainedTokenizerBase
 
-from switchgen.errors import ConfigError, ServerError, ServerUnreachable
+from switchgen.errors import ConfigError, InputTooLong, ServerError, ServerUnreachable
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.choices import choice_token_ids
 from switchgen.servers.engine.loading import load_tokenizer, resolve_model
@@ -138,6 +138,19 @@ def backoff_delay(attempt: int, retry_after: float | None) -> float:
     return max(delay, min(retry_after or 0.0, 60.0))
 
 
+def too_long(err: BaseException) -> bool:
+    """A server's refusal of an input longer than its limits (TGI 422/413, vLLM 400): permanent, never retried.
+
+    TGI says "`inputs` must have less than N tokens" or "`inputs` tokens + `max_new_tokens` must be
+    <= N"; vLLM "This model's maximum context length is N tokens"; a body over the payload limit is 413.
+    """
+    if not isinstance(err, HTTPFailure):
+        return False
+    return err.status == 413 or (err.status in (400, 422) and "token" in str(err).lower() and "must" in str(err).lower()) or (
+        err.status == 400 and "maximum context length" in str(err)
+    )
+
+
 def _transient(err: BaseException) -> tuple[bool, bool, str]:
     """(retry it?, is the server unreachable?, what happened) for one failed attempt."""
     if isinstance(err, HTTPFailure):
@@ -163,6 +176,8 @@ async def with_retries(endpoint: Endpoint, call: Callable[[], Awaitable[T]], *, 
         except (ServerError, ConfigError):
             raise
         except Exception as err:
+            if too_long(err):
+                raise InputTooLong(f"{endpoint.where()}: the input is too long for the server ({err})") from None
             again, unreachable, what = _transient(err)
             if again and attempt < endpoint.retries and retry():
                 await asyncio.sleep(backoff_delay(attempt, getattr(err, "retry_after", None)))

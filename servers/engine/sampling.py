@@ -6,6 +6,11 @@ import torch
 
 from switchgen.servers.base import GenerationParams
 
+# Temperatures below this sample as if at it: dividing float32 logits by a tinier one (1e-300 is
+# a valid JSON number) overflows to inf and the softmax to NaN. At 1e-4 sampling is greedy in all
+# but exact ties.
+MIN_TEMPERATURE = 1e-4
+
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     if seed is None:
@@ -19,7 +24,7 @@ def next_token(logits: torch.Tensor, params: GenerationParams, generator: torch.
     """One token id from a 1-D logits vector."""
     if params.greedy:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    probs = torch.softmax(logits.float() / max(params.temperature, MIN_TEMPERATURE), dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         cumulative = torch.cumsum(sorted_probs, dim=-1)
@@ -50,7 +55,7 @@ def next_tokens(
         if not p.greedy:
             groups.setdefault((p.temperature, p.top_p), []).append(i)
     for (temperature, top_p), rows in groups.items():
-        probs = torch.softmax(logits[rows].float() / temperature, dim=-1)
+        probs = torch.softmax(logits[rows].float() / max(temperature, MIN_TEMPERATURE), dim=-1)
         order = None
         if top_p < 1.0:
             probs, order = torch.sort(probs, dim=-1, descending=True)
