@@ -182,3 +182,172 @@ def test_given_segment_tokens_count_against_the_budget(thread_graph):
     assert result["tokens_used"] <= 10
     result = thread_graph.invoke({"query": "q", "segments": [{"candidate": "A", "text": "Sure, ", "tokens": 10}]}, thread)
     assert result["tokens_used"] == 10 and len(result["segments"]) == 1  # the budget is spent: nothing more written
+
+
+# -- 1-3. switchgen serve: no request stalls a server; limits; work off the loop; overlong inputs ---
+
+
+@pytest.fixture(scope="module")
+def attacked(toy_kit):
+    """`switchgen serve` for the toy config on an engine of its own (should an attack kill its decode
+    thread, the session's engine lives on), with a 200 kB payload limit (TGI's default is 2 MB)."""
+    from _serving import start_toy_servers
+
+    from switchgen.servers.engine.local import LocalEngine
+
+    servers = start_toy_servers(LocalEngine(), payload_limit=200_000)
+    urls = sorted(set(servers.urls.values()))
+    expected = {url: greedy(url) for url in urls}
+    yield servers, urls, expected
+    servers.stop()
+
+
+def greedy(url: str, prompt: str = "The sky is") -> str:
+    import httpx
+
+    r = httpx.post(f"{url}/generate", json={"inputs": prompt, "parameters": {"max_new_tokens": 6}}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["generated_text"]
+
+
+def all_answer(urls: list[str], expected: dict[str, str]) -> None:
+    """Every server of the process is healthy and answers exactly what it answered before."""
+    import httpx
+
+    for url in urls:
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+        assert greedy(url) == expected[url]
+
+
+ATTACKS = [
+    ("/generate", {"inputs": "hi", "parameters": {"do_sample": True, "seed": 2**64, "max_new_tokens": 3}}, 422, "seed"),
+    ("/generate", {"inputs": "hi", "parameters": {"do_sample": True, "seed": 2**70, "max_new_tokens": 3}}, 422, "seed"),
+    ("/generate", {"inputs": "hi", "parameters": {"do_sample": True, "temperature": 1e-300, "max_new_tokens": 3}}, 200, ""),
+    ("/generate", {"inputs": "hi", "parameters": {"temperature": 5e-324, "top_p": 1e-300, "max_new_tokens": 3}}, 200, ""),
+    ("/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 10**12}}, 422, "`inputs` tokens + `max_new_tokens`"),
+    ("/generate", {"inputs": "bad \\ud800", "parameters": {"max_new_tokens": 3}}, 422, "inputs"),
+    ("/generate", {"inputs": "hi", "parameters": {"stop": ["\\udfff"], "max_new_tokens": 3}}, 422, "stop"),
+    ("/generate_stream", {"inputs": "hi", "parameters": {"seed": 2**64, "do_sample": True}}, 422, "seed"),
+    ("/generate_stream", {"inputs": "hi", "parameters": {"temperature": 1e-320, "max_new_tokens": 3}}, 200, ""),
+    ("/v1/completions", {"prompt": "hi", "seed": 2**64, "max_tokens": 3}, 422, "seed"),
+    ("/v1/completions", {"prompt": "hi", "temperature": 1e-320, "max_tokens": 3}, 200, ""),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 10**9}, 422, "`max_tokens`"),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "status", "words"), ATTACKS)
+def test_a_bad_parameter_fails_its_request_alone(attacked, route, body, status, words):
+    import httpx
+
+    servers, urls, expected = attacked
+    raw = json.dumps(body).replace("\\\\u", "\\u")  # keep \ud800 an escape in the JSON text
+    r = httpx.post(f"{urls[-1]}{route}", content=raw, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == status, r.text
+    if status != 200:
+        text = r.text if route.endswith("stream") else r.json()["error"]
+        assert words in text and "validation" in r.text
+    all_answer(urls, expected)
+
+
+def test_payload_limit_and_token_limits_in_tgi_shapes(attacked):
+    import httpx
+
+    servers, urls, expected = attacked
+    big = {"inputs": "x" * 300_000, "parameters": {"max_new_tokens": 2}}
+    r = httpx.post(f"{urls[0]}/generate", json=big, timeout=60)
+    assert r.status_code == 413 and r.json() == {
+        "error": "Payload too large: the body exceeds 200000 bytes (the server's --payload-limit)",
+        "error_type": "payload_limit",
+    }
+    long = {"inputs": "the cat sat on the mat. " * 600, "parameters": {"max_new_tokens": 2}}
+    r = httpx.post(f"{urls[0]}/generate", json=long, timeout=60)
+    assert r.status_code == 422 and r.json()["error_type"] == "validation"
+    assert r.json()["error"].startswith("Input validation error: `inputs` must have less than 4095 tokens. Given: ")
+    info = httpx.get(f"{urls[0]}/info").json()
+    assert (info["max_input_tokens"], info["max_total_tokens"]) == (4095, 4096)
+    all_answer(urls, expected)
+
+
+def test_tokenising_a_large_body_does_not_hold_the_other_servers(attacked):
+    """All ports of one `switchgen serve` share an event loop: while one server tokenises a large body
+    (refused afterwards as too long), another server's /health is answered first."""
+    import threading
+
+    import httpx
+
+    servers, urls, expected = attacked
+    order: list[str] = []
+    body = {"inputs": "the cat sat on the mat. " * 8000, "parameters": {"max_new_tokens": 2}}  # ~190 kB, ~70k tokens
+    sent = threading.Event()
+
+    def post() -> None:
+        def on_request(request: httpx.Request) -> None:
+            sent.set()
+
+        with httpx.Client(event_hooks={"request": [on_request]}, timeout=120) as client:
+            r = client.post(f"{urls[0]}/generate", json=body)
+        order.append(f"generate {r.status_code}")
+
+    worker = threading.Thread(target=post)
+    worker.start()
+    sent.wait(30)
+    r = httpx.get(f"{urls[1]}/health", timeout=120)
+    order.append(f"health {r.status_code}")
+    worker.join(120)
+    assert order == ["health 200", "generate 422"]
+    all_answer(urls, expected)
+
+
+def test_decode_worker_fails_bad_rows_alone_in_a_batch(engine):
+    """Straight at the worker (no HTTP validation in front): a request that cannot be seeded or sampled
+    (NaN temperature) fails alone, while good requests decoded in the same batch finish."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from switchgen.servers.base import GenerationParams
+    from switchgen.servers.engine.batching import Request, to_patch
+
+    backend = engine.backend("toy:F", device="cpu")
+    good = GenerationParams(max_new_tokens=12, greedy=True)
+    bad = [
+        GenerationParams(max_new_tokens=12, seed=2**70),
+        GenerationParams(max_new_tokens=12, temperature=math.nan),
+        GenerationParams(max_new_tokens=12, seed=-(2**64)),
+    ]
+    ids = backend.encode("The sky is")
+    alone = to_patch(backend.worker.run(backend, Request(list(ids), good))).text
+
+    def run(params):
+        try:
+            return to_patch(backend.worker.run(backend, Request(list(ids), params))).text
+        except Exception as err:
+            return err
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(run, [good, *bad, good, good]))
+    assert results[0] == results[-1] == results[-2] == alone
+    assert all(isinstance(r, Exception) for r in results[1:4]), results
+    assert backend.worker.healthy and run(good) == alone
+
+
+def test_a_dead_decode_thread_is_reported_not_hung(toy_kit):
+    """Should the decode loop itself fail (a bug, not a request), waiting callers get an error at once,
+    later ones too, and /health answers TGI's 503."""
+    from starlette.testclient import TestClient
+
+    from switchgen.servers.base import GenerationParams
+    from switchgen.servers.engine.batching import Request, WorkerDied
+    from switchgen.servers.engine.local import LocalEngine
+    from switchgen.servers.serve.app import ServedModel, create_app
+    from switchgen.servers.serve.steps import TokenServer
+
+    backend = LocalEngine().backend("toy:A", device="cpu")
+    client = TestClient(create_app(ServedModel("toy:A", TokenServer(backend))))
+    assert client.get("/health").status_code == 200
+    backend.worker.run(backend, Request(backend.encode("hi"), GenerationParams(max_new_tokens=2)))
+    backend.worker.inbox.put(Request([1], None))  # no backend: the loop's own assertion fails
+    with pytest.raises(WorkerDied):
+        backend.worker.run(backend, Request(backend.encode("hi"), GenerationParams(max_new_tokens=2)))
+    r = client.get("/health")
+    assert r.status_code == 503 and r.json() == {"error": "unhealthy", "error_type": "healthcheck"}
+    r = client.post("/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 2}})
+    assert r.status_code == 424 and "decode thread" in r.json()["error"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import queue
+import sys
 import threading
 import time
 import weakref
@@ -265,10 +266,10 @@ class DecodeWorker:
                 for backend, batch in list(self.batches.items()):
                     if batch.rows:
                         self._step(backend, batch)
-        except BaseException as err:
+        except BaseException as err:  # a bug, not a request: say so once, fail every caller, stop
             self.died = err
             self._fail_everything(err)
-            raise
+            print(f"switchgen: the decode thread of {self.device} stopped: {err!r}; /health answers 503", file=sys.stderr)
 
     def _fail_everything(self, err: BaseException) -> None:
         died = WorkerDied(f"the decode thread of {self.device} stopped: {err!r}")

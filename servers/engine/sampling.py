@@ -30,6 +30,7 @@ def next_token(logits: torch.Tensor, params: GenerationParams, generator: torch.
         cumulative = torch.cumsum(sorted_probs, dim=-1)
         # Keep the smallest prefix whose mass reaches top_p (the token that crosses it included).
         outside = cumulative - sorted_probs >= params.top_p
+        outside[0] = False  # the most likely token always stays (a top_p that rounds to 0 in float32)
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         choice = torch.multinomial(sorted_probs, 1, generator=generator)
         return int(order[choice])
@@ -60,7 +61,9 @@ def next_tokens(
         if top_p < 1.0:
             probs, order = torch.sort(probs, dim=-1, descending=True)
             cumulative = torch.cumsum(probs, dim=-1)
-            probs = probs.masked_fill(cumulative - probs >= top_p, 0.0)
+            outside = cumulative - probs >= top_p
+            outside[:, 0] = False  # the most likely token always stays (a top_p that rounds to 0 in float32)
+            probs = probs.masked_fill(outside, 0.0)
         for j, i in enumerate(rows):
             choice = torch.multinomial(probs[j], 1, generator=generators[i])
             tokens[i] = int(order[j, choice]) if order is not None else int(choice)
