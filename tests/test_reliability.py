@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import pytest
+from _serving import hub_online  # noqa: F401 - fixture
 
 from switchgen.cli import main
 from switchgen.errors import InputError
@@ -351,3 +352,44 @@ def test_a_dead_decode_thread_is_reported_not_hung(toy_kit):
     assert r.status_code == 503 and r.json() == {"error": "unhealthy", "error_type": "healthcheck"}
     r = client.post("/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 2}})
     assert r.status_code == 424 and "decode thread" in r.json()["error"]
+
+
+LONG_QUERY = "the cat sat on the mat. " * 600  # ~5,400 toy tokens: beyond the toy models' 4,096 positions
+
+
+def _overlong_run(tmp_path: Path, config: Path, capsys) -> None:
+    """Short, overlong, short: the overlong query is refused (a permanent error record), a rerun skips it."""
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps({"input": q}) + "\n" for q in ["What is 2 plus 3?", LONG_QUERY, "Why?"]))
+    out = tmp_path / "out.jsonl"
+    code, err = cli(capsys, "generate", "--input", inputs, "--config", config, "--output", out, "--no-progress")
+    assert code == 1 and "1 queries are too long" in err and "Traceback" not in err
+    records = [loads_record(line) for line in split_lines(out.read_bytes())]
+    assert [r.get("permanent", False) for r in records] == [False, True, False]
+    assert "too long" in records[1]["error"] and "tokens" in records[1]["error"] and "data:" not in records[1]["error"]
+    assert all(r["generation_log"] for r in (records[0], records[2]))
+    before = out.read_bytes()
+    code, err = cli(capsys, "generate", "--input", inputs, "--config", config, "--output", out, "--no-progress")
+    assert code == 0 and out.read_bytes() == before  # not retried forever
+
+
+def test_overlong_input_in_process_is_refused_and_recorded_once(tmp_path: Path, small_config: Path, capsys, engine):
+    from switchgen.errors import InputTooLong
+    from switchgen.graph import build_graph, load_config
+
+    graph = build_graph(load_config(small_config), engine=engine)
+    with pytest.raises(InputTooLong, match="context of 4096 tokens"):
+        graph.invoke({"query": LONG_QUERY})
+    _overlong_run(tmp_path, small_config, capsys)
+
+
+@pytest.mark.usefixtures("hub_online")
+def test_overlong_input_through_servers_is_refused_and_recorded_once(tmp_path: Path, attacked, capsys):
+    import yaml
+    from _serving import served_dict
+
+    servers, urls, expected = attacked
+    config = tmp_path / "served.yaml"
+    config.write_text(yaml.safe_dump(served_dict(servers.urls, "tgi", patch_size=10, max_new_tokens=20)))
+    _overlong_run(tmp_path, config, capsys)
+    all_answer(urls, expected)

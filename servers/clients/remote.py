@@ -11,6 +11,7 @@ concurrent requests to batch.
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import random
 import threading
@@ -119,10 +120,11 @@ def retry_after_seconds(headers: httpx.Headers | dict | None) -> float | None:
 
 def error_detail(response: httpx.Response) -> str:
     """The message in a TGI ({"error"}), OpenAI/vLLM ({"error": {"message"}}) or plain error body."""
-    try:
-        body = response.json()
+    text = response.text.strip()
+    try:  # a streaming route's error is one server-sent event: data:{"error": ...}
+        body = json.loads(text.removeprefix("data:"))
     except ValueError:
-        return response.text.strip()[:300] or response.reason_phrase
+        return text[:300] or response.reason_phrase
     if isinstance(body, dict):
         err = body.get("error", body.get("detail", body.get("message")))
         if isinstance(err, dict):
