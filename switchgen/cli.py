@@ -281,9 +281,20 @@ def _config(args: argparse.Namespace) -> SwitchConfig:
     """The configuration the command names (--preset or --config) with the flags of _config_args applied."""
     from switchgen.graph import load_config
 
-    return load_config(
-        args.config or args.preset, seed=args.seed, max_new_tokens=args.max_new_tokens, patch_size=args.patch_size
-    )
+    for flag in ("patch_size", "max_new_tokens"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise SwitchgenError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.seed is not None and not 0 <= args.seed < 2**64:
+        raise SwitchgenError(f"--seed must be in 0..2**64-1, got {args.seed}")
+    try:
+        return load_config(
+            args.config or args.preset, seed=args.seed, max_new_tokens=args.max_new_tokens, patch_size=args.patch_size
+        )
+    except SwitchgenError as err:  # a flag that conflicts with the file (patch size over the budget, say)
+        flags = [f"--{f.replace('_', '-')} {getattr(args, f)}" for f in ("patch_size", "max_new_tokens", "seed")
+                 if getattr(args, f) is not None]
+        raise type(err)(f"{err} (with {' '.join(flags)})" if flags else str(err)) from None
 
 
 def _quiet_transformers() -> None:

@@ -283,11 +283,15 @@ def load_config(source: str | Path | dict | SwitchConfig | None = None, **overri
         data, origin = dict(source), "dict"
     else:
         data, origin = _read_yaml(str(source) if source is not None else DEFAULT_PRESET)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data.update(given)
     try:
         return SwitchConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{origin}: {describe(err)}") from None
+        # A field set by an override is the override's fault, not the file's.
+        blamed = {str(e["loc"][0]) for e in err.errors() if e["loc"]} & set(given)
+        where = ", ".join(f"{k}={given[k]!r}" for k in sorted(blamed)) if blamed else origin
+        raise ConfigError(f"{where}: {describe(err)}") from None
 
 
 def _read_yaml(source: str) -> tuple[dict, str]:

@@ -393,3 +393,130 @@ def test_overlong_input_through_servers_is_refused_and_recorded_once(tmp_path: P
     config.write_text(yaml.safe_dump(served_dict(servers.urls, "tgi", patch_size=10, max_new_tokens=20)))
     _overlong_run(tmp_path, config, capsys)
     all_answer(urls, expected)
+
+
+# -- 5. Output paths: checked before any model loads ---------------------------------------------
+
+
+def test_output_paths_are_checked_before_models_load(tmp_path: Path, capsys):
+    # The models do not exist: had any loading started first, its error would be the one reported.
+    config = tmp_path / "missing-models.yaml"
+    config.write_text(SMALL_YAML.replace('"toy:', '"/nonexistent/toy-'))
+    folder = tmp_path / "data"
+    folder.mkdir()
+    inputs = folder / "in.jsonl"
+    inputs.write_text('{"input": "q"}\n')
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    (tmp_path / "link.jsonl").symlink_to(inputs)
+    cases = [
+        (folder, "is a folder"),
+        (folder / ".." / "data" / "in.jsonl", "is the input file"),
+        (tmp_path / "link.jsonl", "is the input file"),
+        (a_file / "out.jsonl", "cannot write"),
+        (Path("/proc/switchgen-out.jsonl"), "cannot write"),
+    ]
+    for output, words in cases:
+        code, err = cli(capsys, "generate", "--input", inputs, "--config", config, "--output", output, "--no-progress")
+        assert code == 2, (output, err)
+        one_line_error(err, words, str(output))
+    assert inputs.read_text() == '{"input": "q"}\n'
+    assert a_file.read_text() == "x"
+    code, err = cli(capsys, "generate", "--input", inputs, "--config", config, "--output", tmp_path / "ok.jsonl")
+    one_line_error(err, "does not exist")  # the check passed: now the missing model is what is reported
+    assert not (tmp_path / "ok.jsonl").exists()
+
+
+# -- 7. Other tracebacks: a full disk, a corrupt chat database, devices, ports, flags -----------------
+
+
+def test_a_full_disk_leaves_no_torn_line_and_the_rerun_completes(tmp_path: Path, small_config: Path, capsys):
+    """RLIMIT_FSIZE makes writes past a size fail (EFBIG) as a full disk does (ENOSPC), part-written."""
+    import resource
+    import signal
+
+    queries = ["What is 2 plus 3?", "Tell me a story.", "Why is the sky blue?"]
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps({"input": q}) + "\n" for q in queries[:1]))
+    out = tmp_path / "out.jsonl"
+    assert cli(capsys, "generate", "--input", inputs, "--config", small_config, "--output", out, "--no-progress")[0] == 0
+    size = out.stat().st_size
+    inputs.write_text("".join(json.dumps({"input": q}) + "\n" for q in queries))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + size // 2, hard))
+    try:
+        code, err = cli(capsys, "generate", "--input", inputs, "--config", small_config, "--output", out, "--no-progress")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert code == 2
+    one_line_error(err, str(out), "keeps its 1 finished records", "rerun to resume")
+    assert out.stat().st_size == size  # the part of record 2 that fit was cut off again
+    code, err = cli(capsys, "generate", "--input", inputs, "--config", small_config, "--output", out, "--no-progress")
+    assert code == 0, err
+    records = [loads_record(line) for line in split_lines(out.read_bytes())]
+    assert [r["input"] for r in records] == queries
+
+
+def test_chat_refuses_a_database_that_is_not_its_own(tmp_path: Path, small_config: Path, capsys):
+    import sqlite3
+
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"this is not a database\n" * 100)
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE checkpoints (a TEXT, b TEXT)")
+        conn.execute("CREATE TABLE writes (x INTEGER)")
+    for db in (garbage, foreign, tmp_path):
+        before = db.read_bytes() if db.is_file() else None
+        code, err = cli(capsys, "chat", "--config", small_config, "--db", db)
+        assert code == 2
+        one_line_error(err, f"--db {db}", "choose another --db")
+        assert (db.read_bytes() if db.is_file() else None) == before
+
+
+def test_devices_ports_and_flags_are_one_line_errors(tmp_path: Path, small_config: Path, capsys):
+    import torch
+
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"input": "q"}\n')
+    out = tmp_path / "out.jsonl"
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    bad_device = tmp_path / "device.yaml"
+    bad_device.write_text(SMALL_YAML.replace("device: cpu}", f"device: 'cuda:{cuda + 7}'}}", 1))
+    cases = [
+        (["generate", "--input", inputs, "--config", bad_device, "--output", out], [f"cuda:{cuda + 7}"]),
+        (["generate", "--input", inputs, "--config", small_config, "--output", out, "--patch-size", 0], ["--patch-size"]),
+        (["generate", "--input", inputs, "--config", small_config, "--output", out, "--max-new-tokens", -5],
+         ["--max-new-tokens"]),
+        (["generate", "--input", inputs, "--config", small_config, "--output", out, "--patch-size", 50],
+         ["--patch-size 50", "exceeds max_new_tokens"]),
+        (["generate", "--input", inputs, "--config", small_config, "--output", out, "--seed", 2**64], ["--seed"]),
+        (["serve", "--config", small_config, "--port", 70000], ["--port 70000", "0..65535"]),
+        (["serve", "--config", small_config, "--port", -1], ["--port -1"]),
+        (["serve", "--config", small_config, "--port", 0, "--max-total-tokens", 10**6], ["--max-total-tokens"]),
+    ]
+    for args, words in cases:
+        code, err = cli(capsys, *args, *(["--no-progress"] if args[0] == "generate" else []))
+        assert code == 2, (args, err)
+        one_line_error(err, *words)
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("hub_online")
+def test_a_hub_id_that_cannot_be_reached_fails_at_once(tmp_path: Path, capsys, monkeypatch):
+    from switchgen.servers.engine.loading import hub_reachable
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the hub is unreachable
+    hub_reachable.cache_clear()
+    try:
+        config = tmp_path / "hub.yaml"
+        config.write_text(SMALL_YAML.replace('"toy:P"', '"switchgen-test/not-cached-model"'))
+        inputs = tmp_path / "in.jsonl"
+        inputs.write_text('{"input": "q"}\n')
+        code, err = cli(capsys, "generate", "--input", inputs, "--config", config, "--output", tmp_path / "o.jsonl")
+        assert code == 2
+        one_line_error(err, "switchgen-test/not-cached-model", "cannot be reached", "hf download")
+    finally:
+        hub_reachable.cache_clear()

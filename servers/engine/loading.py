@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -39,9 +43,23 @@ def resolve_device(device: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as err:
         raise ModelLoadError(f"unknown device {device!r}: {err}") from None
+    _check_available(dev, device)
+    return dev
+
+
+def _check_available(dev: torch.device, spec: str) -> None:
+    """A device this machine has (`cuda:7` on a CPU-only torch fails here, not deep inside `.to()`)."""
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ModelLoadError(f"device {spec!r}: this torch has no CUDA device; use device: cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise ModelLoadError(f"device {spec!r}: there are {count} CUDA devices (cuda:0..cuda:{count - 1}); use one of them")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"device {spec!r}: MPS is not available here; use device: cpu or auto")
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype | str:
@@ -51,16 +69,41 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype | str:
     return _DTYPES[dtype]
 
 
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection (checked once per process, 3 s at most).
+
+    Without it, loading a hub id that is not cached makes huggingface_hub retry for ~50 s before
+    failing; with it, such a load goes to the local cache only and fails at once.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_options(location: str) -> dict:
+    """local_files_only for a hub id when the hub cannot be reached (a local folder needs no network)."""
+    return {} if Path(location).exists() or hub_reachable() else {"local_files_only": True}
+
+
 def load_tokenizer(location: str) -> PreTrainedTokenizerBase:
     try:
-        return AutoTokenizer.from_pretrained(location)
+        return AutoTokenizer.from_pretrained(location, **_hub_options(location))
     except (OSError, ValueError) as err:
         raise ModelLoadError(_explain(location, err)) from None
 
 
 def load_model(location: str, device: torch.device, dtype: torch.dtype | str) -> PreTrainedModel:
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **_hub_options(location))
     except (OSError, ValueError) as err:
         raise ModelLoadError(_explain(location, err)) from None
     return model.to(device).eval()
@@ -83,7 +126,8 @@ def attach_adapter(model: torch.nn.Module, adapter: str, name: str) -> torch.nn.
 
 def _explain(location: str, err: Exception) -> str:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    offline = "" if Path(location).exists() or hub_reachable() else "the Hugging Face Hub cannot be reached and "
     return (
-        f"cannot load {location!r}: {first} "
+        f"cannot load {location!r}: {offline}{first} "
         "(for a hub id, download it first with `hf download ID` or check the spelling)"
     )
