@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -89,21 +92,42 @@ def hub_reachable() -> bool:
         return False
 
 
-def _hub_options(location: str) -> dict:
-    """local_files_only for a hub id when the hub cannot be reached (a local folder needs no network)."""
-    return {} if Path(location).exists() or hub_reachable() else {"local_files_only": True}
+@contextlib.contextmanager
+def _hub_or_cache(location: str) -> Iterator[None]:
+    """Load `location` as usual; a hub id while the hub is unreachable from the local cache only.
+
+    huggingface_hub's offline switch is what every transformers lookup honours (`local_files_only`
+    is not passed on to all of them, e.g. the adapter-config probe); it is on only during the load:
+    the TGI client refuses even local servers while it is set.
+    """
+    if Path(location).exists() or hub_reachable():
+        yield
+        return
+    from huggingface_hub import constants
+
+    with _OFFLINE_LOCK:
+        previous, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+        try:
+            yield
+        finally:
+            constants.HF_HUB_OFFLINE = previous
+
+
+_OFFLINE_LOCK = threading.Lock()
 
 
 def load_tokenizer(location: str) -> PreTrainedTokenizerBase:
     try:
-        return AutoTokenizer.from_pretrained(location, **_hub_options(location))
+        with _hub_or_cache(location):
+            return AutoTokenizer.from_pretrained(location)
     except (OSError, ValueError) as err:
         raise ModelLoadError(_explain(location, err)) from None
 
 
 def load_model(location: str, device: torch.device, dtype: torch.dtype | str) -> PreTrainedModel:
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **_hub_options(location))
+        with _hub_or_cache(location):
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
     except (OSError, ValueError) as err:
         raise ModelLoadError(_explain(location, err)) from None
     return model.to(device).eval()
@@ -126,8 +150,8 @@ def attach_adapter(model: torch.nn.Module, adapter: str, name: str) -> torch.nn.
 
 def _explain(location: str, err: Exception) -> str:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    offline = "" if Path(location).exists() or hub_reachable() else "the Hugging Face Hub cannot be reached and "
+    offline = "" if Path(location).exists() or hub_reachable() else "; the Hugging Face Hub cannot be reached from here"
     return (
-        f"cannot load {location!r}: {offline}{first} "
+        f"cannot load {location!r}: {first}{offline} "
         "(for a hub id, download it first with `hf download ID` or check the spelling)"
     )
