@@ -12,6 +12,8 @@ from switchgen.nodes.seeds import derive_seed
 from switchgen.nodes.streaming import PatchStream
 from switchgen.servers.base import Backend, GenerationParams
 
+MAX_CHARACTER_TOKENS = 4  # a UTF-8 character is at most 4 bytes: at most 4 byte tokens
+
 
 def make_generator(config: SwitchConfig, index: int, backend: Backend) -> Callable[[SwitchState], dict]:
     """Candidate `index` writing one patch under `config`: at most `patch_size` tokens, fewer where the budget ends.
@@ -35,10 +37,15 @@ def make_generator(config: SwitchConfig, index: int, backend: Backend) -> Callab
         prompt = candidate_prompt(backend.tokenizer, view, state["query"], texts, candidate.plain_template, history)
         stream = PatchStream(candidate.name, len(segments))  # custom stream events: tokens with their author
         stream.emit(cue)
+        size = min(config.patch_size, remaining)
         patch = backend.generate(
             prompt,
             GenerationParams(
-                max_new_tokens=min(config.patch_size, remaining),
+                max_new_tokens=size,
+                # A patch ends where its text is complete: a character split by the patch's end is
+                # finished by its author (<= 3 more tokens, within the budget), not carried over
+                # to a next author whose tokenizer may not even have its remaining bytes.
+                finish_character=min(MAX_CHARACTER_TOKENS - 1, remaining - size),
                 greedy=sampling.greedy,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,

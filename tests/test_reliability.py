@@ -520,3 +520,52 @@ def test_a_hub_id_that_cannot_be_reached_fails_at_once(tmp_path: Path, capsys, m
         one_line_error(err, "switchgen-test/not-cached-model", "cannot be reached", "hf download")
     finally:
         hub_reachable.cache_clear()
+
+
+# -- 8. Patch seams: a character split by a patch's end is finished by its author --------------------
+
+SEAM_QUERIES = ["日本語で答えてください。東京の天気は？", "絵文字😀🎉を使って", "Ünïcödé façade"]
+
+
+@pytest.mark.parametrize("query", SEAM_QUERIES)
+def test_patch_size_never_changes_the_text(engine, toy_config, query):
+    """One greedy model continuing its own tokens (the engine's token memory) writes the same tokens
+    whatever the patch size; so the text must be the same, split characters included."""
+    from switchgen.graph import build_graph
+
+    outputs = {}
+    for patch_size in (40, 1, 2, 3):
+        config = toy_config(
+            patch_size=patch_size, max_new_tokens=40, aligned_model="toy:F", sampling={"greedy": True},
+            switcher={"strategy": "single", "candidate": "A"},
+        )
+        result = build_graph(config, engine=engine).invoke({"query": query})
+        outputs[patch_size] = result["output"]
+        assert result["tokens_used"] <= 40
+    assert len(set(outputs.values())) == 1, outputs
+
+
+@pytest.mark.parametrize("query", SEAM_QUERIES)
+def test_no_patch_ends_in_half_a_character(engine, toy_config, query):
+    """Switching authors every 1-3 tokens (all three share the toy kit's byte-level BPE), no segment but
+    the last ends in half a character, and the streamed text of each patch is its segment's text."""
+    from switchgen.graph import build_graph
+
+    for patch_size in (1, 2, 3):
+        config = toy_config(patch_size=patch_size, max_new_tokens=30, switcher={"strategy": "fixed", "sequence": "P F A"},
+                            sampling={"ignore_eos": True})
+        graph = build_graph(config, engine=engine)
+        streamed: dict[int, str] = {}
+        final = None
+        for mode, data in graph.stream({"query": query}, stream_mode=["custom", "values"]):
+            if mode == "custom":
+                streamed[data["patch"]] = streamed.get(data["patch"], "") + data["text"]
+            else:
+                final = data
+        segments = final["segments"]
+        # The toy models also write bytes that no continuation completes (noise): a patch gives up on
+        # those after 3 more tokens; any other patch ending in U+FFFD is a split character.
+        split = [s for s in segments[:-1] if s["text"].endswith("\ufffd") and s["tokens"] < patch_size + 3]
+        assert not split, [(s["text"], s["tokens"]) for s in segments]
+        assert [streamed.get(i, "") for i in range(len(segments))] == [s["text"] for s in segments]
+        assert final["tokens_used"] <= 30

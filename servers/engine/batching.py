@@ -332,7 +332,9 @@ class DecodeWorker:
                 req.text, req.finish = text, "stop"
             req.emitted = _emit(req, text, final=stopped)
         if req.finish is None and len(req.out) >= params.max_new_tokens:
-            req.finish = "length"
+            extra = len(req.out) < params.max_new_tokens + params.finish_character
+            if not (extra and backend.decode(req.out[-4:]).endswith("\ufffd")):  # a split character: one more
+                req.finish = "length"
 
     def _step(self, backend: LocalBackend, batch: _Batch) -> None:
         rows = batch.rows
