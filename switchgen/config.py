@@ -159,6 +159,12 @@ class SamplingConfig(_Model):
     temperature: float = Field(0.7, gt=0.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     ignore_eos: bool = Field(False, description="Keep writing past EOS to the budget (for benchmarks).")
+    finish_characters: bool = Field(
+        True,
+        description="A patch that would end inside a character (2-4 tokens of a byte-level tokenizer) writes up to "
+        "3 more tokens to finish it, within the budget, so no patch shows U+FFFD for it. In-process candidates "
+        "only: a server (TGI, vLLM, switchgen serve) decodes a patch as it wrote it.",
+    )
 
 
 class SwitchConfig(_Model):
@@ -309,4 +315,30 @@ def _read_yaml(source: str) -> tuple[dict, str]:
         raise ConfigError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    return data, str(path)
+    return _relative_to(data, path.parent), str(path)
+
+
+def _relative_to(data: dict, folder: Path) -> dict:
+    """Model and adapter paths in a YAML file are relative to its folder, not to the working directory.
+
+    A value starting with ./ or ../ is such a path always; another relative value (`models/p`) is
+    one when it exists beside the file, and otherwise stays as written (a hub id like `org/name`).
+    """
+
+    def resolve(value: object) -> object:
+        if not isinstance(value, str) or not value or value.startswith(("toy:", "~", "/")):
+            return value
+        beside = folder / value
+        if value.startswith(("./", "../")) or beside.exists():
+            return str(beside.resolve())
+        return value
+
+    for candidate in data.get("candidates") or []:
+        if isinstance(candidate, dict) and "model" in candidate:
+            candidate["model"] = resolve(candidate["model"])
+    switcher = data.get("switcher")
+    if isinstance(switcher, dict):
+        for key in ("model", "adapter"):
+            if key in switcher:
+                switcher[key] = resolve(switcher[key])
+    return data

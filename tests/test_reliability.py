@@ -569,3 +569,70 @@ def test_no_patch_ends_in_half_a_character(engine, toy_config, query):
         assert not split, [(s["text"], s["tokens"]) for s in segments]
         assert [streamed.get(i, "") for i in range(len(segments))] == [s["text"] for s in segments]
         assert final["tokens_used"] <= 30
+
+
+# -- 9. Plain view in conversations --------------------------------------------------------------
+
+
+def test_plain_view_labels_the_current_turn_and_each_patch_extends_the_last(engine):
+    from switchgen.nodes.prompts import PLAIN_TURN_STOP, candidate_prompt
+
+    tokenizer = engine.backend("toy:P", device="cpu").tokenizer
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    first = candidate_prompt(tokenizer, "plain", "Why?", [], history=history)
+    assert first == "User: Hi\nAssistant: Hello!\nUser: Why?\n\nAssistant:"
+    for trace in (["Because"], [" Because"], ["Because", " the sky", " is blue"]):
+        later = candidate_prompt(tokenizer, "plain", "Why?", trace, history=history)
+        assert later.startswith(first) and later.endswith("".join(trace).lstrip()) and "Assistant:  " not in later
+    assert candidate_prompt(tokenizer, "plain", "Why?", ["x"]) == "Why?\n\nx"  # one turn: unchanged
+    assert PLAIN_TURN_STOP == "\nUser:"
+
+
+def test_plain_candidate_in_a_conversation_stops_before_the_users_turn(engine, toy_config, hf_greedy):
+    """toy:P's greedy continuation, found independently (transformers' generate), cut by the default stop
+    exactly where it would begin a "User:" line, if it writes one; else unchanged."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from switchgen.graph import build_graph
+
+    plain = {"name": "P", "role": "pretrained", "model": "toy:P", "device": "cpu", "view": "plain"}
+    candidates = [plain, {"name": "A", "role": "aligned", "model": "toy:A", "device": "cpu"}]
+    config = toy_config(candidates=candidates, sampling={"greedy": True}, patch_size=20, max_new_tokens=20)
+    messages = [HumanMessage("User: hi"), AIMessage("Hello!\nUser: more"), HumanMessage("Go on")]
+    result = build_graph(config, engine=engine).invoke({"messages": messages, "forced": ["P"]})
+    segment = result["segments"][0]
+    prompt = "User: User: hi\nAssistant: Hello!\nUser: more\nUser: Go on\n\nAssistant:"
+    text, _, _ = hf_greedy("toy:P", prompt, 20)
+    expected = text.split("\nUser:")[0]
+    assert segment["text"] == expected and (segment["finish_reason"] == "stop") == ("\nUser:" in text)
+
+
+# -- 10. Relative model paths in a YAML resolve against its folder ---------------------------------
+
+
+def test_relative_model_paths_resolve_against_the_yaml(tmp_path: Path, toy_kit, engine, monkeypatch):
+    from switchgen.graph import build_graph, load_config
+
+    models = tmp_path / "project" / "models"
+    models.mkdir(parents=True)
+    for name in ("P", "A", "switcher"):
+        (models / name).symlink_to(toy_kit[name])
+    conf = tmp_path / "project" / "configs" / "run.yaml"
+    conf.parent.mkdir()
+    conf.write_text(
+        "candidates:\n"
+        "  - {name: P, role: pretrained, model: ../models/P, device: cpu}\n"
+        "  - {name: A, role: aligned, model: ./../models/A, device: cpu}\n"
+        "switcher: {model: ../models/switcher, device: cpu}\npatch_size: 5\nmax_new_tokens: 10\nseed: 0\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(conf)
+    assert [c.model for c in config.candidates] == [str((models / "P").resolve()), str((models / "A").resolve())]
+    assert config.switcher.model == str((models / "switcher").resolve())
+    assert build_graph(config, engine=engine).invoke({"query": "Hi"})["tokens_used"] <= 10
+    missing = conf.with_name("missing.yaml")
+    missing.write_text(conf.read_text().replace("../models/P", "../models/nope"))
+    with pytest.raises(Exception, match=str(models / "nope")):
+        build_graph(load_config(missing), engine=engine)

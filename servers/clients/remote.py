@@ -148,9 +148,9 @@ def too_long(err: BaseException) -> bool:
     """
     if not isinstance(err, HTTPFailure):
         return False
-    return err.status == 413 or (err.status in (400, 422) and "token" in str(err).lower() and "must" in str(err).lower()) or (
-        err.status == 400 and "maximum context length" in str(err)
-    )
+    text = str(err).replace("`", "")
+    markers = ("inputs must have less than", "inputs tokens +", "maximum context length")
+    return err.status == 413 or (err.status in (400, 422) and any(m in text for m in markers))
 
 
 def _transient(err: BaseException) -> tuple[bool, bool, str]:
