@@ -636,3 +636,28 @@ def test_relative_model_paths_resolve_against_the_yaml(tmp_path: Path, toy_kit, 
     missing.write_text(conf.read_text().replace("../models/P", "../models/nope"))
     with pytest.raises(Exception, match=str(models / "nope")):
         build_graph(load_config(missing), engine=engine)
+
+
+# -- The console script itself: no traceback reaches a user ---------------------------------------
+
+
+def test_console_script_prints_one_line_errors_not_tracebacks(tmp_path: Path, small_config: Path):
+    import os
+    import subprocess
+
+    from test_cli import switchgen_command
+
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"input": "q", "x": NaN}\n')
+    garbage = tmp_path / "chat.sqlite"
+    garbage.write_bytes(b"not sqlite\n" * 50)
+    cases = [
+        (["generate", "--input", inputs, "--config", small_config], ["in.jsonl:1", "NaN"]),
+        (["chat", "--config", small_config, "--db", garbage], ["--db", "not a SQLite database"]),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for args, words in cases:
+        done = subprocess.run([*switchgen_command(), *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 2, done.stderr
+        one_line_error(done.stderr, *words)
+    assert garbage.read_bytes() == b"not sqlite\n" * 50
