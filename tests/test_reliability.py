@@ -540,13 +540,32 @@ def test_patch_size_never_changes_the_text(engine, toy_config, query):
     outputs = {}
     for patch_size in (40, 1, 2, 3):
         config = toy_config(
-            patch_size=patch_size, max_new_tokens=40, aligned_model="toy:F", sampling={"greedy": True},
+            patch_size=patch_size, max_new_tokens=40, aligned_model="toy:F",
+            sampling={"greedy": True, "finish_characters": True},
             switcher={"strategy": "single", "candidate": "A"},
         )
         result = build_graph(config, engine=engine).invoke({"query": query})
         outputs[patch_size] = result["output"]
         assert result["tokens_used"] <= 40
     assert len(set(outputs.values())) == 1, outputs
+
+
+def test_without_finishing_characters_patch_size_does_change_the_text(engine, toy_config):
+    """The control: patches cut at exactly patch_size tokens split characters (the bug of issue 11)."""
+    from switchgen.graph import build_graph
+
+    def output(patch_size: int, query: str) -> str:
+        config = toy_config(
+            patch_size=patch_size, max_new_tokens=60, aligned_model="toy:F",
+            sampling={"greedy": True, "finish_characters": False}, switcher={"strategy": "single", "candidate": "A"},
+        )
+        return build_graph(config, engine=engine).invoke({"query": query})["output"]
+
+    broken = 0
+    for query in SEAM_QUERIES:
+        whole = output(60, query)
+        broken += sum(output(p, query).count("\ufffd") > whole.count("\ufffd") for p in (1, 2, 3))
+    assert broken
 
 
 @pytest.mark.parametrize("query", SEAM_QUERIES)
@@ -557,7 +576,7 @@ def test_no_patch_ends_in_half_a_character(engine, toy_config, query):
 
     for patch_size in (1, 2, 3):
         config = toy_config(patch_size=patch_size, max_new_tokens=30, switcher={"strategy": "fixed", "sequence": "P F A"},
-                            sampling={"ignore_eos": True})
+                            sampling={"ignore_eos": True, "finish_characters": True})
         graph = build_graph(config, engine=engine)
         streamed: dict[int, str] = {}
         final = None
