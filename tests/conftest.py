@@ -63,6 +63,14 @@ def toy_kit(switchgen_home: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def skills_kit(switchgen_home: Path) -> dict[str, Path]:
+    """The skills kit (trained P/F/A, ~30 s of CPU), built once in the session's SWITCHGEN_HOME."""
+    from switchgen.kits.skills import ensure_skills_kit
+
+    return ensure_skills_kit()
+
+
+@pytest.fixture(scope="session")
 def engine(toy_kit: dict[str, Path]):
     """One in-process engine (KV-cache reuse on) shared by the tests: each toy model loads once."""
     from switchgen.servers.engine.local import LocalEngine
@@ -97,6 +105,9 @@ def toy_config_dict(**overrides: object) -> dict:
         "patch_size": 20,
         "max_new_tokens": 80,
         "seed": 0,
+        # Patches of exactly patch_size tokens, which many tests count on. On by default for users: a
+        # patch finishes a split character (tests/test_reliability.py turns it on; the toy preset has it).
+        "sampling": {"finish_characters": False},
     }
     return _merge(base, overrides)
 
