@@ -181,7 +181,7 @@ _BUSY = "import time\nend = time.monotonic() + {seconds}\nx = 0\nwhile time.mono
 
 
 @contextmanager
-def busy_machine(processes: int = LOAD_PROCESSES, seconds: float = LOAD_SECONDS) -> Iterator[None]:
+def busy_machine(processes: int = LOAD_PROCESSES, seconds: float = LOAD_SECONDS) -> Iterator[list[subprocess.Popen]]:
     """`processes` pure-Python spinning processes (other users' work) for the duration of the block."""
     procs = [
         subprocess.Popen([sys.executable, "-c", _BUSY.format(seconds=seconds)], stdin=subprocess.DEVNULL)
@@ -189,7 +189,7 @@ def busy_machine(processes: int = LOAD_PROCESSES, seconds: float = LOAD_SECONDS)
     ]
     try:
         time.sleep(0.2)  # let them get going
-        yield
+        yield procs
     finally:
         for proc in procs:
             proc.kill()

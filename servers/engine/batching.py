@@ -388,6 +388,7 @@ class DecodeWorker:
 
     def _step_fused(self, stack: StackedModels, batch: FusedBatch) -> None:
         """One forward pass for every running row of every stacked checkpoint."""
+        batch.compact()
         slots = batch.live
         rows = [batch.rows[s] for s in slots]
         tokens = [0] * len(batch.rows)

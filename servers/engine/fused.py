@@ -220,6 +220,7 @@ class FusedBatch:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.mask = torch.zeros(0, 0, dtype=torch.bool, device=stack.device)
+        self.occupied = torch.zeros(0, dtype=torch.bool, device=stack.device)  # per slot
 
     @property
     def live(self) -> list[int]:
@@ -241,10 +242,13 @@ class FusedBatch:
         mask = torch.zeros(slots, cols, dtype=torch.bool, device=st.device)
         rows: list = [None] * slots
         starts = [end] * slots
+        packed = [0] * len(st.models)  # shrinking packs each model's rows to the front; growing keeps slots
         for s, req in enumerate(old_rows):
             if req is None:
                 continue
             model, j = divmod(s, old_per)
+            if per_model < old_per:
+                j, packed[model] = packed[model], packed[model] + 1
             t = model * per_model + j
             n = old_end - old_starts[s]
             for new, old in ((keys, self.keys), (values, self.values)):
@@ -253,7 +257,20 @@ class FusedBatch:
             mask[t, end - n : end] = True
             rows[t], starts[t] = req, end - n
         self.keys, self.values, self.mask = keys, values, mask
+        self.occupied = torch.tensor([r is not None for r in rows], dtype=torch.bool, device=st.device)
         self.rows, self.starts, self.end, self.per_model = rows, starts, end, per_model
+
+    def compact(self) -> None:
+        """Give back slots when every model runs at most half of its own: free slots still cost compute.
+
+        Moves rows to other slots: call it before reading slot numbers for a step.
+        """
+        busiest = max(self.used(m) for m in range(len(self.stack.models)))
+        if self.per_model > 1 and busiest <= self.per_model // 2:
+            self._relayout(max(busiest, 1), 0)
+
+    def used(self, model: int) -> int:
+        return sum(r is not None for r in self.rows[model * self.per_model : (model + 1) * self.per_model])
 
     def _free(self, model: int) -> list[int]:
         return [s for s in range(model * self.per_model, (model + 1) * self.per_model) if self.rows[s] is None]
@@ -271,6 +288,7 @@ class FusedBatch:
             self.values[layer][s, :, start : self.end] = entry.values[0]
         self.mask[s] = False
         self.mask[s, start : self.end] = True
+        self.occupied[s] = True
         self.rows[s], self.starts[s] = req, start
 
     def remove(self, slot: int) -> DynamicCache:
@@ -285,6 +303,7 @@ class FusedBatch:
             )
         self.rows[slot] = None
         self.mask[slot] = False
+        self.occupied[slot] = False
         return cache
 
     @torch.inference_mode()
@@ -292,7 +311,7 @@ class FusedBatch:
         """Feed one token per slot (at its position); logits [slots, vocab]."""
         st = self.stack
         if self.end + 1 > self.mask.shape[1]:
-            self._relayout(self.per_model, 0)
+            self._relayout(self.per_model, 0)  # keeps every row's slot
         col = self.end
         self.mask[:, col] = True
         mask = self.mask[:, None, None, : col + 1]
@@ -310,7 +329,5 @@ class FusedBatch:
 
         h = st.run(tok, pos, attend, self.per_model)
         self.end = col + 1
-        for s, r in enumerate(self.rows):  # free slots see only the column just written
-            if r is None:
-                self.mask[s, col] = False
+        self.mask[:, col] = self.occupied  # free slots saw only the column just written; now not even that
         return st.logits(h).view(n_models * self.per_model, -1)
