@@ -35,7 +35,11 @@ def test_bench_reports_every_variant_sweep_and_ratio(toy_kit, tmp_path, capsys):
     assert report["load"]["processes"] == 2
     assert [len(report["load"]["raw"][v]) for v in ("switch", "single")] == [2, 2]
     assert all(value > 0 for value in report["ratios"].values())
+    # Budgets of at most two patches are both anchored: the report says the switcher never ran (issue 11).
+    assert [n.split(":")[0] for n in report["notes"]] == ["budget 40", "budget 20"]
+    assert all("switcher is never called" in n for n in report["notes"])
     table = capsys.readouterr().out
+    assert "note: budget 40: at most two patches" in table
     for name in ("switch_vs_single", "reference_batched_vs_switch_c2", "spread_under_load_vs_single", "weights in memory"):
         assert name in table
 
