@@ -165,6 +165,18 @@ def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=2)
 
 
+def _room_to_stack(model: torch.nn.Module, group: tuple[StackedModels, FusedBatch] | None) -> bool:
+    """Stacking copies every member's weights once before the old copies are freed: on a GPU,
+    only when that copy fits (else the model keeps the transformers path)."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return True
+    members = [model, *(group[0].models if group is not None else [])]
+    need = sum(p.numel() * p.element_size() for m in members for p in m.parameters())
+    free, _ = torch.cuda.mem_get_info(device)
+    return free > 1.1 * need
+
+
 _WORKERS: weakref.WeakSet[DecodeWorker] = weakref.WeakSet()
 
 
@@ -222,6 +234,8 @@ class DecodeWorker:
         model = backend.loaded.model
         if model not in self._fused_of:
             key = signature(model)
+            if key is not None and not _room_to_stack(model, self.fused.get(key)):
+                key = None
             if key is None:
                 self._fused_of[model] = None
             elif key not in self.fused:
