@@ -32,7 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--input", type=Path, required=True, help='JSONL, one object with "input" per line')
     gen.add_argument("--output", type=Path, help="default: INPUT_switch_generation.jsonl beside the input")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
-    gen.add_argument("--concurrency", type=int, default=1, help="queries run at once (servers batch them); default 1")
+    gen.add_argument(
+        "--concurrency", type=int,
+        help="queries run at once (batched together); default: 16 in process (fills the engine's batches), 1 with servers",
+    )
     _config_args(gen)
 
     serve = sub.add_parser(
@@ -79,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--reps", type=int, default=5, help="timed repetitions per variant, after a warm-up")
     bench.add_argument("--budgets", default="128,256,512,1024", help="budget sweep")
     bench.add_argument("--concurrency", default="1,4,8", help="concurrency sweep")
+    bench.add_argument(
+        "--load-reps", type=int, default=5,
+        help="repetitions with 2 busy processes started beside the bench, for the spread under load (0: skip)",
+    )
     bench.add_argument("--json", type=Path, default=Path("bench.json"), help="raw figures (default: bench.json)")
 
     sub.add_parser("presets", help="list the named presets")
@@ -137,7 +144,7 @@ def _generate(args: argparse.Namespace) -> int:
     from switchgen.generate import check_output, default_output, read_inputs, run_file
     from switchgen.graph import build_graph
 
-    if args.concurrency < 1:
+    if args.concurrency is not None and args.concurrency < 1:
         raise SwitchgenError(f"--concurrency must be at least 1, got {args.concurrency}")
     inputs = read_inputs(args.input)
     output = args.output or default_output(args.input)
@@ -273,6 +280,7 @@ def _bench(args: argparse.Namespace) -> int:
         load_config(args.config or args.preset),
         budget=args.budget,
         reps=args.reps,
+        load_reps=args.load_reps,
         budgets=ints(args.budgets),
         concurrency=ints(args.concurrency),
         device=args.device,
