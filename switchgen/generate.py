@@ -3,7 +3,8 @@
 Records are appended one by one and flushed, so a run that dies keeps every finished record;
 a rerun checks them against the input and continues after the last one. With `concurrency` N,
 N queries run at once (inference servers batch them) and records are still written in input
-order. A query that a server fails gets a record with "error" (and no generation_log) and the
+order; by default the in-process engine gets enough queries at once to fill its batches
+(`default_concurrency`). A query that a server fails gets a record with "error" (and no generation_log) and the
 run goes on; a rerun retries those first. A server that cannot be reached stops the run.
 """
 
@@ -24,6 +25,21 @@ from switchgen.config import SwitchConfig
 from switchgen.errors import InputError, InputTooLong, OutputError, ServerError, ServerUnreachable
 from switchgen.files import atomic_write_text, check_writable
 from switchgen.jsonl import append_record, dumps_record, invalid_text, loads_record, split_lines
+
+IN_PROCESS_BATCH = 16  # queries in flight when every token comes from this process: fills the engine's batches
+SERVER_CONCURRENCY = 1  # with a remote candidate or switcher: one at a time unless --concurrency says otherwise
+
+
+def default_concurrency(config: SwitchConfig) -> int:
+    """Queries to keep in flight when the user does not say (`generate`, and the eval and rollout jobs).
+
+    The in-process engine decodes concurrent graphs in one batch per checkpoint, so one query at a
+    time leaves it mostly idle: by default it gets enough queries to fill its batches. Servers
+    keep the old default (their operators size their own batches and limits).
+    """
+    remote = any(c.backend != "local" for c in config.candidates)
+    remote = remote or (config.switcher.strategy == "learned" and config.switcher_server().backend != "local")
+    return SERVER_CONCURRENCY if remote else IN_PROCESS_BATCH
 
 
 def read_inputs(path: Path) -> list[dict[str, Any]]:
@@ -73,7 +89,7 @@ def default_output(input_path: Path) -> Path:
 
 
 def records_done(output: Path, inputs: list[dict[str, Any]], key: str = "input") -> int:
-    """How many inputs already have a record in `output` (a record matches its input on `key`).
+    """How many inputs already have a record in `output`.
 
     The records are checked against the inputs first; only then is a torn last line (a run
     killed mid-write) cut off, so a file that is refused is left exactly as it was.
@@ -177,13 +193,16 @@ def run_file(
     output: Path,
     *,
     progress: bool = True,
-    concurrency: int = 1,
+    concurrency: int | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Generate for every input without a record yet (and retry failed records first).
 
-    `on_record` sees each record once it is in the file (the CLI counts permanent failures with it).
+    `concurrency` None: `default_concurrency(config)`. `on_record` sees each record once it is in
+    the file (the CLI counts permanent failures with it).
     """
+    if concurrency is None:
+        concurrency = default_concurrency(config)
 
     def one(index: int) -> dict[str, Any]:
         source = inputs[index]
@@ -206,16 +225,16 @@ def write_records(
     key: str = "input",
     progress: bool = True,
     concurrency: int = 1,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
     desc: str = "switch generation",
     unit: str = "query",
     postfix: Callable[[], str] | None = None,
-    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """The resumable JSONL job: `one(i)` makes input i's record; records are appended in input order,
-    each flushed and fsynced, so a killed run keeps every finished record. A rerun checks the records
-    against the inputs (on `key`), retries failed ones (`is_retried`) first, then resumes after the last.
-    Used by `switchgen generate`, `switchgen eval` and `switchgen rollouts` (`postfix`: text shown after
-    the progress bar's rate, e.g. tokens/s; `on_record` sees each record once it is in the file).
+    each whole or not at all, so a killed run keeps every finished record. A rerun checks the records
+    against the inputs (on `key`), retries failed ones (`is_retried`) first, then resumes after the
+    last. Used by `switchgen generate`, `switchgen eval` and `switchgen rollouts` (`postfix`: text
+    shown after the progress bar's rate, e.g. tokens/s; `on_record` sees each record once it is in the file).
     """
     if concurrency < 1:
         raise InputError(f"concurrency must be at least 1, got {concurrency}")
