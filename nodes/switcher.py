@@ -15,6 +15,7 @@ from switchgen.errors import InputError
 from switchgen.graph.state import Decision, Segment, SwitchState
 from switchgen.nodes.prompts import user_turn
 from switchgen.nodes.seeds import derive_seed
+from switchgen.nodes.tracing import SwitcherRun
 from switchgen.servers.base import Backend
 
 ENDED = ("eos", "stop", "budget")
@@ -111,10 +112,23 @@ def make_switcher(
         prompt = switcher_prompt(
             state["query"], [s["text"] for s in segments], [author_index(s) for s in segments], n
         )
-        scores = switcher.choice_distribution(user_turn(switcher.tokenizer, prompt), [str(i) for i in range(n)])
+        text = user_turn(switcher.tokenizer, prompt)
+        run = SwitcherRun.start(model=config.switcher_model, prompt=text, step=step)  # a run in LangChain callbacks
+        try:
+            scores = switcher.choice_distribution(text, [str(i) for i in range(n)])
+        except BaseException as err:
+            run.error(err)
+            raise
         if scores.probs is None or scores.mass < sw.min_digit_mass:
-            return config.aligned_index, "fallback", scores.probs, scores.mass
-        return top_p_choice(scores.probs, sw.top_p, rng), "switcher", scores.probs, scores.mass
+            index, how = config.aligned_index, "fallback"
+        else:
+            index, how = top_p_choice(scores.probs, sw.top_p, rng), "switcher"
+        if run.run is not None:
+            probabilities = dict(zip(names, scores.probs, strict=True)) if scores.probs is not None else None
+            decision = {"step": step, "chosen": names[index], "how": how, "probabilities": probabilities,
+                        "digit_mass": scores.mass}
+            run.end(decision, len(switcher.tokenizer.encode(text, add_special_tokens=False)))
+        return index, how, scores.probs, scores.mass
 
     def switcher_node(state: SwitchState) -> dict:
         query = state.get("query")

@@ -23,6 +23,10 @@ class InputError(SwitchgenError, ValueError):
     """
 
 
+class UnsupportedError(SwitchgenError, NotImplementedError):
+    """Something switchgen deliberately does not do; the message names what to use instead."""
+
+
 class ServerError(SwitchgenError):
     """An inference server refused or failed a request (after any retries)."""
 

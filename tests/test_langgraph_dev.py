@@ -50,7 +50,8 @@ def server(tmp_path_factory, toy_kit):
     port = free_port()
     env = {**os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGGRAPH_NO_VERSION_CHECK": "1", "SWITCHGEN_CONFIG": "toy"}
     log = (work / "server.log").open("w")
-    command = [str(Path(sys.executable).parent / "langgraph"), "dev", "--no-browser", "--no-reload",
+    # `python -m langgraph_cli`, not the venv's `langgraph` script: its shebang may name another checkout's python
+    command = [sys.executable, "-m", "langgraph_cli", "dev", "--no-browser", "--no-reload",
                "--port", str(port), "--config", str(work / "langgraph.json")]
     proc = subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -104,10 +105,21 @@ def test_the_sdk_drives_the_graph(server):
         assert tokens and "".join(t["text"] for t in tokens) == final["output"]
         assert {t["candidate"] for t in tokens} == {s["candidate"] for s in final["segments"]}
 
+        # messages mode (what Studio's chat and useStream read): token chunks, each named after its author.
+        parts = [p async for p in client.runs.stream(
+            thread, "switchgen", input={"query": "Once more?"}, context=SMALL, stream_mode=["messages-tuple", "values"]
+        )]
+        chunks = [p.data[0] for p in parts if p.event == "messages"]
+        final = [p.data for p in parts if p.event == "values"][-1]
+        assert len(chunks) > len(final["segments"]) and all(c["type"] == "AIMessageChunk" for c in chunks)
+        assert "".join(c["content"] for c in chunks) == final["output"]
+        assert {c["name"] for c in chunks if c["content"]} == {s["candidate"] for s in final["segments"]}
+        assert {c["id"] for c in chunks} == {final["messages"][-1]["id"]}
+
         # get_state: the decisions, step by step, and the whole conversation.
         state = await client.threads.get_state(thread)
         values = state["values"]
-        assert [m["type"] for m in values["messages"]] == ["human", "ai", "human", "ai"]
+        assert [m["type"] for m in values["messages"]] == ["human", "ai"] * 3
         assert [d["step"] for d in values["decisions"]] == list(range(len(values["segments"])))
         assert all({"chosen", "how", "probabilities"} <= set(d) for d in values["decisions"])
 
