@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="first port; one per server (default 8080; 0: any free)")
     serve.add_argument("--max-top-n-tokens", type=int, default=1024, help="largest top_n_tokens / logprobs allowed")
+    serve.add_argument(
+        "--api-key", default=os.environ.get("SWITCHGEN_API_KEY"),
+        help="require `Authorization: Bearer KEY` on every route but /health (default: $SWITCHGEN_API_KEY; none)",
+    )
     serve.add_argument("--print-config", action="store_true", help="print a config pointing at the servers, and exit")
     serve.add_argument("--compose", action="store_true", help="print a Docker Compose file for GPUs instead of serving")
     serve.add_argument(
@@ -188,10 +192,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     from switchgen.servers.serve.run import prepare, serve_forever
 
-    running = prepare(plan, args.host, max_top_n_tokens=args.max_top_n_tokens)
+    running = prepare(plan, args.host, max_top_n_tokens=args.max_top_n_tokens, api_key=args.api_key or None)
 
     def ready() -> None:
-        print(f"switchgen serve: {len(running)} servers (TGI protocol, /v1/completions); Ctrl-C stops them")
+        auth = "; API key required" if args.api_key else ""
+        print(f"switchgen serve: {len(running)} servers (TGI protocol, /v1/completions, /v1/chat/completions{auth}); "
+              "Ctrl-C stops them")
         for r in running:
             users = ", ".join(r.plan.users) + (f" (+ adapter {', '.join(r.plan.adapters)})" if r.plan.adapters else "")
             print(f"  {r.plan.url(args.host):<26} {r.plan.model:<24} {users}")

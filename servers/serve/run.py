@@ -48,6 +48,7 @@ def prepare(
     max_top_n_tokens: int,
     max_concurrent_requests: int = 128,
     engine: LocalEngine | None = None,
+    api_key: str | None = None,
 ) -> list[RunningServer]:
     """Bind every port (port 0: the OS picks; the plan is updated), then load every checkpoint."""
     socks: list[socket.socket] = []
@@ -68,6 +69,7 @@ def prepare(
                 TokenServer(base, adapters),
                 max_top_n_tokens=max_top_n_tokens,
                 max_concurrent_requests=max_concurrent_requests,
+                api_key=api_key,
             )
             running.append(RunningServer(server, served, sock))
         return running
