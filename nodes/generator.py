@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from switchgen.config import SwitchConfig
-from switchgen.graph.state import Segment, SwitchState
+from switchgen.graph.state import Segment, TurnState
 from switchgen.nodes.messages import conversation_history
 from switchgen.nodes.prompts import candidate_prompt, has_chat_template
 from switchgen.nodes.seeds import derive_seed
@@ -28,7 +28,7 @@ def make_generator(config: SwitchConfig, index: int, backend: Backend) -> Callab
     sampling = config.sampling
     budget = config.max_new_tokens
 
-    def generate(state: SwitchState, finish_update: Finish | None = None) -> dict:
+    def generate(state: TurnState, finish_update: Finish | None = None) -> dict:
         segments = state.get("segments") or []
         used = state.get("tokens_used") or 0
         remaining = budget - used

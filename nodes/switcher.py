@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from switchgen.config import SwitchConfig
 from switchgen.errors import InputError
-from switchgen.graph.state import Decision, Segment, SwitchState
+from switchgen.graph.state import Decision, Segment, TurnState
 from switchgen.nodes.prompts import user_turn
 from switchgen.nodes.seeds import derive_seed
 from switchgen.nodes.tracing import SwitcherRun
@@ -53,7 +53,7 @@ def make_switcher(
     config: SwitchConfig,
     switcher: Backend | None,
     count_tokens: Callable[[Segment], int],
-) -> Callable[[SwitchState], dict]:
+) -> Callable[[TurnState], dict]:
     """The decision under `config`; `switcher` is the learned switcher's backend (None for the other strategies).
 
     nodes/turn.py wraps it into the LangGraph node (context, turns, review, the answer message).
@@ -68,7 +68,7 @@ def make_switcher(
         except (KeyError, ValueError) as err:
             raise InputError(f"segment {segment!r}: {err}") from None
 
-    def decide(state: SwitchState, segments: list[Segment], remaining: int) -> tuple[Decision, dict]:
+    def decide(state: TurnState, segments: list[Segment], remaining: int) -> tuple[Decision, dict]:
         step = len(segments)
         rng = random.Random(derive_seed(config.seed, "switch", step))
         forced = list(state.get("forced") or [])
@@ -97,7 +97,7 @@ def make_switcher(
         return decision, extra
 
     def strategy_choice(
-        state: SwitchState, segments: list[Segment], step: int, rng: random.Random
+        state: TurnState, segments: list[Segment], step: int, rng: random.Random
     ) -> tuple[int, str, list[float] | None, float | None]:
         sw = config.switcher
         if sw.strategy == "single":
@@ -130,7 +130,7 @@ def make_switcher(
             run.end(decision, len(switcher.tokenizer.encode(text, add_special_tokens=False)))
         return index, how, scores.probs, scores.mass
 
-    def switcher_node(state: SwitchState) -> dict:
+    def switcher_node(state: TurnState) -> dict:
         query = state.get("query")
         if not isinstance(query, str) or not query.strip():
             raise InputError("the query is empty: pass {'query': '...'}")

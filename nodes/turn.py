@@ -27,7 +27,7 @@ from langgraph.types import Overwrite
 
 from switchgen.config import SwitchConfig
 from switchgen.graph.context import Context, resolve_config, turn_context
-from switchgen.graph.state import SwitchState
+from switchgen.graph.state import TurnState
 from switchgen.nodes.messages import answer_message, conversation_history
 from switchgen.nodes.prompts import candidate_prompt, has_chat_template
 from switchgen.nodes.review import review
@@ -62,7 +62,7 @@ class UpdateCache:
         return config, update
 
 
-def _answer(state: SwitchState, update: dict, prompt_tokens: PromptTokens, turn: str | None) -> dict:
+def _answer(state: TurnState, update: dict, prompt_tokens: PromptTokens, turn: str | None) -> dict:
     """The update plus the turn's answer message, once the turn is done (its id: the turn's, see nodes/tracing.py)."""
     if not update.get("done"):
         return update
@@ -88,7 +88,7 @@ def make_switcher_node(
     """The switcher node: picks the next author (or ends the turn), under the run's context."""
     updates = UpdateCache(base, factory)
 
-    def switcher(state: SwitchState, runtime: Runtime[Context], config: RunnableConfig) -> dict:
+    def switcher(state: TurnState, runtime: Runtime[Context], config: RunnableConfig) -> dict:
         turn = (config.get("configurable") or {}).get(TURN_KEY)
         new_turn = turn is not None and turn != state.get("turn")
         context = turn_context(None if new_turn else state.get("settings"), runtime.context)
@@ -124,7 +124,7 @@ def make_generator_node(
     """A candidate's node: writes one patch under the run's context; the last one adds the answer."""
     updates = UpdateCache(base, factory)
 
-    def generate(state: SwitchState, runtime: Runtime[Context]) -> dict:
+    def generate(state: TurnState, runtime: Runtime[Context]) -> dict:
         _, update_fn = updates.resolve(turn_context(state.get("settings"), runtime.context))
         return update_fn(state, lambda update: _answer(state, update, prompt_tokens, state.get("turn")))
 

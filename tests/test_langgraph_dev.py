@@ -37,7 +37,20 @@ def test_langgraph_json_is_valid():
     config = validate_config_file(ROOT / "langgraph.json")
     assert config["graphs"] == {"switchgen": "./graph/app.py:graph"}
     assert config["dependencies"] == ["."] and config["python_version"] == "3.11"
-    assert config["env"]["SWITCHGEN_CONFIG"] == "toy"
+    assert config["env"] == ".env"  # an env file, as the langchain-ai templates: the shell's variables count
+    example = (ROOT / ".env.example").read_text()
+    assert "SWITCHGEN_CONFIG=toy" in example.splitlines()
+
+
+def test_studio_schemas_show_the_settings_in_force_and_no_private_channels(make_graph):
+    config, graph = make_graph(patch_size=15, max_new_tokens=45)
+    defaults = {k: v.get("default") for k, v in graph.get_context_jsonschema()["properties"].items()}
+    assert defaults == {"patch_size": 15, "max_new_tokens": 45, "top_p": 0.7, "strategy": "learned",
+                        "candidate": None, "sequence": None, "seed": 0, "review": None}
+    for schema in (graph.get_input_jsonschema(), graph.get_output_jsonschema()):
+        assert not {"turn", "settings", "proposal"} & set(schema["properties"])
+    result = graph.invoke({"query": "Hi"}, context=defaults)  # the defaults are the configuration
+    assert result["max_new_tokens"] == 45 and all(s["tokens"] <= 15 for s in result["segments"])
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +60,10 @@ def server(tmp_path_factory, toy_kit):
     config["dependencies"] = [str(ROOT / d) for d in config["dependencies"]]
     config["graphs"] = {k: str(ROOT / v) for k, v in config["graphs"].items()}
     (work / "langgraph.json").write_text(json.dumps(config))
+    (work / ".env").write_text((ROOT / ".env.example").read_text())  # as the README says: cp .env.example .env
     port = free_port()
-    env = {**os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGGRAPH_NO_VERSION_CHECK": "1", "SWITCHGEN_CONFIG": "toy"}
+    env = {**os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGGRAPH_NO_VERSION_CHECK": "1"}
+    env.pop("SWITCHGEN_CONFIG", None)  # the env file configures it
     log = (work / "server.log").open("w")
     # `python -m langgraph_cli`, not the venv's `langgraph` script: its shebang may name another checkout's python
     command = [sys.executable, "-m", "langgraph_cli", "dev", "--no-browser", "--no-reload",
