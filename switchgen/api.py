@@ -238,8 +238,11 @@ class _Worker:
 class ChatAPI:
     """The switch graph behind OpenAI's chat completions routes: a method per route."""
 
-    def __init__(self, graph: Any, model_id: str, *, max_concurrent_requests: int = 32) -> None:
+    def __init__(
+        self, graph: Any, model_id: str, *, max_concurrent_requests: int = 32, api_key: str | None = None
+    ) -> None:
         self.graph = graph
+        self.api_key = api_key
         self.config = graph.switch_config
         self.model_id = model_id
         self.max_concurrent = max_concurrent_requests
@@ -254,7 +257,24 @@ class ChatAPI:
             Route("/v1/models/{model:path}", self.model, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
         ]
+        if self.api_key:
+            routes = [r if r.path == "/health" else Route(r.path, self._guard(r.endpoint), methods=r.methods)
+                      for r in routes]
         return Starlette(routes=routes, exception_handlers={404: self.not_found, 405: self.method_not_allowed})
+
+    def _guard(self, route: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        """`route`, answered only with the server's API key as a bearer token (OpenAI's 401 otherwise)."""
+        import hmac
+
+        expected = f"Bearer {self.api_key}".encode()
+
+        async def guarded(request: Request) -> Response:
+            if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
+                return self._error(ApiError(401, "a valid API key is required: send Authorization: Bearer <key>",
+                                            "authentication_error", code="invalid_api_key"))
+            return await route(request)
+
+        return guarded
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -385,9 +405,11 @@ def model_id_for(source: str | None) -> str:
     return path.stem if path.suffix in (".yaml", ".yml") else source
 
 
-def create_api_app(graph: Any, model_id: str, *, max_concurrent_requests: int = 32) -> Starlette:
+def create_api_app(
+    graph: Any, model_id: str, *, max_concurrent_requests: int = 32, api_key: str | None = None
+) -> Starlette:
     """The ASGI app serving a compiled switch graph (from switchgen.graph.build_graph)."""
-    return ChatAPI(graph, model_id, max_concurrent_requests=max_concurrent_requests).starlette()
+    return ChatAPI(graph, model_id, max_concurrent_requests=max_concurrent_requests, api_key=api_key).starlette()
 
 
 def _uvicorn_config(app: Starlette) -> Any:

@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     api.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
     api.add_argument("--max-concurrent-requests", type=int, default=32, help="requests run at once (default 32)")
+    api.add_argument(
+        "--api-key", default=os.environ.get("SWITCHGEN_API_KEY"),
+        help="require `Authorization: Bearer KEY` on every route but /health (default: $SWITCHGEN_API_KEY; none)",
+    )
 
     merge = sub.add_parser("merge-switcher", help="merge the switcher's LoRA adapter into its base model (for TGI)")
     _config_args(merge)
@@ -221,7 +225,9 @@ def _api(args: argparse.Namespace) -> int:
     config = _config(args)
     check_servers(server_probes(config))
     model_id = model_id_for(str(args.config) if args.config else args.preset)
-    app = create_api_app(build_graph(config), model_id, max_concurrent_requests=args.max_concurrent_requests)
+    app = create_api_app(
+        build_graph(config), model_id, max_concurrent_requests=args.max_concurrent_requests, api_key=args.api_key or None
+    )
 
     def ready(url: str) -> None:
         print(f"switchgen api: model {model_id!r} on {url}/v1 (OpenAI chat completions); Ctrl-C stops it")

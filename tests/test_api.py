@@ -7,6 +7,7 @@ real forward passes on the toy checkpoints.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -149,18 +150,21 @@ def test_other_routes(api):
 
 
 def test_cli_serves_a_preset(toy_kit, tmp_path):
-    """`switchgen api --preset toy --port 0` starts, answers, and stops on SIGTERM."""
+    """`switchgen api --preset toy --port 0` (key from $SWITCHGEN_API_KEY) starts, answers, and stops on SIGTERM."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "switchgen.cli", "api", "--preset", "toy", "--port", "0", "--max-new-tokens", "20", "--patch-size", "10"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "SWITCHGEN_API_KEY": "k3y"},
     )
     try:
         first = proc.stdout.readline()
         assert "switchgen api: model 'toy' on http://127.0.0.1:" in first, first + proc.stderr.read()
         base = first.split(" on ")[1].split()[0]
         assert proc.stdout.readline().strip() == "ready"
-        reply = httpx.post(f"{base}/chat/completions", timeout=60,
-                           json={"model": "toy", "messages": [{"role": "user", "content": "Hi"}]}).json()
+        body = {"model": "toy", "messages": [{"role": "user", "content": "Hi"}]}
+        refused = httpx.post(f"{base}/chat/completions", json=body, timeout=60)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+        reply = httpx.post(f"{base}/chat/completions", json=body, headers={"Authorization": "Bearer k3y"},
+                           timeout=60).json()
         assert reply["usage"]["completion_tokens"] <= 20 and reply["switchgen"]["segments"]
         assert json.dumps(reply)
     finally:
