@@ -18,15 +18,17 @@ from typing import Any, TypeVar
 import openai
 from transformers import PreTrainedTokenizerBase
 
-from switchgen.errors import ServerError, ServerUnreachable
+from switchgen.errors import InputTooLong, ServerError, ServerUnreachable
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch
 from switchgen.servers.choices import choice_probabilities
 from switchgen.servers.clients.remote import (
     Endpoint,
+    HTTPFailure,
     RemoteBackend,
     error_detail,
     run_sync,
     server_prompt,
+    too_long,
 )
 from switchgen.servers.stops import StopHoldback, cut_at_stop
 
@@ -129,7 +131,10 @@ class OpenAIBackend(RemoteBackend):
         try:
             return await call(self._client_for_loop())
         except openai.APIStatusError as err:
-            raise ServerError(f"{where}: HTTP {err.status_code}: {error_detail(err.response)}") from None
+            failure = HTTPFailure(err.status_code, error_detail(err.response))
+            if too_long(failure):  # permanent: never retried (remote.py)
+                raise InputTooLong(f"{where}: the input is too long for the server ({failure})") from None
+            raise ServerError(f"{where}: {failure}") from None
         except openai.APITimeoutError:
             raise ServerError(f"{where}: no answer in time (raise the backend's `timeout` if the server is just slow)") from None
         except openai.APIConnectionError as err:
