@@ -184,7 +184,7 @@ async def with_retries(endpoint: Endpoint, call: Callable[[], Awaitable[T]], *, 
     for attempt in range(endpoint.retries + 1):
         try:
             return await call()
-        except (ServerError, ConfigError):
+        except (ServerError, ConfigError, InputTooLong):  # already decided (the openai SDK backend raises these)
             raise
         except Exception as err:
             if too_long(err):
