@@ -15,7 +15,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, TextIO
 
-from switchgen.errors import InputError
+from switchgen.errors import InputError, SwitchgenError
 from switchgen.files import switchgen_home
 
 RESET = "\033[0m"
@@ -205,6 +205,8 @@ def run_chat(
                 break
             try:
                 session.turn(query, ask)
+            except SwitchgenError as err:  # this question (too long, a server down): say so, keep the thread
+                session.write("\n" + session.painter.dim(f"(not answered: {err})") + "\n")
             except EOFError:  # input ended while a review waited for an answer
                 session.write("\n")
                 break

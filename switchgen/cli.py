@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from switchgen.errors import SwitchgenError
-from switchgen.files import atomic_write_text
+from switchgen.files import atomic_write_text, check_writable
 
 if TYPE_CHECKING:
     from switchgen.config import SwitchConfig
@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except SwitchgenError as err:
         print(f"switchgen: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the machine, not switchgen: a full disk, a permission, a vanished file
+        print(f"switchgen: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("switchgen: interrupted; finished records are kept, rerun to resume", file=sys.stderr)
         return 130
@@ -197,6 +200,8 @@ def _serve(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < (0 if flag == "max_top_n_tokens" else 1):
             raise SwitchgenError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.output is not None:
+        check_writable(args.output, "--output")
     config = _config(args)
     if args.compose:
         from switchgen.servers.serve.compose import compose_config, compose_file
@@ -302,6 +307,7 @@ def _bench(args: argparse.Namespace) -> int:
         except ValueError:
             raise SwitchgenError(f"expected comma-separated integers, got {text!r}") from None
 
+    check_writable(args.json, "--json")  # before minutes of benchmarking
     report = run_bench(
         load_config(args.config or args.preset),
         budget=args.budget,

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from switchgen.config import SwitchConfig
 from switchgen.errors import InputError, InputTooLong, OutputError, ServerError, ServerUnreachable
-from switchgen.files import atomic_write_text
+from switchgen.files import atomic_write_text, check_writable
 from switchgen.jsonl import append_record, dumps_record, invalid_text, loads_record, split_lines
 
 
@@ -60,19 +60,11 @@ def check_output(output: Path, input_path: Path | None = None) -> None:
     fix = "choose another --output"
     if output.is_dir():
         raise OutputError(f"--output {output} is a folder; {fix} (a .jsonl file)")
-    if input_path is not None and output.exists() and input_path.exists() and os.path.samefile(output, input_path):
+    if input_path is not None and input_path.exists() and (
+        output.resolve() == input_path.resolve() or (output.exists() and os.path.samefile(output, input_path))
+    ):
         raise OutputError(f"--output {output} is the input file {input_path}; {fix}")
-    if input_path is not None and output.resolve() == input_path.resolve():
-        raise OutputError(f"--output {output} is the input file {input_path}; {fix}")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        if output.exists():
-            os.close(os.open(output, os.O_WRONLY | os.O_APPEND))
-        else:
-            os.close(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
-            os.unlink(output)
-    except OSError as err:
-        raise OutputError(f"cannot write --output {output} ({err.strerror or err}); {fix}") from None
+    check_writable(output, "--output")
 
 
 def default_output(input_path: Path) -> Path:

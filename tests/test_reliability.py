@@ -158,6 +158,8 @@ BAD_TURNS = [
     ({"query": "q"}, {"review": 1}, "review"),
     ({"query": "q"}, {"patch_size": 2.5}, "patch_size"),
     ({"query": "q"}, {"max_new_tokens": True}, "max_new_tokens"),
+    ({"query": "the cat sat on the mat. " * 600}, None, "too long"),  # beyond the toy models' 4096 positions
+    ({"messages": [("user", "the cat sat on the mat. " * 600), ("user", "q")]}, None, "too long"),
 ]
 
 
@@ -496,6 +498,8 @@ def test_devices_ports_and_flags_are_one_line_errors(tmp_path: Path, small_confi
         (["serve", "--config", small_config, "--port", 70000], ["--port 70000", "0..65535"]),
         (["serve", "--config", small_config, "--port", -1], ["--port -1"]),
         (["serve", "--config", small_config, "--port", 0, "--max-total-tokens", 10**6], ["--max-total-tokens"]),
+        (["serve", "--config", small_config, "--compose", "--output", inputs / "x.yaml"], ["--output", "cannot write"]),
+        (["bench", "--config", small_config, "--json", tmp_path], ["--json", "is a folder"]),
     ]
     for args, words in cases:
         code, err = cli(capsys, *args, *(["--no-progress"] if args[0] == "generate" else []))
@@ -536,13 +540,32 @@ def test_patch_size_never_changes_the_text(engine, toy_config, query):
     outputs = {}
     for patch_size in (40, 1, 2, 3):
         config = toy_config(
-            patch_size=patch_size, max_new_tokens=40, aligned_model="toy:F", sampling={"greedy": True},
+            patch_size=patch_size, max_new_tokens=40, aligned_model="toy:F",
+            sampling={"greedy": True, "finish_characters": True},
             switcher={"strategy": "single", "candidate": "A"},
         )
         result = build_graph(config, engine=engine).invoke({"query": query})
         outputs[patch_size] = result["output"]
         assert result["tokens_used"] <= 40
     assert len(set(outputs.values())) == 1, outputs
+
+
+def test_without_finishing_characters_patch_size_does_change_the_text(engine, toy_config):
+    """The control: patches cut at exactly patch_size tokens split characters (the bug of issue 11)."""
+    from switchgen.graph import build_graph
+
+    def output(patch_size: int, query: str) -> str:
+        config = toy_config(
+            patch_size=patch_size, max_new_tokens=60, aligned_model="toy:F",
+            sampling={"greedy": True, "finish_characters": False}, switcher={"strategy": "single", "candidate": "A"},
+        )
+        return build_graph(config, engine=engine).invoke({"query": query})["output"]
+
+    broken = 0
+    for query in SEAM_QUERIES:
+        whole = output(60, query)
+        broken += sum(output(p, query).count("\ufffd") > whole.count("\ufffd") for p in (1, 2, 3))
+    assert broken
 
 
 @pytest.mark.parametrize("query", SEAM_QUERIES)
@@ -553,7 +576,7 @@ def test_no_patch_ends_in_half_a_character(engine, toy_config, query):
 
     for patch_size in (1, 2, 3):
         config = toy_config(patch_size=patch_size, max_new_tokens=30, switcher={"strategy": "fixed", "sequence": "P F A"},
-                            sampling={"ignore_eos": True})
+                            sampling={"ignore_eos": True, "finish_characters": True})
         graph = build_graph(config, engine=engine)
         streamed: dict[int, str] = {}
         final = None
@@ -661,3 +684,24 @@ def test_console_script_prints_one_line_errors_not_tracebacks(tmp_path: Path, sm
         assert done.returncode == 2, done.stderr
         one_line_error(done.stderr, *words)
     assert garbage.read_bytes() == b"not sqlite\n" * 50
+
+
+def test_chat_says_a_question_was_not_answered_and_goes_on(tmp_path: Path, toy_config):
+    import io
+
+    from switchgen.chat import run_chat
+
+    questions = iter(["What is 2 plus 3?", LONG_QUERY, "Why?"])
+
+    def ask(prompt: str) -> str:
+        try:
+            return next(questions)
+        except StopIteration:
+            raise EOFError from None
+
+    out = io.StringIO()
+    config = toy_config(patch_size=5, max_new_tokens=10)
+    assert run_chat(config, db=tmp_path / "c.sqlite", thread="t", color="never", review=False, ask=ask, out=out) == 0
+    text = out.getvalue()
+    assert text.count("(not answered: ") == 1 and "too long" in text
+    assert text.count("tokens |") == 2  # the two other questions were answered
