@@ -169,9 +169,18 @@ def _generate(args: argparse.Namespace) -> int:
 
     check_servers(server_probes(config))  # every server answers before any query runs
     graph = build_graph(config)
-    start, written, failed, refused = run_file(
-        graph, config, inputs, output, progress=not args.no_progress, concurrency=args.concurrency
+    from switchgen.generate import is_failed, is_retried
+
+    permanent: list[dict] = []
+
+    def note(record: dict) -> None:
+        if is_failed(record) and not is_retried(record):
+            permanent.append(record)
+
+    start, written, failed = run_file(
+        graph, config, inputs, output, progress=not args.no_progress, concurrency=args.concurrency, on_record=note
     )
+    refused = len(permanent)
     resumed = f" (resumed after {start})" if start else ""
     print(f"{start + written} records in {output}{resumed}")
     if refused:

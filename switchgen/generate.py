@@ -122,8 +122,7 @@ def make_record(source: dict[str, Any], result: dict[str, Any], config: SwitchCo
 class RunResult(NamedTuple):
     start: int  # records already in the file
     written: int  # records appended now
-    failed: int  # records (old retried or new) that hold an "error"
-    refused: int = 0  # of those, permanent failures (inputs too long): not retried by a rerun
+    failed: int  # records (old retried or new) that hold an "error" (permanent ones included)
 
 
 def is_failed(record: dict[str, Any]) -> bool:
@@ -179,8 +178,12 @@ def run_file(
     *,
     progress: bool = True,
     concurrency: int = 1,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
-    """Generate for every input without a record yet (and retry failed records first)."""
+    """Generate for every input without a record yet (and retry failed records first).
+
+    `on_record` sees each record once it is in the file (the CLI counts permanent failures with it).
+    """
     if concurrency < 1:
         raise InputError(f"concurrency must be at least 1, got {concurrency}")
     start = records_done(output, inputs)
@@ -197,7 +200,7 @@ def run_file(
             return error_record(source, err)
         return make_record(source, result, config)
 
-    failed = written = refused = 0
+    failed = written = 0
     bar = tqdm(total=len(inputs), initial=start - len(retry), desc="switch generation", unit="query", disable=not progress)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -206,7 +209,8 @@ def run_file(
                 for index, record in in_order(retry, one, concurrency):
                     lines[index] = record
                     failed += is_failed(record)
-                    refused += is_failed(record) and not is_retried(record)
+                    if on_record is not None:
+                        on_record(record)
                     bar.update(1)
                 _rewrite(output, lines)
             fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
@@ -215,7 +219,8 @@ def run_file(
                     append_record(fd, record)
                     written += 1
                     failed += is_failed(record)
-                    refused += is_failed(record) and not is_retried(record)
+                    if on_record is not None:
+                        on_record(record)
                     bar.update(1)
             finally:
                 os.close(fd)
@@ -228,7 +233,7 @@ def run_file(
             f"cannot write {output} ({err.strerror or err}); it keeps its {done} finished records: "
             "free space (or fix the path) and rerun to resume"
         ) from None
-    return RunResult(start, written, failed, refused)
+    return RunResult(start, written, failed)
 
 
 def _rewrite(output: Path, lines: list[dict[str, Any]]) -> None:
