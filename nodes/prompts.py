@@ -94,3 +94,22 @@ def _renderable(tokenizer: PreTrainedTokenizerBase, history: History) -> list[di
         messages = [{"role": "user", "content": f"Tool result: {m['content']}"} if m["role"] == "tool" else m
                     for m in messages]
     return messages
+
+
+_ROLE_DESCRIPTIONS = {
+    "pretrained": "a pretrained base model: broad knowledge, loose about the answer's format",
+    "finetuned": "an instruction-finetuned model: follows instructions",
+    "aligned": "an aligned (preference-tuned) chat model: helpful, well-formatted answers",
+    "other": "a language model",
+}
+
+
+def routing_prompt(query: str, roles: Sequence[str]) -> str:
+    """The prompt-based routing baseline's question: which of the candidates (by role) should answer
+    the whole query. Asked of the aligned model; its answer is one digit, scored like the switcher's."""
+    lines = "\n".join(f"Model {i}: {_ROLE_DESCRIPTIONS.get(role, role)}." for i, role in enumerate(roles))
+    return (
+        f"Question: {query}\n\nThese models can answer it:\n{lines}\n"
+        f"Which model should answer the question? Please respond with a number from 0 to {len(roles) - 1}."
+        " The answer is model "
+    )

@@ -108,10 +108,31 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, default=Path("bench.json"), help="raw figures (default: bench.json)")
 
     sub.add_parser("presets", help="list the named presets")
+    _eval_parsers(sub)
     return parser
 
 
+def _eval_parsers(sub) -> None:
+    ev = sub.add_parser("eval", help="score methods (single models, switching, baselines) on tasks")
+    ev.add_argument("--task", action="append", required=True, help="a task name or YAML (repeatable); see `switchgen tasks`")
+    ev.add_argument("--methods", required=True, help="comma-separated, e.g. single:P,single:A,switch,random,fixed:A+P+A,oracle")
+    ev.add_argument("--out", type=Path, required=True, help="folder for TASK/METHOD.jsonl, results.json and results.md")
+    ev.add_argument("--limit", type=int, help="the first N test examples of each task")
+    ev.add_argument("--concurrency", type=int, help="queries run at once (default: as switchgen generate)")
+    ev.add_argument("--adapter", help="the switch method's LoRA adapter (a trained switcher)")
+    ev.add_argument("--import", dest="imports", action="append", default=[], help="a module that registers methods")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _config_args(ev)
+    sub.add_parser("tasks", help="list the built-in tasks with their data and metric")
+    sub.add_parser("lm-eval", help="lm-evaluation-harness's CLI with the switchgen model registered",
+                   description="Runs `lm_eval ARGS...` with --model switchgen available, e.g. "
+                   "switchgen lm-eval --model switchgen --model_args preset=toy --tasks gsm8k --limit 5", add_help=False)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lm-eval"]:
+        return _lm_eval(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
@@ -157,6 +178,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "bench":
         return _bench(args)
+    if args.command in ("eval", "tasks"):
+        return _eval(args)
     raise AssertionError(args.command)
 
 
@@ -203,6 +226,53 @@ def _generate(args: argparse.Namespace) -> int:
         )
     if failed:
         return 1
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """`switchgen tasks` and `switchgen eval` (switchgen/evaluation)."""
+    from switchgen.tasks import load_task, task_names
+
+    if args.command == "tasks":
+        for name in task_names():
+            task = load_task(name)
+            print(f"{name:<16} {task.metric_name:<12} {task.describe()}")
+        return 0
+    _quiet_transformers()
+    import importlib
+
+    from switchgen.evaluation import prepare, run_eval
+
+    for module in args.imports:
+        importlib.import_module(module)
+    config = _config(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.adapter and "switch" not in methods:
+        raise SwitchgenError("--adapter is the switch method's adapter: add switch to --methods")
+    if args.adapter and args.adapter.startswith((".", "/", "~")) and not Path(args.adapter).expanduser().exists():
+        raise SwitchgenError(f"--adapter {args.adapter}: no such folder")
+    prepared = prepare(args.task, methods, config, args.limit)  # bad input stops here, before any model loads
+    seed = 0 if args.seed is None else args.seed
+    run_eval(config, prepared, args.out, seed=seed, concurrency=args.concurrency, adapter=args.adapter,
+             progress=not args.no_progress, log=lambda line: print(f"switchgen: {line}", file=sys.stderr))
+    print((args.out / "results.md").read_text(encoding="utf-8"))
+    print(f"records and results in {args.out}")
+    return 0
+
+
+def _lm_eval(argv: list[str]) -> int:
+    """lm-eval's own command line, with the switchgen model registered (lm-eval 0.4 discovers no plug-ins)."""
+    _quiet_transformers()
+    from lm_eval.__main__ import cli_evaluate
+
+    import switchgen.evaluation.lm_eval_plugin  # noqa: F401  (registers --model switchgen)
+
+    sys.argv = ["lm_eval", *argv]
+    try:
+        cli_evaluate()
+    except SwitchgenError as err:
+        print(f"switchgen: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -88,7 +88,7 @@ def default_output(input_path: Path) -> Path:
     return input_path.with_name(input_path.name.removesuffix(".jsonl") + "_switch_generation.jsonl")
 
 
-def records_done(output: Path, inputs: list[dict[str, Any]]) -> int:
+def records_done(output: Path, inputs: list[dict[str, Any]], key: str = "input") -> int:
     """How many inputs already have a record in `output`.
 
     The records are checked against the inputs first; only then is a torn last line (a run
@@ -106,7 +106,7 @@ def records_done(output: Path, inputs: list[dict[str, Any]]) -> int:
             done = loads_record(line)
         except InputError:
             raise InputError(f"{output}:{lineno}: not a JSON record; delete the file or choose another --output") from None
-        if not isinstance(done, dict) or done.get("input") != source["input"]:
+        if not isinstance(done, dict) or done.get(key) != source[key]:
             raise InputError(
                 f"{output}:{lineno}: this record is for another input; delete the file or choose another --output"
             )
@@ -203,11 +203,6 @@ def run_file(
     """
     if concurrency is None:
         concurrency = default_concurrency(config)
-    if concurrency < 1:
-        raise InputError(f"concurrency must be at least 1, got {concurrency}")
-    start = records_done(output, inputs)
-    lines = [loads_record(line) for line in split_lines(output.read_bytes())] if start else []
-    retry = [i for i, record in enumerate(lines) if is_retried(record)]
 
     def one(index: int) -> dict[str, Any]:
         source = inputs[index]
@@ -219,8 +214,33 @@ def run_file(
             return error_record(source, err)
         return make_record(source, result, config)
 
+    return write_records(output, inputs, one, progress=progress, concurrency=concurrency, on_record=on_record)
+
+
+def write_records(
+    output: Path,
+    inputs: list[dict[str, Any]],
+    one: Callable[[int], dict[str, Any]],
+    *,
+    key: str = "input",
+    progress: bool = True,
+    concurrency: int = 1,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    desc: str = "switch generation",
+) -> RunResult:
+    """The resumable JSONL job: `one(i)` makes input i's record; records are appended in input order,
+    each whole or not at all, so a killed run keeps every finished record. A rerun checks the records
+    against the inputs (on `key`), retries failed ones (`is_retried`) first, then resumes after the
+    last. Used by `switchgen generate` and `switchgen eval`.
+    """
+    if concurrency < 1:
+        raise InputError(f"concurrency must be at least 1, got {concurrency}")
+    start = records_done(output, inputs, key)
+    lines = [loads_record(line) for line in split_lines(output.read_bytes())] if start else []
+    retry = [i for i, record in enumerate(lines) if is_retried(record)]
+
     failed = written = 0
-    bar = tqdm(total=len(inputs), initial=start - len(retry), desc="switch generation", unit="query", disable=not progress)
+    bar = tqdm(total=len(inputs), initial=start - len(retry), desc=desc, unit="query", disable=not progress)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         with bar:
