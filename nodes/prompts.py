@@ -87,6 +87,15 @@ def user_turn(tokenizer: PreTrainedTokenizerBase, text: str, history: History = 
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def _renderable(tokenizer: PreTrainedTokenizerBase, history: History) -> list[dict[str, str]]:
+    """The history as the template can take it: tool results become user turns where it has no `tool` role."""
+    messages = [dict(m) for m in history]
+    if any(m["role"] == "tool" for m in messages) and "tool" not in (tokenizer.chat_template or ""):
+        messages = [{"role": "user", "content": f"Tool result: {m['content']}"} if m["role"] == "tool" else m
+                    for m in messages]
+    return messages
+
+
 _ROLE_DESCRIPTIONS = {
     "pretrained": "a pretrained base model: broad knowledge, loose about the answer's format",
     "finetuned": "an instruction-finetuned model: follows instructions",
@@ -104,12 +113,3 @@ def routing_prompt(query: str, roles: Sequence[str]) -> str:
         f"Which model should answer the question? Please respond with a number from 0 to {len(roles) - 1}."
         " The answer is model "
     )
-
-
-def _renderable(tokenizer: PreTrainedTokenizerBase, history: History) -> list[dict[str, str]]:
-    """The history as the template can take it: tool results become user turns where it has no `tool` role."""
-    messages = [dict(m) for m in history]
-    if any(m["role"] == "tool" for m in messages) and "tool" not in (tokenizer.chat_template or ""):
-        messages = [{"role": "user", "content": f"Tool result: {m['content']}"} if m["role"] == "tool" else m
-                    for m in messages]
-    return messages
