@@ -227,11 +227,14 @@ def write_records(
     concurrency: int = 1,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     desc: str = "switch generation",
+    unit: str = "query",
+    postfix: Callable[[], str] | None = None,
 ) -> RunResult:
     """The resumable JSONL job: `one(i)` makes input i's record; records are appended in input order,
     each whole or not at all, so a killed run keeps every finished record. A rerun checks the records
     against the inputs (on `key`), retries failed ones (`is_retried`) first, then resumes after the
-    last. Used by `switchgen generate` and `switchgen eval`.
+    last. Used by `switchgen generate`, `switchgen eval` and `switchgen rollouts` (`postfix`: text
+    shown after the progress bar's rate, e.g. tokens/s; `on_record` sees each record once it is in the file).
     """
     if concurrency < 1:
         raise InputError(f"concurrency must be at least 1, got {concurrency}")
@@ -240,27 +243,31 @@ def write_records(
     retry = [i for i, record in enumerate(lines) if is_retried(record)]
 
     failed = written = 0
-    bar = tqdm(total=len(inputs), initial=start - len(retry), desc=desc, unit="query", disable=not progress)
+    bar = tqdm(total=len(inputs), initial=start - len(retry), desc=desc, unit=unit, disable=not progress)
+
+    def tick(record: dict[str, Any]) -> None:
+        nonlocal failed
+        failed += is_failed(record)
+        if on_record is not None:
+            on_record(record)
+        if postfix is not None:
+            bar.set_postfix_str(postfix(), refresh=False)
+        bar.update(1)
+
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         with bar:
             if retry:  # redo failed records, then replace them in one atomic rewrite
                 for index, record in in_order(retry, one, concurrency):
                     lines[index] = record
-                    failed += is_failed(record)
-                    if on_record is not None:
-                        on_record(record)
-                    bar.update(1)
+                    tick(record)
                 _rewrite(output, lines)
             fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             try:
                 for _, record in in_order(range(start, len(inputs)), one, concurrency):
                     append_record(fd, record)
                     written += 1
-                    failed += is_failed(record)
-                    if on_record is not None:
-                        on_record(record)
-                    bar.update(1)
+                    tick(record)
             finally:
                 os.close(fd)
     except ServerUnreachable as err:
