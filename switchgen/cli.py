@@ -78,6 +78,17 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", default="1,4,8", help="concurrency sweep")
     bench.add_argument("--json", type=Path, default=Path("bench.json"), help="raw figures (default: bench.json)")
 
+    analyze = sub.add_parser(
+        "analyze", help="report (markdown + PNG plots) over `switchgen eval` outputs: who wrote where and why it helped"
+    )
+    analyze.add_argument("directory", type=Path, help="the --out folder of `switchgen eval`")
+    analyze.add_argument("--out", type=Path, help="report folder (default: DIRECTORY/report)")
+    analyze.add_argument("--method", default="switch", help="method whose author sequences are analysed (default: switch)")
+    analyze.add_argument(
+        "--correct-threshold", type=float,
+        help="score counted as correct in the single-vs-switch table (default: 1 for 0/1 metrics, else 0.5)",
+    )
+
     sub.add_parser("presets", help="list the named presets")
     return parser
 
@@ -123,6 +134,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "bench":
         return _bench(args)
+    if args.command == "analyze":
+        from switchgen.analysis import analyze
+
+        report = analyze(args.directory, args.out, method=args.method, threshold=args.correct_threshold)
+        print(f"wrote {report} (figures and analysis.json beside it)")
+        return 0
     raise AssertionError(args.command)
 
 
