@@ -1,0 +1,1 @@
+"""switchgen eval: methods over tasks, scored, with confidence intervals."""
