@@ -79,3 +79,22 @@ def user_turn(tokenizer: PreTrainedTokenizerBase, text: str, history: History = 
         return plain_transcript(history, text) if history else text
     messages = [*map(dict, history), {"role": "user", "content": text}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+_ROLE_DESCRIPTIONS = {
+    "pretrained": "a pretrained base model: broad knowledge, loose about the answer's format",
+    "finetuned": "an instruction-finetuned model: follows instructions",
+    "aligned": "an aligned (preference-tuned) chat model: helpful, well-formatted answers",
+    "other": "a language model",
+}
+
+
+def routing_prompt(query: str, roles: Sequence[str]) -> str:
+    """The prompt-based routing baseline's question: which of the candidates (by role) should answer
+    the whole query. Asked of the aligned model; its answer is one digit, scored like the switcher's."""
+    lines = "\n".join(f"Model {i}: {_ROLE_DESCRIPTIONS.get(role, role)}." for i, role in enumerate(roles))
+    return (
+        f"Question: {query}\n\nThese models can answer it:\n{lines}\n"
+        f"Which model should answer the question? Please respond with a number from 0 to {len(roles) - 1}."
+        " The answer is model "
+    )

@@ -90,7 +90,22 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("presets", help="list the named presets")
+    _eval_parsers(sub)
     return parser
+
+
+def _eval_parsers(sub) -> None:
+    ev = sub.add_parser("eval", help="score methods (single models, switching, baselines) on tasks")
+    ev.add_argument("--task", action="append", required=True, help="a task name or YAML (repeatable); see `switchgen tasks`")
+    ev.add_argument("--methods", required=True, help="comma-separated, e.g. single:P,single:A,switch,random,fixed:A+P+A,oracle")
+    ev.add_argument("--out", type=Path, required=True, help="folder for TASK/METHOD.jsonl, results.json and results.md")
+    ev.add_argument("--limit", type=int, help="the first N test examples of each task")
+    ev.add_argument("--concurrency", type=int, default=1, help="queries run at once (servers batch them); default 1")
+    ev.add_argument("--adapter", help="the switch method's LoRA adapter (a trained switcher)")
+    ev.add_argument("--import", dest="imports", action="append", default=[], help="a module that registers methods")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _config_args(ev)
+    sub.add_parser("tasks", help="list the built-in tasks with their data and metric")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,6 +155,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         report = analyze(args.directory, args.out, method=args.method, threshold=args.correct_threshold)
         print(f"wrote {report} (figures and analysis.json beside it)")
         return 0
+    if args.command in ("eval", "tasks"):
+        return _eval(args)
     raise AssertionError(args.command)
 
 
@@ -169,6 +186,33 @@ def _generate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """`switchgen tasks` and `switchgen eval` (switchgen/evaluation)."""
+    from switchgen.tasks import load_task, task_names
+
+    if args.command == "tasks":
+        for name in task_names():
+            task = load_task(name)
+            print(f"{name:<16} {task.metric_name:<12} {task.describe()}")
+        return 0
+    _quiet_transformers()
+    import importlib
+
+    from switchgen.evaluation import prepare, run_eval
+
+    for module in args.imports:
+        importlib.import_module(module)
+    config = _config(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    prepared = prepare(args.task, methods, config, args.limit)  # bad input stops here, before any model loads
+    seed = 0 if args.seed is None else args.seed
+    run_eval(config, prepared, args.out, seed=seed, concurrency=args.concurrency, adapter=args.adapter,
+             progress=not args.no_progress, log=lambda line: print(f"switchgen: {line}", file=sys.stderr))
+    print((args.out / "results.md").read_text(encoding="utf-8"))
+    print(f"records and results in {args.out}")
     return 0
 
 

@@ -55,8 +55,8 @@ def default_output(input_path: Path) -> Path:
     return input_path.with_name(input_path.name.removesuffix(".jsonl") + "_switch_generation.jsonl")
 
 
-def records_done(output: Path, inputs: list[dict[str, Any]]) -> int:
-    """How many inputs already have a record in `output`.
+def records_done(output: Path, inputs: list[dict[str, Any]], key: str = "input") -> int:
+    """How many inputs already have a record in `output` (a record matches its input on `key`).
 
     The records are checked against the inputs first; only then is a torn last line (a run
     killed mid-write) cut off, so a file that is refused is left exactly as it was.
@@ -73,7 +73,7 @@ def records_done(output: Path, inputs: list[dict[str, Any]]) -> int:
             done = json.loads(line.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise InputError(f"{output}:{lineno}: not a JSON record; delete the file or choose another --output") from None
-        if not isinstance(done, dict) or done.get("input") != source["input"]:
+        if not isinstance(done, dict) or done.get(key) != source[key]:
             raise InputError(
                 f"{output}:{lineno}: this record is for another input; delete the file or choose another --output"
             )
@@ -109,8 +109,8 @@ class RunResult(NamedTuple):
 
 
 def is_failed(record: dict[str, Any]) -> bool:
-    """A record of a query that a server failed: it holds "error" and no generation_log."""
-    return record.get("generation_log") is None and "error" in record
+    """A record of a query that a server failed: it holds "error" and no output."""
+    return record.get("output") is None and "error" in record
 
 
 def error_record(source: dict[str, Any], err: Exception) -> dict[str, Any]:
@@ -155,11 +155,6 @@ def run_file(
     concurrency: int = 1,
 ) -> RunResult:
     """Generate for every input without a record yet (and retry failed records first)."""
-    if concurrency < 1:
-        raise InputError(f"concurrency must be at least 1, got {concurrency}")
-    start = records_done(output, inputs)
-    lines = output.read_text(encoding="utf-8").splitlines() if start else []
-    retry = [i for i, line in enumerate(lines) if is_failed(json.loads(line))]
 
     def one(index: int) -> dict[str, Any]:
         source = inputs[index]
@@ -171,8 +166,32 @@ def run_file(
             return error_record(source, err)
         return make_record(source, result, config)
 
+    return write_records(output, inputs, one, progress=progress, concurrency=concurrency)
+
+
+def write_records(
+    output: Path,
+    inputs: list[dict[str, Any]],
+    one: Callable[[int], dict[str, Any]],
+    *,
+    key: str = "input",
+    progress: bool = True,
+    concurrency: int = 1,
+    desc: str = "switch generation",
+) -> RunResult:
+    """The resumable JSONL job: `one(i)` makes input i's record; records are appended in input order,
+    each flushed and fsynced, so a killed run keeps every finished record. A rerun checks the records
+    against the inputs (on `key`), retries failed ones (`is_failed`) first, then resumes after the last.
+    Used by `switchgen generate` and `switchgen eval`.
+    """
+    if concurrency < 1:
+        raise InputError(f"concurrency must be at least 1, got {concurrency}")
+    start = records_done(output, inputs, key)
+    lines = output.read_text(encoding="utf-8").splitlines() if start else []
+    retry = [i for i, line in enumerate(lines) if is_failed(json.loads(line))]
+
     failed = written = 0
-    bar = tqdm(total=len(inputs), initial=start - len(retry), desc="switch generation", unit="query", disable=not progress)
+    bar = tqdm(total=len(inputs), initial=start - len(retry), desc=desc, unit="query", disable=not progress)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         with bar:

@@ -1,0 +1,236 @@
+"""The methods `switchgen eval` compares, by name; a registry a user can add to.
+
+A method answers one query: `invoke(query, seed) -> {"output", "segments", "decisions", "tokens_used"}`.
+Every method is built over the run's one engine and the candidates' shared backends, so no
+checkpoint is loaded twice. `oracle` is not a method that generates: the evaluation derives it
+from the other methods' scores (per question, the best of them: an upper bound).
+
+    single:NAME   one candidate writes the whole answer
+    switch        the configured switcher (its adapter, or --adapter)
+    untuned       the aligned model as switcher, no adapter
+    random        a uniformly random author per patch
+    fixed:A+P+A   authors in this order, cycling
+    route         the aligned model picks one candidate for the whole answer (routing prompt)
+    logit-merge   candidates sharing a tokenizer: the mean of their next-token log-probabilities
+    soup          the candidates' weights averaged (one architecture), run as a single model
+    oracle        per question the best score among the run's other methods
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from switchgen.config import SwitchConfig, load_config
+from switchgen.errors import ConfigError
+from switchgen.servers.base import Backend
+from switchgen.servers.engine.local import LocalBackend, LocalEngine
+
+ORACLE = "oracle"
+
+
+class Method(Protocol):
+    def invoke(self, query: str, seed: int | None) -> dict[str, Any]: ...
+
+
+@dataclass
+class EvalSetup:
+    """What every method of a run shares: the configuration, the engine, the candidates' backends."""
+
+    config: SwitchConfig
+    engine: LocalEngine
+    backends: dict[str, Backend]
+    adapter: str | None = None
+    soup_dir: Path | None = None
+    graphs: dict[str, Any] = field(default_factory=dict)
+
+    def local(self, what: str) -> list[LocalBackend]:
+        found = [self.backends[n] for n in self.config.names]
+        if not all(isinstance(b, LocalBackend) for b in found):
+            raise ConfigError(f"{what} needs every candidate in process (backend: local)")
+        return found  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    factory: Callable[[str | None, EvalSetup], Method]
+    argument: str | None  # what follows "name:", or None when the method takes none
+    check: Callable[[str | None, SwitchConfig], None] | None = None
+    description: str = ""
+
+
+METHODS: dict[str, MethodInfo] = {}
+
+
+def register_method(
+    name: str,
+    factory: Callable[[str | None, EvalSetup], Method],
+    *,
+    argument: str | None = None,
+    check: Callable[[str | None, SwitchConfig], None] | None = None,
+    description: str = "",
+) -> None:
+    """Add a method: `factory(argument, setup)` builds it once per run; `check(argument, config)` raises
+    ConfigError for bad input before anything loads."""
+    METHODS[name] = MethodInfo(factory, argument, check, description)
+
+
+def split_method(method: str) -> tuple[str, str | None]:
+    name, sep, arg = method.partition(":")
+    return name, (arg if sep else None)
+
+
+def check_methods(methods: list[str], config: SwitchConfig) -> None:
+    """Every method name and argument is valid for `config` (before any model loads)."""
+    if not methods:
+        raise ConfigError("no methods: give --methods, e.g. single:A,switch,random")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"a method is listed twice in {','.join(methods)}")
+    for method in methods:
+        name, arg = split_method(method)
+        if name == ORACLE:
+            if arg is not None:
+                raise ConfigError("oracle takes no argument")
+            if len(methods) < 2:
+                raise ConfigError("oracle needs other methods in the run (e.g. several fixed: sequences)")
+            continue
+        info = METHODS.get(name)
+        if info is None:
+            known = ", ".join(f"{n}:{i.argument}" if i.argument else n for n, i in METHODS.items())
+            raise ConfigError(f"unknown method {method!r}; methods: {known}, oracle")
+        if (arg is None) != (info.argument is None) or arg == "":
+            usage = f"{name}:{info.argument}" if info.argument else name
+            raise ConfigError(f"method {method!r}: write it as {usage}")
+        if info.check is not None:
+            info.check(arg, config)
+
+
+def build_method(method: str, setup: EvalSetup) -> Method:
+    name, arg = split_method(method)
+    return METHODS[name].factory(arg, setup)
+
+
+class GraphMethod:
+    """A method that is the Switch Generation graph under a variant of the configuration."""
+
+    def __init__(self, setup: EvalSetup, config: SwitchConfig, backends: dict[str, Backend] | None = None) -> None:
+        from switchgen.graph import build_graph
+
+        given = backends if backends is not None else {n: setup.backends[n] for n in config.names if n in setup.backends}
+        self.graph = build_graph(config, engine=setup.engine, backends=given)
+
+    def invoke(self, query: str, seed: int | None, **context: Any) -> dict[str, Any]:
+        return self.graph.invoke({"query": query}, context={"seed": seed, **context})
+
+
+def variant(config: SwitchConfig, **switcher: Any) -> SwitchConfig:
+    """`config` with switcher settings replaced (validated as a whole)."""
+    data = config.model_dump()
+    data["switcher"].update(switcher)
+    return load_config(data)
+
+
+def _candidate(ref: str | None, config: SwitchConfig) -> None:
+    for name in (ref or "").split("+"):
+        if name not in config.names:
+            raise ConfigError(f"unknown candidate {name!r}; candidates are {', '.join(config.names)}")
+
+
+def _single(arg: str | None, setup: EvalSetup) -> Method:
+    return GraphMethod(setup, variant(setup.config, strategy="single", candidate=arg))
+
+
+def _fixed(arg: str | None, setup: EvalSetup) -> Method:
+    assert arg is not None
+    return GraphMethod(setup, variant(setup.config, strategy="fixed", sequence=arg.split("+")))
+
+
+def _random(arg: str | None, setup: EvalSetup) -> Method:
+    return GraphMethod(setup, variant(setup.config, strategy="random"))
+
+
+def _switch(arg: str | None, setup: EvalSetup) -> Method:
+    cfg = setup.config
+    if cfg.switcher.strategy != "learned" or setup.adapter:
+        cfg = variant(cfg, strategy="learned", **({"adapter": setup.adapter} if setup.adapter else {}))
+    return GraphMethod(setup, cfg)
+
+
+def _untuned(arg: str | None, setup: EvalSetup) -> Method:
+    cfg = setup.config
+    aligned = cfg.candidates[cfg.aligned_index]
+    return GraphMethod(setup, variant(cfg, strategy="learned", model=aligned.model, adapter=None, device=None, dtype=None,
+                                      backend=None, url=None, served_model=None))
+
+
+class RouteMethod:
+    """Prompt-based routing: the aligned model reads the routing prompt (nodes/prompts.py) and the
+    candidate whose digit it scores highest writes the whole answer."""
+
+    def __init__(self, setup: EvalSetup) -> None:
+        cfg = setup.config
+        self.config = cfg
+        self.router = setup.backends[cfg.names[cfg.aligned_index]]
+        self.single = GraphMethod(setup, variant(cfg, strategy="single", candidate=cfg.names[cfg.aligned_index]))
+
+    def invoke(self, query: str, seed: int | None) -> dict[str, Any]:
+        from switchgen.nodes.prompts import routing_prompt, user_turn
+
+        cfg = self.config
+        prompt = user_turn(self.router.tokenizer, routing_prompt(query, [c.role for c in cfg.candidates]))
+        scores = self.router.choice_distribution(prompt, [str(i) for i in range(len(cfg.names))])
+        if scores.probs is None:
+            index, how = cfg.aligned_index, "fallback"
+        else:
+            index, how = max(range(len(scores.probs)), key=lambda i: scores.probs[i]), "route"
+        result = self.single.invoke(query, seed, candidate=cfg.names[index])
+        probabilities = dict(zip(cfg.names, scores.probs, strict=True)) if scores.probs else None
+        result["route"] = {"chosen": cfg.names[index], "how": how, "probabilities": probabilities,
+                           "digit_mass": scores.mass}
+        return result
+
+
+def _one_writer(setup: EvalSetup, name: str, model: str, backend: Backend | None) -> Method:
+    """A configuration with one candidate `name` (the merged or averaged model) writing everything."""
+    cfg = setup.config
+    aligned = cfg.candidates[cfg.aligned_index]
+    data = cfg.model_dump()
+    data["candidates"] = [{**aligned.model_dump(), "name": name, "model": model, "role": "aligned"}]
+    data["switcher"] = {"strategy": "single", "candidate": name}
+    data["patch_size"] = cfg.max_new_tokens  # one call writes the answer
+    one = load_config(data)
+    return GraphMethod(setup, one, {name: backend} if backend is not None else {})
+
+
+def _logit_merge(arg: str | None, setup: EvalSetup) -> Method:
+    from switchgen.servers.engine.logit_merge import LogitMergeBackend, TokenizerMismatch
+
+    try:
+        merged = LogitMergeBackend(setup.local("logit-merge"))
+    except TokenizerMismatch as err:
+        raise ConfigError(f"logit-merge needs candidates sharing a tokenizer: {err}") from None
+    return _one_writer(setup, "merge", setup.config.candidates[setup.config.aligned_index].model, merged)
+
+
+def _soup(arg: str | None, setup: EvalSetup) -> Method:
+    from switchgen.evaluation.soup import soup_checkpoint
+
+    folder = soup_checkpoint(setup.local("soup"), setup.soup_dir)
+    return _one_writer(setup, "soup", str(folder), None)
+
+
+def _two_local(arg: str | None, config: SwitchConfig) -> None:
+    if len(config.candidates) < 2 or any(c.backend != "local" for c in config.candidates):
+        raise ConfigError("logit-merge and soup need at least two candidates, all in process (backend: local)")
+
+
+register_method("single", _single, argument="NAME", check=_candidate, description="one candidate writes everything")
+register_method("fixed", _fixed, argument="A+P+A", check=_candidate, description="authors in this order, cycling")
+register_method("random", _random, description="a uniformly random author per patch")
+register_method("switch", _switch, description="the configured switcher (with --adapter: that adapter)")
+register_method("untuned", _untuned, description="the aligned model as switcher, no adapter")
+register_method("route", lambda arg, setup: RouteMethod(setup), description="the aligned model routes the whole query")
+register_method("logit-merge", _logit_merge, check=_two_local, description="mean of the candidates' next-token log-probs")
+register_method("soup", _soup, check=_two_local, description="the candidates' weights averaged")

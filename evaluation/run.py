@@ -1,0 +1,242 @@
+"""`switchgen eval`: every method on every task's test split, scored, resumable, with intervals.
+
+Layout of `out`: `<task>/<method>.jsonl` (one record per test example, in the split's order:
+id, query, reference, output, score, segments, decisions, tokens_used, seconds), `results.json`
+and `results.md`. Records are written by `switchgen generate`'s resumable writer
+(switchgen/generate.py `write_records`): a killed run keeps every finished record and a rerun
+resumes after the last one. Scores are filled in afterwards in batches (a reward model scores a
+batch per forward pass) and the file is rewritten atomically; `oracle.jsonl` is derived from the
+other methods' files every run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from switchgen.config import SwitchConfig
+from switchgen.errors import ConfigError, ServerError, ServerUnreachable
+from switchgen.evaluation.methods import ORACLE, EvalSetup, build_method, check_methods, variant
+from switchgen.evaluation.stats import bootstrap_ci, paired_difference
+from switchgen.files import atomic_write_text
+from switchgen.generate import is_failed, records_done, write_records
+from switchgen.nodes.seeds import derive_seed
+from switchgen.tasks import Task, load_task
+
+
+def method_file(out: Path, task: str, method: str) -> Path:
+    """Where a method's records for a task are: OUT/<task>/<method>.jsonl."""
+    return out / task / f"{method}.jsonl"
+
+
+@dataclass
+class Prepared:
+    """Everything checked before any model loads."""
+
+    tasks: list[Task]
+    records: dict[str, list[dict[str, Any]]]
+    methods: list[str]
+
+
+def prepare(tasks: Sequence[str | Task], methods: Sequence[str], config: SwitchConfig, limit: int | None) -> Prepared:
+    """Load the tasks' test records and check the methods: bad input fails here, before any model loads."""
+    if not tasks:
+        raise ConfigError("no tasks: give --task NAME (see `switchgen tasks`)")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {limit}")
+    loaded = [load_task(t) for t in tasks]
+    names = [t.name for t in loaded]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"a task is listed twice: {', '.join(names)}")
+    records = {t.name: t.records("test", limit=limit) for t in loaded}
+    methods = list(methods)
+    check_methods(methods, config)
+    return Prepared(loaded, records, methods)
+
+
+def aligned_method(config: SwitchConfig) -> str:
+    """The baseline every method's paired difference is taken against."""
+    return f"single:{config.names[config.aligned_index]}"
+
+
+def run_eval(
+    config: SwitchConfig,
+    prepared: Prepared,
+    out: Path,
+    *,
+    seed: int | None = 0,
+    concurrency: int = 1,
+    adapter: str | None = None,
+    progress: bool = True,
+    engine=None,
+    log: Callable[[str], None] = lambda line: None,
+) -> list[dict[str, Any]]:
+    """Generate, score and summarise; returns results.json's rows (and writes the three outputs)."""
+    from switchgen.graph.backends import connect, server_probes
+    from switchgen.servers.clients.remote import check_servers
+    from switchgen.servers.engine.local import LocalEngine
+
+    if concurrency < 1:
+        raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
+    for task in prepared.tasks:  # a file that belongs to another split or task stops the run now
+        for method in prepared.methods:
+            records_done(method_file(out, task.name, method), prepared.records[task.name], key="id")
+    check_servers(server_probes(config))
+    engine = engine or LocalEngine()
+    candidates, _ = connect(variant(config, strategy="random"), engine)  # the candidates' backends, once
+    setup = EvalSetup(config, engine, dict(zip(config.names, candidates, strict=True)), adapter=adapter)
+    generating = [m for m in prepared.methods if m != ORACLE]
+    built: dict[str, Any] = {}
+    for task in prepared.tasks:
+        records = prepared.records[task.name]
+        metric = task.metric()  # once per task (a reward model loads here)
+        for name in generating:
+            if name not in built:
+                built[name] = build_method(name, setup)
+            method = built[name]
+            path = method_file(out, task.name, name)
+
+            def one(i: int, method=method, task=task, records=records) -> dict[str, Any]:
+                return _answer(method, records[i], derive_seed(seed, "eval", task.name, records[i]["id"]))
+
+            res = write_records(path, records, one, key="id", progress=progress, concurrency=concurrency,
+                                desc=f"{task.name} {name}")
+            if res.failed:
+                log(f"{task.name} {name}: {res.failed} queries failed on a server (records hold \"error\"; rerun to retry)")
+            _score_file(path, records, metric)
+        if ORACLE in prepared.methods:
+            _write_oracle(out, task.name, generating, records)
+    rows = summarise(config, prepared, out)
+    write_results(out, rows, prepared, config)
+    return rows
+
+
+def _answer(method, record: dict[str, Any], seed: int | None) -> dict[str, Any]:
+    base = {"id": record["id"], "query": record["query"], "reference": record["reference"]}
+    start = time.perf_counter()
+    try:
+        result = method.invoke(record["query"], seed)
+    except ServerUnreachable:
+        raise
+    except ServerError as err:  # this query only: recorded, retried by a rerun
+        return {**base, "output": None, "score": None, "error": str(err)}
+    seconds = time.perf_counter() - start
+    rec = {
+        **base,
+        "output": result.get("output", ""),
+        "score": None,
+        "segments": result.get("segments", []),
+        "decisions": result.get("decisions", []),
+        "tokens_used": result.get("tokens_used", 0),
+        "seconds": round(seconds, 4),
+    }
+    if "route" in result:
+        rec["route"] = result["route"]
+    return rec
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _score_file(path: Path, records: list[dict[str, Any]], metric) -> None:
+    """Fill in every missing score in one batched call, then rewrite the file atomically."""
+    done = read_records(path)
+    todo = [i for i, r in enumerate(done) if r.get("score") is None and not is_failed(r)]
+    if not todo:
+        return
+    scores = metric.score([done[i]["output"] for i in todo], [records[i] for i in todo])
+    lo, hi = metric.range
+    for i, value in zip(todo, scores, strict=True):
+        if not (lo <= value <= hi) and not math.isnan(value):
+            raise AssertionError(f"metric {metric.name} gave {value} outside its range {metric.range}")
+        done[i]["score"] = value
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done))
+
+
+def _write_oracle(out: Path, task: str, methods: list[str], records: list[dict[str, Any]]) -> None:
+    """Per question the best-scoring record among `methods` (the first one on ties), with its method."""
+    files = {m: read_records(method_file(out, task, m)) for m in methods}
+    best = []
+    for i, record in enumerate(records):
+        scored = [(m, files[m][i]) for m in methods if i < len(files[m]) and files[m][i].get("score") is not None]
+        if not scored:
+            continue
+        method, top = max(scored, key=lambda mr: mr[1]["score"])  # max keeps the first of equal scores
+        assert top["id"] == record["id"]
+        best.append({**top, "method": method})
+    atomic_write_text(method_file(out, task, ORACLE), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in best))
+
+
+def summarise(config: SwitchConfig, prepared: Prepared, out: Path) -> list[dict[str, Any]]:
+    """results.json's rows: per task and method the mean score, its interval, n, the paired difference to
+    the aligned single model (when it is in the run), total tokens and seconds."""
+    baseline = aligned_method(config)
+    rows = []
+    for task in prepared.tasks:
+        scores = {m: _scores(out, task.name, m) for m in prepared.methods}
+        base = scores.get(baseline)
+        for m in prepared.methods:
+            recs = read_records(method_file(out, task.name, m))
+            values = list(scores[m].values())
+            row: dict[str, Any] = {
+                "task": task.name,
+                "method": m,
+                "metric": task.metric_name,
+                "mean": sum(values) / len(values) if values else None,
+                "ci": list(bootstrap_ci(values)) if values else None,
+                "n": len(values),
+                "delta_vs_aligned": None,
+                "delta_ci": None,
+                "tokens": sum(r.get("tokens_used") or 0 for r in recs),
+                "seconds": round(sum(r.get("seconds") or 0.0 for r in recs), 3),
+            }
+            if base is not None and m != baseline:
+                common = [i for i in scores[m] if i in base]
+                if common:
+                    delta, ci = paired_difference([scores[m][i] for i in common], [base[i] for i in common])
+                    row["delta_vs_aligned"], row["delta_ci"] = delta, list(ci)
+            rows.append(row)
+    return rows
+
+
+def _scores(out: Path, task: str, method: str) -> dict[str, float]:
+    return {r["id"]: float(r["score"]) for r in read_records(method_file(out, task, method)) if r.get("score") is not None}
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def markdown(rows: list[dict[str, Any]], baseline: str) -> str:
+    lines = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task]
+        lines += [
+            f"### {task} (metric: {mine[0]['metric']})",
+            "",
+            f"| method | mean | 95% CI | n | Δ vs {baseline} | 95% CI | tokens | seconds |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in mine:
+            ci = f"[{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}]" if r["ci"] else "–"
+            dci = f"[{_fmt(r['delta_ci'][0])}, {_fmt(r['delta_ci'][1])}]" if r["delta_ci"] else "–"
+            delta = f"{r['delta_vs_aligned']:+.3f}" if r["delta_vs_aligned"] is not None else "–"
+            lines.append(f"| {r['method']} | {_fmt(r['mean'])} | {ci} | {r['n']} | {delta} | {dci} | {r['tokens']} | {r['seconds']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(out: Path, rows: list[dict[str, Any]], prepared: Prepared, config: SwitchConfig) -> None:
+    baseline = aligned_method(config)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps({"baseline": baseline, "results": rows}, indent=2) + "\n")
+    note = "" if baseline in prepared.methods else f"\n(Add {baseline} to the methods for paired differences.)\n"
+    atomic_write_text(out / "results.md", markdown(rows, baseline) + note)
