@@ -1,14 +1,13 @@
-"""A `switchgen eval`-shaped output folder made by real graph runs on the toy kit.
+"""A real `switchgen eval` output folder on the toy kit, for the analysis and distillation tests.
 
-Stand-in until the eval branch's engine lands: each method is a real graph run (the switcher, random
-switching, each candidate alone), scored by a real task's metric (switchgen.tasks), written in the
-layout of CONTRACTS.md: DIR/<task>/<method>.jsonl. No number in it is written by hand.
+The task is a real task definition over a local file, scored by a real metric (`contains`); its
+references are words the toy models' vocabulary writes often enough that some answers score 1 and
+others 0 (toy text is noise). No number in the folder is written by hand.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 # Each reference is a few aliases (the metric: contains any), words the toy models' vocabulary writes
@@ -18,13 +17,7 @@ QUESTIONS = [
     ("Why is the sky blue?", ["with", "or", "sky"]), ("Write about the moon.", ["moon", "you", "he"]),
     ("What is the capital of France?", ["to", "it", "is"]),
 ]
-METHODS = {
-    "single:P": {"strategy": "single", "candidate": "P"},
-    "single:F": {"strategy": "single", "candidate": "F"},
-    "single:A": {"strategy": "single", "candidate": "A"},
-    "switch": {"strategy": "learned", "model": "toy:switcher", "top_p": 0.9},
-    "random": {"strategy": "random"},
-}
+METHODS = "single:P,single:F,single:A,switch,random"
 
 
 def toy_task(folder: Path):
@@ -36,28 +29,13 @@ def toy_task(folder: Path):
                       "query": "{question}", "reference": "word", "metric": "contains"})
 
 
-def write_eval_dir(root: Path, engine, config_dict) -> Path:
-    """Run every method on the toy task and write DIR/toy-words/<method>.jsonl; returns DIR."""
-    from switchgen.graph import build_graph, load_config
+def write_eval_dir(root: Path, engine, config_dict, methods: str = METHODS, **overrides) -> Path:
+    """`switchgen eval` (its Python entry point) of `methods` on the toy task; returns its --out folder."""
+    from switchgen.evaluation import prepare, run_eval
+    from switchgen.graph import load_config
 
     root.mkdir(parents=True, exist_ok=True)
-    task = toy_task(root)
-    records = task.records("test")
-    metric = task.metric()
-    (root / task.name).mkdir(exist_ok=True)
-    for method, switcher in METHODS.items():
-        graph = build_graph(load_config(config_dict(switcher=switcher, patch_size=6, max_new_tokens=30)), engine=engine)
-        results, seconds = [], []
-        for i, record in enumerate(records):
-            start = time.perf_counter()
-            results.append(graph.invoke({"query": record["query"]}, context={"seed": i}))
-            seconds.append(time.perf_counter() - start)
-        scores = metric.score([r["output"] for r in results], records)
-        lines = [
-            json.dumps({"id": rec["id"], "query": rec["query"], "output": r["output"], "score": s,
-                        "segments": r["segments"], "decisions": r["decisions"], "tokens_used": r["tokens_used"],
-                        "seconds": sec})
-            for rec, r, s, sec in zip(records, results, scores, seconds, strict=True)
-        ]
-        (root / task.name / f"{method}.jsonl").write_text("\n".join(lines) + "\n")
-    return root
+    config = load_config(config_dict(**{"patch_size": 6, "max_new_tokens": 30, **overrides}))
+    prepared = prepare([toy_task(root)], methods.split(","), config, None)
+    run_eval(config, prepared, root / "eval", seed=0, progress=False, engine=engine)
+    return root / "eval"
