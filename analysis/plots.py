@@ -127,3 +127,26 @@ def method_costs(task: str, costs: Sequence[MethodCost], path: Path) -> None:
     fig.suptitle(f"{task}: quality and cost per method", fontsize=11)
     fig.tight_layout()
     _save(fig, path)
+
+
+def patch_size_ablation(task: str, lines: dict[str, list[tuple[int, float, tuple[float, float] | None]]], path: Path) -> None:
+    """Mean score against patch size, one line per method (switch, random, untuned), with 95% intervals."""
+    fig = _figure(7.0, 4.5)
+    ax = fig.subplots()
+    for k, (method, points) in enumerate(lines.items()):
+        points = sorted(points)
+        dodge = 1.0 + 0.025 * (k - (len(lines) - 1) / 2)  # side by side, so equal values stay visible
+        xs, ys = [p[0] * dodge for p in points], [p[1] for p in points]
+        lo = [p[1] - p[2][0] if p[2] else 0.0 for p in points]
+        hi = [p[2][1] - p[1] if p[2] else 0.0 for p in points]
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=method, alpha=0.85)
+    ax.set_xscale("log")
+    sizes = sorted({p[0] for points in lines.values() for p in points})
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("patch size (tokens)")
+    ax.set_ylabel("mean score (95% interval)")
+    ax.set_title(f"{task}: patch-size ablation", fontsize=11)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)

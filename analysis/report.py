@@ -63,7 +63,8 @@ def analyze_task(run: EvalRun, task: TaskRun, out: Path, method: str, threshold:
     """The markdown section and the figures of one task; returns (markdown, numbers)."""
     methods = _order(run, task)
     candidates = _candidates(task)
-    switching = [m for m in methods if m != "oracle" and is_switching(task.methods[m])]
+    # Patch-size variants (switch@10, ...) get their own section, not a heat map each.
+    switching = [m for m in methods if m != "oracle" and "@" not in m and is_switching(task.methods[m])]
     focus = method if method in task.methods else (switching[0] if switching else None)
     if focus in switching:  # the analysed method's heat map first
         switching = [focus] + [m for m in switching if m != focus]
@@ -141,6 +142,21 @@ def analyze_task(run: EvalRun, task: TaskRun, out: Path, method: str, threshold:
         md.append("")
         numbers["tokens_by_candidate"] = tokens
 
+    ablation = _ablation(run, task, methods)
+    if ablation:
+        name = f"patch_sizes_{slug}.png"
+        plots.patch_size_ablation(task.task, ablation, out / name)
+        sizes = sorted({p[0] for points in ablation.values() for p in points})
+        md += ["### Patch-size ablation", "", "Mean score per patch size (`switchgen eval --patch-sizes`); "
+               "the unsuffixed methods ran at the configuration's patch size.", "", f"![patch sizes]({name})", "",
+               "| method | " + " | ".join(str(s) for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+        for m, points in ablation.items():
+            at = {p[0]: p[1] for p in points}
+            md.append(f"| {m} | " + " | ".join(_f(at.get(s)) for s in sizes) + " |")
+        md.append("")
+        numbers["patch_sizes"] = {m: [{"patch_size": p[0], "mean": p[1], "ci": p[2]} for p in points]
+                                  for m, points in ablation.items()}
+
     costs = [method_cost(m, task.methods[m]) for m in methods]
     name = f"cost_{slug}.png"
     plots.method_costs(task.task, costs, out / name)
@@ -151,6 +167,25 @@ def analyze_task(run: EvalRun, task: TaskRun, out: Path, method: str, threshold:
     md.append("")
     numbers["costs"] = [asdict(c) for c in costs]
     return "\n".join(md), numbers
+
+
+def _ablation(run: EvalRun, task: TaskRun, methods: list[str]) -> dict[str, list[tuple[int, float, tuple | None]]]:
+    """Per base method with `@N` variants: (patch size, mean score, 95% interval) per size, the
+    unsuffixed method at the configuration's patch size (results.json's patch_size) included."""
+    rows = {r["method"]: r for r in run.results if r.get("task") == task.task}
+    lines: dict[str, list[tuple[int, float, tuple | None]]] = {}
+    for m in methods:
+        base, _, size = m.rpartition("@")
+        if base and size.isdigit():
+            lines.setdefault(base, [])
+    for m in methods:
+        base, _, size = m.rpartition("@")
+        name, n = (base, int(size)) if base and size.isdigit() else (m, rows.get(m, {}).get("patch_size"))
+        if name in lines and n:
+            records = task.methods[m]
+            ci = rows.get(m, {}).get("ci")
+            lines[name].append((int(n), sum(float(r.score) for r in records) / len(records), tuple(ci) if ci else None))
+    return {m: points for m, points in lines.items() if points}
 
 
 def analyze(root: Path, out: Path | None = None, *, method: str = "switch", threshold: float | None = None) -> Path:

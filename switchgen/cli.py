@@ -97,7 +97,13 @@ def _parser() -> argparse.ArgumentParser:
 def _eval_parsers(sub) -> None:
     ev = sub.add_parser("eval", help="score methods (single models, switching, baselines) on tasks")
     ev.add_argument("--task", action="append", required=True, help="a task name or YAML (repeatable); see `switchgen tasks`")
-    ev.add_argument("--methods", required=True, help="comma-separated, e.g. single:P,single:A,switch,random,fixed:A+P+A,oracle")
+    ev.add_argument("--methods", default="", help="comma-separated, e.g. single:P,single:A,switch,random,fixed:A+P+A,oracle")
+    ev.add_argument(
+        "--patch-sizes", help="the patch-size ablation, e.g. 10,20,30,50,100: switch, random and untuned at each size "
+        "(methods switch@10, random@10, ...) beside --methods",
+    )
+    ev.add_argument("--split", choices=["test", "train"], default="test",
+                    help="the tasks' split (default test; train: outputs to distill from, `switchgen distill`)")
     ev.add_argument("--out", type=Path, required=True, help="folder for TASK/METHOD.jsonl, results.json and results.md")
     ev.add_argument("--limit", type=int, help="the first N test examples of each task")
     ev.add_argument("--concurrency", type=int, default=1, help="queries run at once (servers batch them); default 1")
@@ -207,7 +213,11 @@ def _eval(args: argparse.Namespace) -> int:
         importlib.import_module(module)
     config = _config(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    prepared = prepare(args.task, methods, config, args.limit)  # bad input stops here, before any model loads
+    if args.patch_sizes:
+        from switchgen.evaluation.methods import with_patch_sizes
+
+        methods = with_patch_sizes(methods, _ints(args.patch_sizes))
+    prepared = prepare(args.task, methods, config, args.limit, split=args.split)  # bad input stops here, before any model loads
     seed = 0 if args.seed is None else args.seed
     run_eval(config, prepared, args.out, seed=seed, concurrency=args.concurrency, adapter=args.adapter,
              progress=not args.no_progress, log=lambda line: print(f"switchgen: {line}", file=sys.stderr))
@@ -285,18 +295,12 @@ def _bench(args: argparse.Namespace) -> int:
     from switchgen.bench import markdown, run_bench, write_json
     from switchgen.graph import load_config
 
-    def ints(text: str) -> tuple[int, ...]:
-        try:
-            return tuple(int(x) for x in text.split(","))
-        except ValueError:
-            raise SwitchgenError(f"expected comma-separated integers, got {text!r}") from None
-
     report = run_bench(
         load_config(args.config or args.preset),
         budget=args.budget,
         reps=args.reps,
-        budgets=ints(args.budgets),
-        concurrency=ints(args.concurrency),
+        budgets=_ints(args.budgets),
+        concurrency=_ints(args.concurrency),
         device=args.device,
         progress=lambda line: print(line, file=sys.stderr),
     )
@@ -321,6 +325,13 @@ def _config(args: argparse.Namespace) -> SwitchConfig:
     return load_config(
         args.config or args.preset, seed=args.seed, max_new_tokens=args.max_new_tokens, patch_size=args.patch_size
     )
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise SwitchgenError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _quiet_transformers() -> None:

@@ -10,32 +10,44 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# Each reference is a few aliases (the metric: contains any), words the toy models' vocabulary writes
-# often enough that some answers score 1 and others 0.
+# Each reference is a few aliases (the metric: contains any): words and one-letter "words" that the
+# toy models' noise writes often enough that some answers score 1 and others 0.
 QUESTIONS = [
-    ("What is 2 plus 3?", ["to", "is", "plus"]), ("Name a colour.", ["it", "by", "red"]),
-    ("Why is the sky blue?", ["with", "or", "sky"]), ("Write about the moon.", ["moon", "you", "he"]),
-    ("What is the capital of France?", ["to", "it", "is"]),
+    ("What is 2 plus 3?", ["y", "plus"]), ("Name a colour.", ["c", "red"]),
+    ("Why is the sky blue?", ["e", "p", "sky"]), ("Write about the moon.", ["y", "question", "moon"]),
+    ("What is the capital of France?", ["c", "o", "paris"]),
 ]
 METHODS = "single:P,single:F,single:A,switch,random"
 
 
-def toy_task(folder: Path):
-    from switchgen.tasks import load_task
+def toy_task(folder: Path) -> Path:
+    """The task's YAML (and its data file) in `folder`; `switchgen eval --task PATH` takes it."""
+    import yaml
 
     data = folder / "toy-words.jsonl"
     data.write_text("".join(json.dumps({"question": q, "word": w}) + "\n" for q, w in QUESTIONS))
-    return load_task({"name": "toy-words", "test": {"path": str(data)}, "train": {"path": str(data)},
-                      "query": "{question}", "reference": "word", "metric": "contains"})
+    spec = {"name": "toy-words", "test": {"path": data.name}, "train": {"path": data.name},
+            "query": "{question}", "reference": "word", "metric": "contains"}
+    path = folder / "toy-words.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
 
 
-def write_eval_dir(root: Path, engine, config_dict, methods: str = METHODS, **overrides) -> Path:
-    """`switchgen eval` (its Python entry point) of `methods` on the toy task; returns its --out folder."""
-    from switchgen.evaluation import prepare, run_eval
-    from switchgen.graph import load_config
+def toy_config_file(folder: Path, config_dict, **overrides) -> Path:
+    import yaml
+
+    path = folder / "toy.yaml"
+    path.write_text(yaml.safe_dump(config_dict(**{"patch_size": 8, "max_new_tokens": 24, **overrides})))
+    return path
+
+
+def write_eval_dir(root: Path, config_dict, methods: str = METHODS, *extra: str, **overrides) -> Path:
+    """`switchgen eval` (the command, in process) of `methods` on the toy task; returns its --out folder."""
+    from switchgen.cli import main
 
     root.mkdir(parents=True, exist_ok=True)
-    config = load_config(config_dict(**{"patch_size": 6, "max_new_tokens": 30, **overrides}))
-    prepared = prepare([toy_task(root)], methods.split(","), config, None)
-    run_eval(config, prepared, root / "eval", seed=0, progress=False, engine=engine)
-    return root / "eval"
+    out = root / "eval"
+    argv = ["eval", "--config", str(toy_config_file(root, config_dict, **overrides)), "--task", str(toy_task(root)),
+            "--methods", methods, "--out", str(out), "--no-progress", *extra]
+    assert main(argv) == 0
+    return out

@@ -39,7 +39,7 @@ def test_report_embeds_every_plot(report, eval_dir):
     path, numbers = report
     text = path.read_text()
     images = [line.split("(")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
-    assert {img.split("_")[0] for img in images} == {"positions", "sequences", "tokens", "cost"}
+    assert {img.rsplit("_", 1)[0] for img in images} == {"positions", "sequences", "tokens", "cost", "patch_sizes"}
     for img in images:
         width, height = png_size(path.parent / img)
         assert width > 300 and height > 150
@@ -47,7 +47,26 @@ def test_report_embeds_every_plot(report, eval_dir):
         assert f"## {task}" in text
         assert task_numbers["focus"] == "switch"
         assert {"switch", "random"} <= set(task_numbers["switching"])
-        assert not any(m.startswith("single:") for m in task_numbers["switching"])
+        assert not any(m.startswith("single:") or "@" in m for m in task_numbers["switching"])
+
+
+def test_patch_size_ablation_is_one_command(report, eval_dir):
+    _, numbers = report
+    results = json.loads((eval_dir / "results.json").read_text())["results"]
+    sizes = {r["method"]: r["patch_size"] for r in results}
+    for base in ("switch", "random", "untuned"):
+        assert sizes[f"{base}@4"] == 4 and sizes[f"{base}@12"] == 12
+        for answer in raw(eval_dir, "toy-words", f"{base}@4"):  # 4-token patches: every full patch has 4 tokens
+            assert answer["segments"] and all(s["tokens"] == 4 for s in answer["segments"][:-1])
+    assert sizes["switch"] == sizes["single:A"] == 8  # the configuration's
+    assert "| patch size |" in (eval_dir / "results.md").read_text()
+    ablation = numbers["toy-words"]["patch_sizes"]
+    assert [p["patch_size"] for p in sorted(ablation["switch"], key=lambda p: p["patch_size"])] == [4, 8, 12]
+    assert [p["patch_size"] for p in ablation["untuned"]] == [4, 12]  # untuned ran only in the ablation
+    for p in ablation["random"]:
+        method = "random" if p["patch_size"] == 8 else f"random@{p['patch_size']}"
+        answers = raw(eval_dir, "toy-words", method)
+        assert p["mean"] == pytest.approx(sum(a["score"] for a in answers) / len(answers))
 
 
 def test_sequence_statistics_match_a_recount(report, eval_dir):
@@ -133,8 +152,10 @@ def test_analyze_cli_bad_input_is_one_line(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def eval_dir(engine, tmp_path_factory) -> Path:
+def eval_dir(toy_kit, tmp_path_factory) -> Path:
+    """One real eval run with the patch-size ablation (switch, random, untuned at 4 and 12 tokens)."""
     from _eval_run import write_eval_dir
     from conftest import toy_config_dict
 
-    return write_eval_dir(tmp_path_factory.mktemp("eval"), engine, toy_config_dict)
+    return write_eval_dir(tmp_path_factory.mktemp("eval"), toy_config_dict, "single:P,single:F,single:A,switch,random",
+                          "--patch-sizes", "4,12")
