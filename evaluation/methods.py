@@ -22,7 +22,7 @@ Any generating method takes a patch size after `@`: `switch@10` is `switch` with
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,7 +48,6 @@ class EvalSetup:
     backends: dict[str, Backend]
     adapter: str | None = None
     soup_dir: Path | None = None
-    graphs: dict[str, Any] = field(default_factory=dict)
 
     def local(self, what: str) -> list[LocalBackend]:
         found = [self.backends[n] for n in self.config.names]

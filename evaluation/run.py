@@ -87,8 +87,13 @@ def run_eval(
     if concurrency < 1:
         raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
     for task in prepared.tasks:  # a file that belongs to another split or task stops the run now
-        for method in prepared.methods:
-            records_done(method_file(out, task.name, method), prepared.records[task.name], key="id")
+        records = prepared.records[task.name]
+        for method in [m for m in prepared.methods if m != ORACLE]:
+            path = method_file(out, task.name, method)
+            if len(read_complete(path)) > len(records):
+                raise ConfigError(f"{path} holds more records than this run's {len(records)} examples (a larger "
+                                  "--limit?): use another --out, or the same --limit")
+            records_done(path, records, key="id")
     check_servers(server_probes(config))
     engine = engine or LocalEngine()
     candidates, _ = connect(variant(config, strategy="random"), engine)  # the candidates' backends, once
@@ -143,6 +148,14 @@ def _answer(method, record: dict[str, Any], seed: int | None) -> dict[str, Any]:
     return rec
 
 
+def read_complete(path: Path) -> list[bytes]:
+    """The complete lines of a records file (a torn last line, from a kill, is not one)."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    return data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -159,7 +172,7 @@ def _score_file(path: Path, records: list[dict[str, Any]], metric) -> None:
     lo, hi = metric.range
     for i, value in zip(todo, scores, strict=True):
         if not (lo <= value <= hi) and not math.isnan(value):
-            raise AssertionError(f"metric {metric.name} gave {value} outside its range {metric.range}")
+            raise ConfigError(f"metric {metric.name} gave {value} for {done[i]['id']}, outside its range {metric.range}")
         done[i]["score"] = value
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done))
 

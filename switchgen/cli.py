@@ -112,9 +112,15 @@ def _eval_parsers(sub) -> None:
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     _config_args(ev)
     sub.add_parser("tasks", help="list the built-in tasks with their data and metric")
+    sub.add_parser("lm-eval", help="lm-evaluation-harness's CLI with the switchgen model registered",
+                   description="Runs `lm_eval ARGS...` with --model switchgen available, e.g. "
+                   "switchgen lm-eval --model switchgen --model_args preset=toy --tasks gsm8k --limit 5", add_help=False)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lm-eval"]:
+        return _lm_eval(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
@@ -217,12 +223,32 @@ def _eval(args: argparse.Namespace) -> int:
         from switchgen.evaluation.methods import with_patch_sizes
 
         methods = with_patch_sizes(methods, _ints(args.patch_sizes))
+    if args.adapter and not any(m.partition("@")[0] == "switch" for m in methods):
+        raise SwitchgenError("--adapter is the switch method's adapter: add switch to --methods")
+    if args.adapter and args.adapter.startswith((".", "/", "~")) and not Path(args.adapter).expanduser().exists():
+        raise SwitchgenError(f"--adapter {args.adapter}: no such folder")
     prepared = prepare(args.task, methods, config, args.limit, split=args.split)  # bad input stops here, before any model loads
     seed = 0 if args.seed is None else args.seed
     run_eval(config, prepared, args.out, seed=seed, concurrency=args.concurrency, adapter=args.adapter,
              progress=not args.no_progress, log=lambda line: print(f"switchgen: {line}", file=sys.stderr))
     print((args.out / "results.md").read_text(encoding="utf-8"))
     print(f"records and results in {args.out}")
+    return 0
+
+
+def _lm_eval(argv: list[str]) -> int:
+    """lm-eval's own command line, with the switchgen model registered (lm-eval 0.4 discovers no plug-ins)."""
+    _quiet_transformers()
+    from lm_eval.__main__ import cli_evaluate
+
+    import switchgen.evaluation.lm_eval_plugin  # noqa: F401  (registers --model switchgen)
+
+    sys.argv = ["lm_eval", *argv]
+    try:
+        cli_evaluate()
+    except SwitchgenError as err:
+        print(f"switchgen: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

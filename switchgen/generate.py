@@ -109,8 +109,8 @@ class RunResult(NamedTuple):
 
 
 def is_failed(record: dict[str, Any]) -> bool:
-    """A record of a query that a server failed: it holds "error" and no output."""
-    return record.get("output") is None and "error" in record
+    """A record of a query that a server failed: it holds "error" and no generation_log."""
+    return record.get("generation_log") is None and "error" in record
 
 
 def error_record(source: dict[str, Any], err: Exception) -> dict[str, Any]:

@@ -46,13 +46,21 @@ def answer_span(output: str) -> str:
 
 
 def _aliases(reference: Any) -> list[str]:
+    """A reference as a flat list of alias strings (several reference fields may each hold a list)."""
     if isinstance(reference, list | tuple):
-        return [str(r) for r in reference]
+        return [alias for r in reference for alias in _aliases(r)]
     return [str(reference)]
 
 
 def exact_match(output: str, reference: Any) -> float:
-    """1.0 if the normalised answer span (see `answer_span`) equals a normalised alias, else 0.0. Range [0, 1]."""
+    """1.0 if the normalised output equals a normalised alias, else 0.0 (SQuAD's exact match). Range [0, 1]."""
+    text = normalize(output)
+    return float(any(text == normalize(alias) for alias in _aliases(reference)))
+
+
+def answer_exact_match(output: str, reference: Any) -> float:
+    """1.0 if the stated answer (see `answer_span`), normalised, equals a normalised alias, else 0.0:
+    exact match for answers that come after reasoning. Range [0, 1]."""
     span = normalize(answer_span(output))
     return float(any(span == normalize(alias) for alias in _aliases(reference)))
 
@@ -189,7 +197,8 @@ class MetricInfo:
 
 
 METRICS: dict[str, MetricInfo] = {
-    "exact_match": MetricInfo(exact_match, (0.0, 1.0), "normalised exact match of the stated answer"),
+    "exact_match": MetricInfo(exact_match, (0.0, 1.0), "normalised exact match of the whole output"),
+    "answer_exact_match": MetricInfo(answer_exact_match, (0.0, 1.0), "normalised exact match of the stated answer"),
     "numeric": MetricInfo(numeric, (0.0, 1.0), "final number equals the reference's (gsm8k)"),
     "choice": MetricInfo(choice, (0.0, 1.0), "multiple-choice letter"),
     "f1": MetricInfo(token_f1, (0.0, 1.0), "token F1, best over aliases (popqa)"),

@@ -161,7 +161,7 @@ class Task:
         spec = self.spec
         paths = [spec.reference] if isinstance(spec.reference, str) else list(spec.reference or [])
         values = [self._get(row, p, split, index) for p in paths]
-        value: Any = values[0] if len(values) == 1 else values
+        value: Any = values[0] if len(values) == 1 else [a for v in values for a in (v if isinstance(v, list) else [v])]
         if spec.reference_transform == "json":
             try:
                 value = json.loads(value) if isinstance(value, str) else value

@@ -27,10 +27,13 @@ def score(metric: str, output: str, reference) -> float:
 @pytest.mark.parametrize(
     ("metric", "output", "reference", "expected"),
     [
-        ("exact_match", "The answer is Paris.", "paris", 1.0),
-        ("exact_match", "False\nbecause not True is False", "False", 1.0),
+        ("exact_match", "Answer: Pelmora.", "Answer: Pelmora", 1.0),
+        ("exact_match", "  the Eiffel Tower!", ["Eiffel Tower", "La tour Eiffel"], 1.0),
+        ("exact_match", "Well, let me think. Answer: Pelmora.", "Answer: Pelmora", 0.0),
         ("exact_match", "Paris, France", "Paris", 0.0),
-        ("exact_match", "the Eiffel Tower", ["Eiffel Tower", "La tour Eiffel"], 1.0),
+        ("answer_exact_match", "not not True is True, so the answer is False.", "False", 1.0),
+        ("answer_exact_match", "False\nbecause not True is False", "False", 1.0),
+        ("answer_exact_match", "So the answer is Paris, France.", "Paris", 0.0),
         ("numeric", "48/2 = 24 in May, 48+24 = 72 in all.\n#### 72", "72", 1.0),
         ("numeric", "She earned $1,250.00 in total.", "1250", 1.0),
         ("numeric", "So the answer is 10 dollars, not 12.", "10", 1.0),
@@ -46,6 +49,7 @@ def score(metric: str, output: str, reference) -> float:
         ("f1", "a banker", ["politician"], 0.0),
         ("contains", "He worked as a politician in Australia.", ["politician", "pol"], 1.0),
         ("contains", "He was a police officer.", ["pol"], 0.0),
+        ("contains", "Well, he is a baker by trade.", ["baker", ["a baker"]], 1.0),  # fields holding lists
         ("math", "so the graph has $\\boxed{2}$ vertical asymptotes", "2", 1.0),
         ("math", "The maximum is \\boxed{\\sqrt{2}}.", "\\sqrt{2}", 1.0),
         ("math", "We get \\boxed{\\dfrac{1}{2}}", "\\frac{1}{2}", 1.0),
@@ -190,3 +194,13 @@ def test_bad_task_input_is_one_line(tmp_path):
     with pytest.raises(InputError, match="no split 'dev'"):
         files = _write_formats(tmp_path)
         load_task({**base, "test": {"path": str(files["disk"]), "split": "dev"}}).records("test")
+
+
+def test_switchgen_tasks_lists_source_and_metric(capsys):
+    from switchgen.cli import main
+
+    assert main(["tasks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(task_names())
+    gsm8k = next(line for line in lines if line.startswith("gsm8k "))
+    assert gsm8k.split()[1] == "numeric" and "test=hf:openai/gsm8k/main[test]" in gsm8k
