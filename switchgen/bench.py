@@ -305,4 +305,116 @@ def write_json(report: dict, path: Path) -> None:
     atomic_write_text(path, json.dumps(report, indent=2))
 
 
-__all__ = ["markdown", "run_bench", "write_json"]
+
+
+class PrefillCounter:
+    """A backend passed through, counting the prompt tokens each patch had to encode (not found cached)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.prefilled = 0
+
+    @property
+    def tokenizer(self):
+        return self.backend.tokenizer
+
+    def generate(self, prompt: str, params: GenerationParams, on_text=None):
+        patch = self.backend.generate(prompt, params, on_text)
+        self.prefilled += patch.prefilled
+        return patch
+
+    def choice_distribution(self, prompt: str, choices):
+        return self.backend.choice_distribution(prompt, choices)
+
+
+def run_rollouts_bench(
+    config: SwitchConfig,
+    *,
+    budget: int = 512,
+    instances: int = 2,
+    k: int = 4,
+    reps: int = 3,
+    device: str | None = None,
+    progress: Callable[[str], None] = print,
+) -> dict:
+    """Rollouts (training/rollouts.py) with the shared-prefix path against the same runs without reuse.
+
+    Both variants run the same instances with the same seeds on the same loaded weights, every
+    patch to its full size (EOS ignored), so they write the same tokens: `shared` on backends that
+    reuse KV caches (continuations of one trace find its prefix cached), `independent` on
+    `reuse_cache=False` backends (every patch of every continuation re-encodes its whole context,
+    as independent generations do). Scoring is left out: it times generation.
+    """
+    from switchgen.training.rollouts import Rollouts, RolloutSettings, rollout_config
+
+    torch.manual_seed(0)
+    engine = LocalEngine()
+    cfg = rollout_config(bench_config(config, budget, device))
+    counters = {
+        name: {c.name: PrefillCounter(engine.backend(c.model, device=c.device, dtype=c.dtype, reuse_cache=reuse))
+               for c in cfg.candidates}
+        for name, reuse in (("shared", True), ("independent", False))
+    }
+    graphs = {name: build_graph(cfg, engine=engine, backends=backends) for name, backends in counters.items()}
+    settings = RolloutSettings(k=k, seed=0)
+    records = [{"id": f"bench-{i}", "query": q} for i, q in enumerate((QUERIES * instances)[:instances])]
+    counts: dict[str, int] = {}
+    prefilled: dict[str, int] = {}
+
+    def variant(name: str) -> Callable[[int], Timing]:
+        rollouts = Rollouts(graphs[name], cfg, lambda outputs, record: [0.0] * len(outputs), settings)
+
+        def run(rep: int) -> Timing:
+            before = sum(c.prefilled for c in counters[name].values())
+            start = time.perf_counter()
+            done = [rollouts.instance(r) for r in records]
+            seconds = time.perf_counter() - start
+            counts[name] = sum(len(p["continuation_tokens"]) for d in done for p in d["patches"])
+            prefilled[name] = sum(c.prefilled for c in counters[name].values()) - before
+            return Timing(seconds, sum(d["tokens"] for d in done))
+
+        return run
+
+    progress(f"rollouts: {instances} instances x {len(cfg.candidates)} candidates x k={k}, budget {budget}, {reps} reps")
+    runs = interleaved({name: variant(name) for name in graphs}, reps, progress)
+    med = {name: _median(r) for name, r in runs.items()}
+    out = {
+        name: {"median_s": t.seconds, "tokens": t.tokens, "rollouts": counts[name],
+               "rollouts_per_s": counts[name] / t.seconds if t.seconds else 0.0, "tokens_per_s": t.tokens / t.seconds,
+               "prefilled_tokens": prefilled[name]}
+        for name, t in med.items()
+    }
+    return {
+        "device": str(engine.loaded_models[0].device),
+        "torch_threads": torch.get_num_threads(),
+        "budget": budget,
+        "patch_size": cfg.patch_size,
+        "instances": instances,
+        "k": k,
+        "reps": reps,
+        "rollouts": out,
+        "raw": {n: [(t.seconds, t.tokens) for t in r] for n, r in runs.items()},
+        "speedup": out["independent"]["median_s"] / out["shared"]["median_s"],  # same runs, same tokens
+    }
+
+
+def rollouts_markdown(report: dict) -> str:
+    lines = [
+        f"device: {report['device']} ({report['torch_threads']} torch threads); {report['instances']} instances, "
+        f"k={report['k']}, budget {report['budget']}, patch {report['patch_size']}, median of {report['reps']} "
+        "interleaved reps after a warm-up",
+        "",
+        "| rollouts | median s | continuations | rollouts/s | tokens written | tokens/s | prompt tokens prefilled |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    labels = {"shared": "shared prefix (KV caches reused)", "independent": "independent (no prefix reuse)"}
+    lines += [
+        f"| {labels[n]} | {t['median_s']:.3f} | {t['rollouts']} | {t['rollouts_per_s']:.2f} | {t['tokens']} "
+        f"| {t['tokens_per_s']:.0f} | {t['prefilled_tokens']} |"
+        for n, t in report["rollouts"].items()
+    ]
+    lines += ["", f"shared-prefix speedup: {report['speedup']:.2f}x"]
+    return "\n".join(lines)
+
+
+__all__ = ["markdown", "rollouts_markdown", "run_bench", "run_rollouts_bench", "write_json"]

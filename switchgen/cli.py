@@ -77,6 +77,44 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--budgets", default="128,256,512,1024", help="budget sweep")
     bench.add_argument("--concurrency", default="1,4,8", help="concurrency sweep")
     bench.add_argument("--json", type=Path, default=Path("bench.json"), help="raw figures (default: bench.json)")
+    bench.add_argument("--rollouts", action="store_true",
+                       help="instead: switcher-training rollouts/s, shared KV prefix vs independent generations")
+    bench.add_argument("--instances", type=int, default=2, help="--rollouts: instances per rep (default 2)")
+    bench.add_argument("--k", type=int, default=4, help="--rollouts: continuations per candidate (default 4)")
+
+    roll = sub.add_parser(
+        "rollouts", help="a switcher's training data: the paper's rollouts on a task's train split",
+        description="For each train query: a trace by random switching cut at 10-90%% of the budget, one patch "
+        "by each candidate, K random-switching continuations per candidate scored by the task metric; the "
+        "label is the best mean (ties: the aligned candidate, else the lowest index). Resumable; --seed "
+        "(default 0) makes the file reproducible.",
+    )
+    roll.add_argument("--task", required=True, help="a built-in task or a task YAML (its train split is used)")
+    roll.add_argument("--out", type=Path, required=True, help="the rollouts JSONL (resumed if it exists)")
+    roll.add_argument("--instances", type=int, help="the first N train records (default: all)")
+    roll.add_argument("--k", type=int, default=4, help="continuations per candidate (default 4)")
+    roll.add_argument("--concurrency", type=int, default=1, help="graph runs at once (servers batch them); default 1")
+    roll.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _config_args(roll)
+
+    train = sub.add_parser(
+        "train", help="LoRA-train a switcher on rollouts (TRL SFT); several --data files: switch-global",
+        description="Supervised fine-tuning of a LoRA switcher on `switchgen rollouts` files. The defaults are "
+        "the paper's (8B models); tiny models (toy, skills kits) need a larger --lr, e.g. 2e-3. On GPUs: "
+        "accelerate launch -m switchgen.cli train ... (docs/training.md).",
+    )
+    train.add_argument("--data", type=Path, action="append", required=True, help="a rollouts JSONL (repeatable)")
+    train.add_argument("--out", type=Path, required=True, help="the adapter folder (must not exist or be empty)")
+    train.add_argument("--base", help="the switcher's base model (default: the aligned model the rollouts recorded)")
+    train.add_argument("--epochs", type=float, default=5, help="default 5 (the paper's)")
+    train.add_argument("--batch-size", type=int, default=32, help="per device; default 32 (the paper's)")
+    train.add_argument("--lr", type=float, default=1e-5, help="default 1e-5 (the paper's, 8B); tiny models: ~2e-3")
+    train.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha = 2r); default 16")
+    train.add_argument("--min-margin", type=float, default=0.0, help="drop records whose margin is below (default 0)")
+    train.add_argument("--eval-fraction", type=float, default=0.1, help="held out for the report (default 0.1)")
+    train.add_argument("--seed", type=int, default=0, help="split and training seed (default 0)")
+    train.add_argument("--merge", action="store_true", help="also write OUT/merged: base + adapter merged")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     analyze = sub.add_parser(
         "analyze", help="report (markdown + PNG plots) over `switchgen eval` outputs: who wrote where and why it helped"
@@ -169,6 +207,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command in ("eval", "tasks"):
         return _eval(args)
+    if args.command == "rollouts":
+        return _rollouts(args)
+    if args.command == "train":
+        return _train(args)
     raise AssertionError(args.command)
 
 
@@ -321,6 +363,17 @@ def _bench(args: argparse.Namespace) -> int:
     from switchgen.bench import markdown, run_bench, write_json
     from switchgen.graph import load_config
 
+    if args.rollouts:
+        from switchgen.bench import rollouts_markdown, run_rollouts_bench
+
+        report = run_rollouts_bench(
+            load_config(args.config or args.preset), budget=args.budget, instances=args.instances, k=args.k,
+            reps=args.reps, device=args.device, progress=lambda line: print(line, file=sys.stderr),
+        )
+        write_json(report, args.json)
+        print(rollouts_markdown(report))
+        print(f"\nraw figures: {args.json}")
+        return 0
     report = run_bench(
         load_config(args.config or args.preset),
         budget=args.budget,
@@ -333,6 +386,63 @@ def _bench(args: argparse.Namespace) -> int:
     write_json(report, args.json)
     print(markdown(report))
     print(f"\nraw figures: {args.json}")
+    return 0
+
+
+def _rollouts(args: argparse.Namespace) -> int:
+    _quiet_transformers()
+    from concurrent.futures import ThreadPoolExecutor
+
+    from switchgen.graph import build_graph
+    from switchgen.graph.backends import server_probes
+    from switchgen.servers.clients.remote import check_servers
+    from switchgen.tasks import load_task
+    from switchgen.training.rollouts import Rollouts, RolloutSettings, rollout_config, run_rollouts, task_scorer
+
+    settings = RolloutSettings(k=args.k, seed=0 if args.seed is None else args.seed)
+    settings.check()
+    if args.concurrency < 1:
+        raise SwitchgenError(f"--concurrency must be at least 1, got {args.concurrency}")
+    task = load_task(args.task)
+    records = task.records("train", limit=args.instances)
+    scorer = task_scorer(task.metric())  # a bad metric (or a reward model that cannot load) fails first
+    config = _config(args)
+    check_servers(server_probes(rollout_config(config)))
+    graph = build_graph(rollout_config(config))
+    pool = ThreadPoolExecutor(args.concurrency, thread_name_prefix="switchgen-rollout") if args.concurrency > 1 else None
+    try:
+        rollouts = Rollouts(graph, config, scorer, settings, task=task.name, pool=pool)
+        result = run_rollouts(rollouts, records, args.out, concurrency=args.concurrency, progress=not args.no_progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    resumed = f" (resumed after {result.start})" if result.start else ""
+    print(f"{result.start + result.written} records in {args.out}{resumed}; {result.tokens} tokens in "
+          f"{result.seconds:.1f} s ({result.tokens / max(result.seconds, 1e-9):.0f} tokens/s)")
+    if result.failed:
+        print(f"switchgen: {result.failed} instances failed on a server; their records hold \"error\": rerun to retry",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    _quiet_transformers()
+    from switchgen.training.train import TrainSettings, snippet, summary, train_switcher
+
+    for name in ("epochs", "lr"):
+        if getattr(args, name) <= 0:
+            raise SwitchgenError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.batch_size < 1 or args.lora_r < 1:
+        raise SwitchgenError("--batch-size and --lora-r must be at least 1")
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lora_r=args.lora_r,
+                             min_margin=args.min_margin, eval_fraction=args.eval_fraction, seed=args.seed)
+    report = train_switcher(args.data, args.out, base=args.base, settings=settings, merge=args.merge,
+                            progress=not args.no_progress)
+    if report:
+        print(summary(report))
+        print(f"\nadapter in {report['adapter']}; use it with this configuration:\n")
+        print(snippet(report))
     return 0
 
 

@@ -14,17 +14,21 @@ from switchgen.servers.engine.loading import attach_adapter, load_model, load_to
 
 
 def merge_switcher(config: SwitchConfig, output: Path) -> Path:
-    """Write base + adapter, merged (peft's merge_and_unload), with the base's tokenizer, to `output`."""
+    """The configuration's switcher (base + adapter) merged into `output`."""
     sw = config.switcher
     if sw.strategy != "learned" or not sw.adapter:
         raise ConfigError("the configuration's switcher has no adapter (switcher.adapter): nothing to merge")
+    return merge_adapter(config.switcher_model, sw.adapter, output, config.switcher_dtype)
+
+
+def merge_adapter(model: str, adapter: str, output: Path, dtype: str = "auto") -> Path:
+    """Write `model` + `adapter`, merged (peft's merge_and_unload), with the base's tokenizer, to `output`."""
     if output.exists() and any(output.iterdir()):
         raise ConfigError(f"{output} exists and is not empty; choose another --output")
-    location = resolve_model(config.switcher_model)
+    location = resolve_model(model)
     # The checkpoint's own dtype unless the config names one (a CPU-only host must not widen it).
-    dtype = resolve_dtype(config.switcher_dtype, torch.device("cuda"))
-    model = attach_adapter(load_model(location, torch.device("cpu"), dtype), sw.adapter, "switcher")
-    merged = model.merge_and_unload()
+    torch_dtype = resolve_dtype(dtype, torch.device("cuda"))
+    merged = attach_adapter(load_model(location, torch.device("cpu"), torch_dtype), adapter, "switcher").merge_and_unload()
     tmp = output.with_name(output.name + ".partial")  # no half-written model under `output`
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp)

@@ -1,0 +1,120 @@
+"""Rollouts records -> switcher training examples, tokenised exactly as inference scores them.
+
+The prompt is the released switcher prompt (nodes/switcher.py `switcher_prompt`) of the query
+and the trace, as the user turn of the switcher's chat template with the generation prompt
+(nodes/prompts.py `user_turn`), tokenised like the engine does (servers/engine/local.py `encode`).
+The completion is one token: the label's digit as servers/choices.py `choice_token_ids` spells
+it, the token whose probability the switcher's choice reads. TRL would tokenise prompt and
+completion separately (and append EOS); pre-tokenised `input_ids` + `completion_mask` fix the
+boundary to exactly that token.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from switchgen.errors import ConfigError, InputError
+from switchgen.nodes.prompts import user_turn
+from switchgen.nodes.switcher import switcher_prompt
+from switchgen.servers.choices import choice_token_ids
+from switchgen.servers.engine.local import encode
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str  # the rendered switcher prompt (what `choice_distribution` receives)
+    input_ids: list[int]  # prompt tokens + the label's digit token
+    completion_mask: list[int]  # 1 on the digit token only
+    label: int
+    n_candidates: int
+
+
+def read_rollouts(paths: list[Path]) -> list[dict[str, Any]]:
+    """Every finished record of the files (failed ones skipped); all files must share one candidate list."""
+    records: list[dict[str, Any]] = []
+    names: list[str] | None = None
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            if not isinstance(rec, dict) or ("label" not in rec and "error" not in rec):
+                raise InputError(f"{path}:{lineno}: not a rollouts record (made by `switchgen rollouts`)")
+            if "error" in rec:
+                continue
+            if names is None:
+                names = rec["candidates"]
+            elif rec["candidates"] != names:
+                raise InputError(
+                    f"{path}:{lineno}: candidates {rec['candidates']} differ from {names}: "
+                    "a switcher is trained for one chain (mix tasks, not chains)"
+                )
+            records.append(rec)
+    if not records:
+        raise InputError(f"no finished rollouts records in {', '.join(map(str, paths))}")
+    return records
+
+
+def recorded_base(records: list[dict[str, Any]]) -> str:
+    """The switcher base the rollouts recorded (the aligned candidate's model); one for all files."""
+    bases = sorted({r["base"] for r in records})
+    if len(bases) != 1:
+        raise InputError(f"the rollouts name several switcher bases {bases}: pass --base MODEL")
+    return bases[0]
+
+
+def digit_token(tokenizer: PreTrainedTokenizerBase, prompt_ids: list[int], prompt: str, digit: int) -> int:
+    """The token the switcher writes for `digit` after `prompt`: one `choice_token_ids` scores.
+
+    The spelling the tokenizer itself gives prompt + digit when that only appends one token,
+    else the plain digit's token (no leading space).
+    """
+    spelled = choice_token_ids(tokenizer, [str(digit)])[0]
+    if not spelled:
+        raise ConfigError(f"the switcher's tokenizer has no single token for the digit {digit}: it cannot be scored")
+    joined = encode(tokenizer, prompt + str(digit))
+    if len(joined) == len(prompt_ids) + 1 and joined[:-1] == prompt_ids and joined[-1] in spelled:
+        return joined[-1]
+    return spelled[0]
+
+
+def make_example(tokenizer: PreTrainedTokenizerBase, record: dict[str, Any]) -> Example:
+    """The switcher's prompt at the record's decision (query + trace) and its label digit."""
+    n = len(record["candidates"])
+    trace = record["trace"]
+    prompt = user_turn(tokenizer, switcher_prompt(record["query"], [s["text"] for s in trace],
+                                                  [int(s["index"]) for s in trace], n))
+    ids = encode(tokenizer, prompt)
+    label = int(record["label"])
+    token = digit_token(tokenizer, ids, prompt, label)
+    return Example(prompt, [*ids, token], [0] * len(ids) + [1], label, n)
+
+
+def select(records: list[dict[str, Any]], min_margin: float) -> list[dict[str, Any]]:
+    """Records whose label is clear enough: margin >= min_margin (0 keeps all, ties included)."""
+    return [r for r in records if r["margin"] >= min_margin]
+
+
+def split(items: list[Any], eval_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """(train, held out): a seeded shuffle; at least one held out when the fraction is above 0."""
+    if not 0.0 <= eval_fraction < 1.0:
+        raise InputError(f"--eval-fraction must be in [0, 1), got {eval_fraction}")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_eval = 0 if eval_fraction == 0 else max(1, round(eval_fraction * len(items)))
+    if n_eval >= len(items):
+        raise InputError(f"{len(items)} examples leave none to train on after holding out {n_eval}")
+    held = sorted(order[:n_eval])
+    kept = sorted(order[n_eval:])
+    return [items[i] for i in kept], [items[i] for i in held]

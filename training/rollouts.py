@@ -1,0 +1,310 @@
+"""`switchgen rollouts`: a switcher's training data by the paper's recipe (arXiv 2510.09913, §2-3).
+
+For each training query of a task:
+
+1. a trace by random switching, cut at a random 10-90% of `max_new_tokens` (a trace that ended
+   on its own before the cut loses its last patch, so that a next patch is still to be written);
+2. the divergent step: each candidate writes one more patch after the trace (a forced author);
+3. k continuations per candidate by random switching from the trace plus that patch, to EOS or
+   the budget, each scored by the task's metric; the candidate's utility is their mean (a patch
+   that ends the answer has nothing to continue: its k scores are the one finished answer's);
+4. the label: the candidate with the highest utility. Ties (utilities within 1e-9): the aligned
+   candidate when it is among the best (the author the graph falls back to), else the lowest
+   index. The margin is the label's utility minus the best other one's (0 on a tie).
+
+Every step is a run of the Switch Generation graph: the trace goes in as `segments`, the
+divergent author as `forced`, and random switching and the run's seed through the run context.
+So a candidate sees the trace exactly as at inference, remote backends (TGI, vLLM) work, and the
+engine's prefix cache shares the trace's KV cache between the runs that continue it. Each run's
+seed derives from (--seed, instance id, candidate, continuation): the same seed gives the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from tqdm import tqdm
+
+from switchgen.config import SwitchConfig
+from switchgen.errors import InputError, ServerError, ServerUnreachable
+from switchgen.files import atomic_write_text
+from switchgen.generate import in_order, records_done
+from switchgen.graph.state import Segment
+from switchgen.nodes.seeds import derive_seed
+
+TIE = 1e-9
+ENDED = ("eos", "stop", "budget")
+
+# outputs and their task record -> one score per output (a task metric's `score`, batched)
+Scorer = Callable[[list[str], dict[str, Any]], list[float]]
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """What a rollouts file was made with; a resumed file must be continued with the same."""
+
+    k: int = 4
+    seed: int = 0
+    cut: tuple[float, float] = (0.1, 0.9)  # the trace's length, as fractions of max_new_tokens
+
+    def check(self) -> None:
+        lo, hi = self.cut
+        if self.k < 1:
+            raise InputError(f"--k must be at least 1, got {self.k}")
+        if not 0.0 <= lo <= hi < 1.0:
+            raise InputError(f"the trace cut must satisfy 0 <= lo <= hi < 1, got {self.cut}")
+
+
+def rollout_config(config: SwitchConfig) -> SwitchConfig:
+    """`config` with random switching: the graph the rollouts run (no switcher LM is loaded or asked)."""
+    data = config.model_dump()
+    data["switcher"]["strategy"] = "random"
+    return SwitchConfig.model_validate(data)
+
+
+def switcher_base(config: SwitchConfig) -> str:
+    """The model a switcher is trained on by default: the aligned candidate's (as in the paper)."""
+    return config.candidates[config.aligned_index].model
+
+
+def _as_input(segment: Segment) -> Segment:
+    """A written segment as graph input: its author and exact token count, no finish reason."""
+    return {"candidate": segment["candidate"], "index": segment["index"], "text": segment["text"],
+            "tokens": segment["tokens"]}
+
+
+def pick_label(means: Sequence[float], aligned: int) -> tuple[int, float, bool]:
+    """(label, margin, tie): the best mean; ties go to `aligned` if among the best, else the lowest index."""
+    best = max(means)
+    tied = [i for i, m in enumerate(means) if best - m <= TIE]
+    label = aligned if aligned in tied else tied[0]
+    others = [m for i, m in enumerate(means) if i != label]
+    margin = 0.0 if len(tied) > 1 or not others else means[label] - max(others)
+    return label, margin, len(tied) > 1
+
+
+class Rollouts:
+    """The recipe for one configuration: `instance(record)` -> that query's rollouts record."""
+
+    def __init__(
+        self,
+        graph: Any,
+        config: SwitchConfig,
+        score: Scorer,
+        settings: RolloutSettings,
+        *,
+        task: str = "",
+        pool: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.graph, self.config, self.score, self.settings = graph, config, score, settings
+        self.task = task
+        self.pool = pool  # runs of one instance in parallel (--concurrency); None: one after another
+
+    def _map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        return list(self.pool.map(fn, items)) if self.pool is not None else [fn(x) for x in items]
+
+    def _seed(self, rid: str, *parts: object) -> int:
+        seed = derive_seed(self.settings.seed, "rollouts", rid, *parts)
+        assert seed is not None
+        return seed
+
+    def _run(self, query: str, seed: int, segments: list[Segment] | None = None, forced: str | None = None,
+             **context: int) -> dict:
+        inputs: dict[str, Any] = {"query": query}
+        if segments:
+            inputs["segments"] = segments
+        if forced is not None:
+            inputs["forced"] = [forced]
+        return self.graph.invoke(inputs, context={"strategy": "random", "seed": seed, **context})
+
+    def settings_record(self) -> dict[str, Any]:
+        cfg = self.config
+        return {**asdict(self.settings), "cut": list(self.settings.cut), "max_new_tokens": cfg.max_new_tokens,
+                "patch_size": cfg.patch_size, "models": [c.model for c in cfg.candidates]}
+
+    def instance(self, record: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.config
+        rid, query = str(record["id"]), record["query"]
+        budget, patch = cfg.max_new_tokens, cfg.patch_size
+        lo, hi = self.settings.cut
+        cut = min(budget - 1, max(1, round(random.Random(self._seed(rid, "cut")).uniform(lo, hi) * budget)))
+
+        # 1. the trace: random switching up to `cut` tokens
+        run = self._run(query, self._seed(rid, "trace"), max_new_tokens=cut, patch_size=min(patch, cut))
+        written = list(run["segments"])
+        if written and written[-1]["finish_reason"] in ("eos", "stop"):
+            written.pop()  # it ended before the cut: the decision before its last patch is still open
+        trace = [_as_input(s) for s in written]
+        used = sum(s["tokens"] for s in trace)
+        tokens = run["tokens_used"]
+
+        # 2. the divergent step: each candidate writes the next patch
+        cap = min(budget, used + patch)
+
+        def divergent(name: str) -> Segment:
+            out = self._run(query, self._seed(rid, "patch", name), trace, forced=name, max_new_tokens=cap)
+            new = out["segments"][len(trace)]
+            if new["finish_reason"] == "budget" and cap < budget:
+                new = {**new, "finish_reason": "length"}  # only this run's cap was reached
+            return new
+
+        patches = self._map(divergent, cfg.names)
+        tokens += sum(p["tokens"] for p in patches)
+
+        # 3. k continuations per candidate, by random switching, to EOS or the budget
+        k = self.settings.k
+        jobs = [(i, j) for i, p in enumerate(patches) if p["finish_reason"] not in ENDED for j in range(k)]
+        base_text = "".join(s["text"] for s in trace)
+
+        def continuation(job: tuple[int, int]) -> dict:
+            i, j = job
+            return self._run(query, self._seed(rid, "continue", cfg.names[i], j), [*trace, _as_input(patches[i])])
+
+        runs = dict(zip(jobs, self._map(continuation, jobs), strict=True))
+        outputs: list[str] = []
+        owners: list[tuple[int, int | None]] = []
+        for i, p in enumerate(patches):
+            if p["finish_reason"] in ENDED:
+                outputs.append(base_text + p["text"])
+                owners.append((i, None))
+            else:
+                for j in range(k):
+                    outputs.append(runs[(i, j)]["output"])
+                    owners.append((i, j))
+        scores = [float(s) for s in self.score(outputs, record)]
+        if len(scores) != len(outputs):
+            raise InputError(f"the metric gave {len(scores)} scores for {len(outputs)} outputs")
+
+        per: list[dict[str, Any]] = []
+        for i, p in enumerate(patches):
+            mine = [s for (owner, _), s in zip(owners, scores, strict=True) if owner == i]
+            if len(mine) == 1:
+                mine = mine * k
+            cont_tokens = [runs[(i, j)]["tokens_used"] - used - p["tokens"] for j in range(k) if (i, j) in runs]
+            tokens += sum(cont_tokens)
+            per.append({"candidate": p["candidate"], "index": i, "text": p["text"], "tokens": p["tokens"],
+                        "finish_reason": p["finish_reason"], "scores": mine, "mean": statistics.fmean(mine),
+                        "continuation_tokens": cont_tokens})
+        label, margin, tie = pick_label([p["mean"] for p in per], cfg.aligned_index)
+        return {
+            "id": rid,
+            "task": self.task,
+            "query": query,
+            "reference": record.get("reference"),
+            "candidates": cfg.names,
+            "base": switcher_base(cfg),
+            "settings": self.settings_record(),
+            "cut": cut,
+            "trace": trace,
+            "trace_tokens": used,
+            "patches": per,
+            "label": label,
+            "label_name": cfg.names[label],
+            "margin": margin,
+            "tie": tie,
+            "tokens": tokens,
+        }
+
+
+class RolloutsResult(NamedTuple):
+    start: int  # records already in the file
+    written: int  # records appended now
+    failed: int  # records (old retried or new) that hold an "error"
+    tokens: int  # tokens generated by this run
+    seconds: float
+
+
+def is_failed(record: dict[str, Any]) -> bool:
+    return "error" in record
+
+
+def run_rollouts(
+    rollouts: Rollouts,
+    records: list[dict[str, Any]],
+    output: Path,
+    *,
+    concurrency: int = 1,
+    progress: bool = True,
+) -> RolloutsResult:
+    """A record per task record into `output`, resumable exactly like `switchgen generate`.
+
+    Records are appended and fsynced one by one, in input order; a rerun checks those already
+    written (same ids in the same order, same settings), cuts off a torn last line, retries the
+    failed ones and continues after the last. A server that fails one instance records its
+    "error" (a rerun retries it); an unreachable server stops the run with the records kept.
+    """
+    if concurrency < 1:
+        raise InputError(f"--concurrency must be at least 1, got {concurrency}")
+    sources = [{**r, "id": str(r["id"])} for r in records]
+    start = records_done(output, sources, key="id")
+    lines = output.read_text(encoding="utf-8").splitlines() if start else []
+    done = [json.loads(line) for line in lines]
+    want = rollouts.settings_record()
+    for lineno, rec in enumerate(done, 1):
+        if not is_failed(rec) and rec.get("settings") != want:
+            raise InputError(
+                f"{output}:{lineno}: written with other settings ({rec.get('settings')}, now {want}); "
+                "rerun with the same --seed, --k and configuration, or choose another --out"
+            )
+    retry = [i for i, rec in enumerate(done) if is_failed(rec)]
+    tokens = 0
+    lock = threading.Lock()
+
+    def one(index: int) -> dict[str, Any]:
+        nonlocal tokens
+        source = sources[index]
+        try:
+            rec = rollouts.instance(source)
+        except ServerUnreachable:
+            raise
+        except ServerError as err:
+            return {"id": source["id"], "query": source["query"], "error": str(err)}
+        with lock:
+            tokens += rec["tokens"]
+        return rec
+
+    failed = written = 0
+    began = time.perf_counter()
+    bar = tqdm(total=len(sources), initial=start - len(retry), desc="rollouts", unit="instance", disable=not progress)
+
+    def tick(rec: dict[str, Any]) -> None:
+        nonlocal failed
+        failed += is_failed(rec)
+        bar.update(1)
+        bar.set_postfix_str(f"{tokens / max(time.perf_counter() - began, 1e-9):.0f} tokens/s", refresh=False)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with bar:
+            if retry:
+                for index, rec in in_order(retry, one, concurrency):
+                    lines[index] = json.dumps(rec, ensure_ascii=False)
+                    tick(rec)
+                atomic_write_text(output, "".join(line + "\n" for line in lines))
+            with output.open("a", encoding="utf-8") as out:
+                for _, rec in in_order(range(start, len(sources)), one, concurrency):
+                    out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+                    written += 1
+                    tick(rec)
+    except ServerUnreachable as err:
+        raise ServerUnreachable(
+            f"{err}. {output} keeps its {start + written} finished records: rerun to resume"
+        ) from None
+    return RolloutsResult(start, written, failed, tokens, time.perf_counter() - began)
+
+
+def task_scorer(metric: Any) -> Scorer:
+    """A task metric (switchgen.tasks.Metric) as a Scorer: one batched call per instance."""
+    return lambda outputs, record: metric.score(outputs, [record] * len(outputs))
