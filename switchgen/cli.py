@@ -127,6 +127,28 @@ def _parser() -> argparse.ArgumentParser:
         help="score counted as correct in the single-vs-switch table (default: 1 for 0/1 metrics, else 0.5)",
     )
 
+    distill = sub.add_parser(
+        "distill", help="fine-tune the aligned model on switch generation's train-split answers and evaluate it",
+        description="LoRA SFT (TRL) of the aligned model on switch generation's answers to the task's train split "
+        "(make them with `switchgen eval --split train --methods switch`), merged into OUT; then the distilled model "
+        "(single:D), the aligned model and switching are evaluated on the test split, and the fraction of "
+        "switching's gain recovered and the inference cost are reported.",
+    )
+    distill.add_argument("--outputs", type=Path, required=True, help="a `switchgen eval --split train` --out folder")
+    distill.add_argument("--task", required=True, help="the task (its train split was answered; its test split evaluates)")
+    distill.add_argument("--out", type=Path, required=True, help="folder for the distilled model (must not exist or be empty)")
+    distill.add_argument("--base", help="model to fine-tune (default: the aligned candidate's)")
+    distill.add_argument("--rounds", type=int, default=1, help="rounds of regenerate + fine-tune (default 1)")
+    distill.add_argument("--epochs", type=float, default=3, help="default 3")
+    distill.add_argument("--batch-size", type=int, default=8, help="default 8")
+    distill.add_argument("--lr", type=float, default=1e-4, help="default 1e-4; the tiny kits need ~2e-3")
+    distill.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha = 2r); default 16")
+    distill.add_argument("--method", default="switch", help="the method whose answers are distilled (default switch)")
+    distill.add_argument("--limit", type=int, help="the first N test examples in the evaluation")
+    distill.add_argument("--adapter", help="the switch method's LoRA adapter (a trained switcher)")
+    distill.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _config_args(distill)
+
     sub.add_parser("presets", help="list the named presets")
     _eval_parsers(sub)
     return parser
@@ -199,6 +221,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "bench":
         return _bench(args)
+    if args.command == "distill":
+        return _distill(args)
     if args.command == "analyze":
         from switchgen.analysis import analyze
 
@@ -461,6 +485,21 @@ def _config(args: argparse.Namespace) -> SwitchConfig:
     return load_config(
         args.config or args.preset, seed=args.seed, max_new_tokens=args.max_new_tokens, patch_size=args.patch_size
     )
+
+
+def _distill(args: argparse.Namespace) -> int:
+    _quiet_transformers()
+    from switchgen.analysis.distill import DistillSettings, distill, summary
+
+    settings = DistillSettings(rounds=args.rounds, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                               lora_r=args.lora_r, seed=0 if args.seed is None else args.seed, method=args.method,
+                               limit=args.limit)
+    report = distill(_config(args), args.task, args.outputs, args.out, base=args.base, settings=settings,
+                     adapter=args.adapter, progress=not args.no_progress,
+                     log=lambda line: print(f"switchgen: {line}", file=sys.stderr))
+    print(summary(report))
+    print(f"distilled model and report (switchgen-distill.json) in {args.out}")
+    return 0
 
 
 def _ints(text: str) -> tuple[int, ...]:
