@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     roll.add_argument("--task", required=True, help="a built-in task or a task YAML (its train split is used)")
     roll.add_argument("--out", type=Path, required=True, help="the rollouts JSONL (resumed if it exists)")
-    roll.add_argument("--instances", type=int, help="the first N train records (default: all)")
+    roll.add_argument("--instances", type=int,
+                      help="the first N train records (default: all); beyond the split, it starts over with new traces")
     roll.add_argument("--k", type=int, default=4, help="continuations per candidate (default 4)")
     roll.add_argument("--concurrency", type=int, default=1, help="graph runs at once (servers batch them); default 1")
     roll.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -111,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-5, help="default 1e-5 (the paper's, 8B); tiny models: ~2e-3")
     train.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha = 2r); default 16")
     train.add_argument("--min-margin", type=float, default=0.0, help="drop records whose margin is below (default 0)")
+    train.add_argument("--keep-uninformative", action="store_true",
+                       help="also train on records where every candidate's utility is equal (left out by default)")
     train.add_argument("--eval-fraction", type=float, default=0.1, help="held out for the report (default 0.1)")
     train.add_argument("--seed", type=int, default=0, help="split and training seed (default 0)")
     train.add_argument("--merge", action="store_true", help="also write OUT/merged: base + adapter merged")
@@ -421,14 +424,21 @@ def _rollouts(args: argparse.Namespace) -> int:
     from switchgen.graph.backends import server_probes
     from switchgen.servers.clients.remote import check_servers
     from switchgen.tasks import load_task
-    from switchgen.training.rollouts import Rollouts, RolloutSettings, rollout_config, run_rollouts, task_scorer
+    from switchgen.training.rollouts import (
+        Rollouts,
+        RolloutSettings,
+        instances,
+        rollout_config,
+        run_rollouts,
+        task_scorer,
+    )
 
     settings = RolloutSettings(k=args.k, seed=0 if args.seed is None else args.seed)
     settings.check()
     if args.concurrency < 1:
         raise SwitchgenError(f"--concurrency must be at least 1, got {args.concurrency}")
     task = load_task(args.task)
-    records = task.records("train", limit=args.instances)
+    records = instances(task.records("train"), args.instances)
     scorer = task_scorer(task.metric())  # a bad metric (or a reward model that cannot load) fails first
     config = _config(args)
     check_servers(server_probes(rollout_config(config)))
@@ -460,7 +470,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.lora_r < 1:
         raise SwitchgenError("--batch-size and --lora-r must be at least 1")
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lora_r=args.lora_r,
-                             min_margin=args.min_margin, eval_fraction=args.eval_fraction, seed=args.seed)
+                             min_margin=args.min_margin, keep_uninformative=args.keep_uninformative,
+                             eval_fraction=args.eval_fraction, seed=args.seed)
     report = train_switcher(args.data, args.out, base=args.base, settings=settings, merge=args.merge,
                             progress=not args.no_progress)
     if report:

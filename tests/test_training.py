@@ -82,7 +82,7 @@ def test_rollouts_records_follow_the_recipe(rollouts, task_file):
     metric = load_task(task_file).metric()
     for rec in records:
         assert rec["candidates"] == ["P", "F", "A"] and rec["base"] == "toy:A" and rec["task"] == "toy-qa"
-        assert 4 <= rec["cut"] <= 36  # 10-90% of 40 tokens
+        assert rec["cut"] in (0, 10, 20, 30)  # 10-90% of 40 tokens, down to a patch boundary
         assert rec["trace_tokens"] == sum(s["tokens"] for s in rec["trace"]) <= rec["cut"]
         assert all(s["candidate"] == ["P", "F", "A"][s["index"]] for s in rec["trace"])
         assert [p["candidate"] for p in rec["patches"]] == ["P", "F", "A"]  # the divergent step: each one writes
@@ -193,7 +193,8 @@ def test_training_tokens_are_the_tokens_the_switcher_scores(rollouts, engine):
 def adapter(rollouts, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained") / "adapter"
     code = main(["train", "--data", str(rollouts), "--out", str(out), "--epochs", "2", "--batch-size", "2",
-                 "--lr", "5e-3", "--lora-r", "4", "--eval-fraction", "0.25", "--no-progress"])
+                 "--lr", "5e-3", "--lora-r", "4", "--eval-fraction", "0.25", "--no-progress",
+                 "--keep-uninformative", "--merge"])  # the toy's labels are noise: keep them all
     assert code == 0
     return out
 
@@ -205,6 +206,21 @@ def test_train_writes_an_adapter_and_a_report(adapter, capsys):
     for when in ("before", "after"):
         assert report[when]["n"] == 1 and 0 <= report[when]["accuracy"] <= 1 and 0 < report[when]["digit_mass"] <= 1
     assert report["after"]["digit_mass"] != pytest.approx(report["before"]["digit_mass"], rel=1e-3)  # it trained
+
+    # --merge: base + adapter in one checkpoint, scoring as the adapter does; the base stays the base
+    # for the candidate sharing its weights (the adapter's LoRA and digit rows off).
+    from switchgen.servers.base import GenerationParams
+
+    engine = LocalEngine()
+    tuned = engine.backend("toy:A", device="cpu", adapter=str(adapter))
+    merged = engine.backend(report["merged"], device="cpu")
+    prompt = user_turn(tuned.tokenizer, switcher_prompt("Tell me about the sea.", ["The"], [2], 3))
+    want = tuned.choice_distribution(prompt, ["0", "1", "2"])
+    got = merged.choice_distribution(prompt, ["0", "1", "2"])
+    assert got.probs == pytest.approx(want.probs, abs=1e-4) and got.mass == pytest.approx(want.mass, rel=1e-3)
+    params = GenerationParams(max_new_tokens=20, greedy=True)
+    plain = engine.backend("toy:A", device="cpu").generate(prompt, params).text
+    assert plain == LocalEngine().backend("toy:A", device="cpu").generate(prompt, params).text
 
 
 def test_trained_adapter_in_generate_and_behind_serve(adapter, tmp_path, hub_online):  # noqa: F811

@@ -24,6 +24,7 @@ from switchgen.nodes.prompts import user_turn
 from switchgen.nodes.switcher import switcher_prompt
 from switchgen.servers.choices import choice_token_ids
 from switchgen.servers.engine.local import encode
+from switchgen.training.rollouts import TIE
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,18 @@ def make_example(tokenizer: PreTrainedTokenizerBase, record: dict[str, Any]) -> 
     return Example(prompt, [*ids, token], [0] * len(ids) + [1], label, n)
 
 
-def select(records: list[dict[str, Any]], min_margin: float) -> list[dict[str, Any]]:
-    """Records whose label is clear enough: margin >= min_margin (0 keeps all, ties included)."""
-    return [r for r in records if r["margin"] >= min_margin]
+def informative(record: dict[str, Any]) -> bool:
+    """Whether the candidates' utilities differ at all: when every author leads to the same mean
+    (typically every continuation failed), the label is the tie rule's, not something to learn."""
+    means = [p["mean"] for p in record["patches"]]
+    return max(means) - min(means) > TIE
+
+
+def select(records: list[dict[str, Any]], min_margin: float, keep_uninformative: bool = False) -> list[dict[str, Any]]:
+    """The records to train on: informative ones (unless `keep_uninformative`) whose margin is at
+    least `min_margin` (0 keeps partial ties, e.g. two candidates that both end the answer right
+    and one that does not)."""
+    return [r for r in records if (keep_uninformative or informative(r)) and r["margin"] >= min_margin]
 
 
 def split(items: list[Any], eval_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:

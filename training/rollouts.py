@@ -2,8 +2,10 @@
 
 For each training query of a task:
 
-1. a trace by random switching, cut at a random 10-90% of `max_new_tokens` (a trace that ended
-   on its own before the cut loses its last patch, so that a next patch is still to be written);
+1. a trace by random switching, cut at a random 10-90% of `max_new_tokens`, rounded down to a
+   patch boundary: the switcher is only ever asked between patches, so a trace cut mid-patch is
+   a state inference never shows it (a trace that ended on its own before the cut loses its last
+   patch, so that a next patch is still to be written);
 2. the divergent step: each candidate writes one more patch after the trace (a forced author);
 3. k continuations per candidate by random switching from the trace plus that patch, to EOS or
    the budget, each scored by the task's metric; the candidate's utility is their mean (a patch
@@ -137,10 +139,11 @@ class Rollouts:
         rid, query = str(record["id"]), record["query"]
         budget, patch = cfg.max_new_tokens, cfg.patch_size
         lo, hi = self.settings.cut
-        cut = min(budget - 1, max(1, round(random.Random(self._seed(rid, "cut")).uniform(lo, hi) * budget)))
+        length = random.Random(self._seed(rid, "cut")).uniform(lo, hi) * budget
+        cut = int(length) // patch * patch  # down to a patch boundary (0: the first decision)
 
         # 1. the trace: random switching up to `cut` tokens
-        run = self._run(query, self._seed(rid, "trace"), max_new_tokens=cut, patch_size=min(patch, cut))
+        run = self._run(query, self._seed(rid, "trace"), max_new_tokens=cut) if cut else {"segments": [], "tokens_used": 0}
         written = list(run["segments"])
         if written and written[-1]["finish_reason"] in ("eos", "stop"):
             written.pop()  # it ended before the cut: the decision before its last patch is still open
@@ -308,3 +311,17 @@ def run_rollouts(
 def task_scorer(metric: Any) -> Scorer:
     """A task metric (switchgen.tasks.Metric) as a Scorer: one batched call per instance."""
     return lambda outputs, record: metric.score(outputs, [record] * len(outputs))
+
+
+def instances(records: list[dict[str, Any]], n: int | None) -> list[dict[str, Any]]:
+    """The first `n` records (all by default); past the split's end it starts over, ids marked
+    "#1", "#2", ...: each repeat draws its own trace (its seeds derive from the id)."""
+    if n is None:
+        return records
+    if n < 1:
+        raise InputError(f"--instances must be at least 1, got {n}")
+    if not records:
+        raise InputError("the task's train split has no records")
+    return [records[i % len(records)] if i < len(records)
+            else {**records[i % len(records)], "id": f"{records[i % len(records)]['id']}#{i // len(records)}"}
+            for i in range(n)]

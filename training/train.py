@@ -27,9 +27,18 @@ import torch
 
 from switchgen.errors import ConfigError
 from switchgen.files import atomic_write_text
+from switchgen.servers.choices import choice_token_ids
 from switchgen.servers.engine.loading import load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_model
 from switchgen.servers.engine.local import LocalEngine
-from switchgen.training.examples import Example, make_example, read_rollouts, recorded_base, select, split
+from switchgen.training.examples import (
+    Example,
+    informative,
+    make_example,
+    read_rollouts,
+    recorded_base,
+    select,
+    split,
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class TrainSettings:
     lr: float = 1e-5
     lora_r: int = 16
     min_margin: float = 0.0
+    keep_uninformative: bool = False
     eval_fraction: float = 0.1
     seed: int = 0
 
@@ -55,6 +65,18 @@ def switcher_scores(engine: LocalEngine, base: str, adapter: str | None, example
         if scores.probs is not None:
             hits += max(range(ex.n_candidates), key=lambda i: scores.probs[i]) == ex.label
     return {"accuracy": hits / len(examples), "digit_mass": mass / len(examples), "n": len(examples)}
+
+
+def _trainer(base: type) -> type:
+    class SwitcherTrainer(base):  # type: ignore[misc, valid-type]
+        """The loss from the model's own forward: TRL's fused LM-head loss reads the head's base
+        weight, which would leave out the trained digit rows (peft's trainable tokens)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    return SwitcherTrainer
 
 
 def _check_out(out: Path) -> None:
@@ -84,9 +106,12 @@ def train_switcher(
     base = base or recorded_base(records)
     location = resolve_model(base)
     tokenizer = load_tokenizer(location)
-    kept = select(records, settings.min_margin)
+    kept = select(records, settings.min_margin, settings.keep_uninformative)
     if len(kept) < 2:
-        raise ConfigError(f"{len(kept)} of {len(records)} records have margin >= {settings.min_margin}: too few to train")
+        raise ConfigError(
+            f"{len(kept)} of {len(records)} records are informative (utilities differ) with margin >= "
+            f"{settings.min_margin}: too few to train"
+        )
     examples = [make_example(tokenizer, r) for r in kept]
     train, held = split(examples, settings.eval_fraction, settings.seed)
 
@@ -118,14 +143,17 @@ def train_switcher(
             logging_steps=10,
             disable_tqdm=not progress,
         )
+        # The digits' own embedding rows train too: a checkpoint that never wrote a digit there (a
+        # tiny kit's model) cannot put mass on them through LoRA alone.
+        digits = sorted({t for i in range(len(records[0]["candidates"])) for t in choice_token_ids(tokenizer, [str(i)])[0]})
         lora = LoraConfig(
             r=settings.lora_r, lora_alpha=2 * settings.lora_r, lora_dropout=0.0, target_modules="all-linear",
-            task_type="CAUSAL_LM",
+            trainable_token_indices=digits, task_type="CAUSAL_LM",
         )
         dataset = Dataset.from_dict(
             {"input_ids": [e.input_ids for e in train], "completion_mask": [e.completion_mask for e in train]}
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        trainer = _trainer(SFTTrainer)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=lora)
         result = trainer.train()
         if not trainer.is_world_process_zero():
@@ -154,6 +182,7 @@ def train_switcher(
         "tasks": sorted({r.get("task", "") for r in records}),
         "candidates": records[0]["candidates"],
         "records": len(records),
+        "uninformative": 0 if settings.keep_uninformative else sum(not informative(r) for r in records),
         "examples": len(examples),
         "train_examples": len(train),
         "eval_examples": len(held),
@@ -186,7 +215,8 @@ def summary(report: dict[str, Any]) -> str:
 
     b, a = report["before"], report["after"]
     return "\n".join([
-        f"trained on {report['train_examples']} examples ({report['records']} records, tasks {report['tasks']}), "
+        f"trained on {report['train_examples']} examples ({report['records']} records, {report['uninformative']} "
+        f"uninformative (every candidate's utility equal) left out, tasks {report['tasks']}), "
         f"held out {report['eval_examples']}; train loss {report['train_loss']:.4f}",
         "| held out | label accuracy | mean digit mass |",
         "|---|---:|---:|",
