@@ -55,7 +55,7 @@ def test_train_and_evaluate_notebook_executes(toy_kit, tmp_path):
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
     assert images(nb) == 5  # positions, sequences, tokens, cost, patch sizes
     text = "".join(outputs(c) for c in code)
-    assert "| switch@4 | 4 |" in text and "| untuned@12 | 12 |" in text  # the ablation ran
+    assert "| switch@5 | 5 |" in text and "| untuned@20 | 20 |" in text  # the ablation ran
     assert "some correct" in text  # the single-vs-switch table was shown
     assert "Recovered fraction of switching's gain" in text
     report = json.loads((tmp_path / "train-and-evaluate-run" / "distilled" / "switchgen-distill.json").read_text())
