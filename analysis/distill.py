@@ -151,6 +151,22 @@ def distilled_config(config: SwitchConfig, model: str) -> SwitchConfig:
     return load_config(data)
 
 
+def _compared(folder: Path, task: str, methods: list[str], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """results.json's rows of `methods` from an earlier eval of the same test examples."""
+    try:
+        rows = json.loads((folder / "results.json").read_text(encoding="utf-8"))["results"]
+    except (OSError, ValueError, KeyError):
+        raise InputError(f"--compare {folder}: no results.json of `switchgen eval` there") from None
+    ids = [r["id"] for r in records]
+    for method in methods:
+        if not any(r.get("task") == task and r.get("method") == method for r in rows):
+            raise InputError(f"--compare {folder}: no {method} on {task}; run switchgen eval with --methods {','.join(methods)}")
+        answered = [r.id for r in read_records(folder / task / f"{method}.jsonl")]
+        if answered != ids:
+            raise InputError(f"--compare {folder}: {method} answered other test examples than these {len(ids)} (check --limit)")
+    return [r for r in rows if r.get("task") == task]
+
+
 def _row(rows: list[dict[str, Any]], method: str) -> dict[str, Any]:
     return next(r for r in rows if r["method"] == method)
 
@@ -164,11 +180,16 @@ def distill(
     base: str | None = None,
     settings: DistillSettings = DistillSettings(),
     adapter: str | None = None,
+    compare: Path | None = None,
     progress: bool = True,
     engine=None,
     log=lambda line: None,
 ) -> dict[str, Any]:
-    """Fine-tune, evaluate, and write OUT (the merged model) with OUT/switchgen-distill.json and .md."""
+    """Fine-tune, evaluate, and write OUT (the merged model) with OUT/switchgen-distill.json and .md.
+
+    `compare`: a `switchgen eval` folder on the test split that already holds the aligned model and
+    the method; their results are taken from it (and the distilled model answers the same examples)
+    instead of being generated again."""
     from switchgen.evaluation import prepare, run_eval
     from switchgen.evaluation.run import aligned_method
     from switchgen.servers.engine.loading import load_tokenizer, resolve_model
@@ -183,6 +204,7 @@ def distill(
     records = train_records(outputs, task, settings.method)
     aligned = aligned_method(config)
     test = prepare([task], [aligned, settings.method], config, settings.limit)  # bad input stops before training
+    compared = _compared(compare, task.name, [aligned, settings.method], test.records[task.name]) if compare else None
     engine = engine or LocalEngine()
     current = base or config.candidates[config.aligned_index].model
     work = out.with_name(out.name + ".rounds")
@@ -210,8 +232,13 @@ def distill(
         shutil.rmtree(work, ignore_errors=True)
     model = str(out.resolve())
 
-    log("evaluating on the test split: the aligned model, switching, the distilled model")
-    base_rows = run_eval(config, test, out / "eval", seed=settings.seed, adapter=adapter, progress=progress, engine=engine)
+    if compared is None:
+        log("evaluating on the test split: the aligned model, switching, the distilled model")
+        base_rows = run_eval(config, test, out / "eval", seed=settings.seed, adapter=adapter, progress=progress,
+                             engine=engine)
+    else:
+        log(f"evaluating the distilled model on the test split (the others from {compare})")
+        base_rows = compared
     dconfig = distilled_config(config, model)
     d_rows = run_eval(dconfig, prepare([task], [f"single:{DISTILLED}"], dconfig, settings.limit), out / "eval-distilled",
                       seed=settings.seed, progress=progress, engine=engine)
@@ -224,6 +251,7 @@ def distill(
         "model": model,
         "base": base or config.candidates[config.aligned_index].model,
         "outputs": str(outputs),
+        "compared_with": str(compare) if compare else str(out / "eval"),
         "rounds": rounds,
         "settings": asdict(settings),
         "methods": {m: {"mean": row["mean"], "ci": row["ci"], "n": row["n"],

@@ -149,6 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     distill.add_argument("--method", default="switch", help="the method whose answers are distilled (default switch)")
     distill.add_argument("--limit", type=int, help="the first N test examples in the evaluation")
     distill.add_argument("--adapter", help="the switch method's LoRA adapter (a trained switcher)")
+    distill.add_argument("--compare", type=Path,
+                         help="a test-split `switchgen eval` folder holding the aligned model and --method: reuse its results")
     distill.add_argument("--no-progress", action="store_true", help="no progress bars")
     _config_args(distill)
 
@@ -506,7 +508,7 @@ def _distill(args: argparse.Namespace) -> int:
                                lora_r=args.lora_r, seed=0 if args.seed is None else args.seed, method=args.method,
                                limit=args.limit)
     report = distill(_config(args), args.task, args.outputs, args.out, base=args.base, settings=settings,
-                     adapter=args.adapter, progress=not args.no_progress,
+                     adapter=args.adapter, compare=args.compare, progress=not args.no_progress,
                      log=lambda line: print(f"switchgen: {line}", file=sys.stderr))
     print(summary(report))
     print(f"distilled model and report (switchgen-distill.json) in {args.out}")
