@@ -73,7 +73,11 @@ def sequence_scatter(
                    alpha=0.75, label=label, edgecolors="black", linewidths=0.4)
         for s in sorted(points, key=lambda s: -s.frequency)[:4]:  # name the most used ones
             ax.annotate(s.label, (s.frequency, s.effect), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if not any(s.effect is not None for stats in by_length.values() for s in stats):
+        ax.text(0.5, 0.75, "no sequence with a defined effect:\nevery answer uses the same sequences",
+                transform=ax.transAxes, ha="center", va="center", fontsize=10, color="dimgrey")
     ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlim(0.0, 1.05)  # frequencies are shares
     ax.set_xlabel("frequency (share of answers using the sequence)")
     ax.set_ylabel("treatment effect (mean score used − not used)")
     ax.set_title(f"{task} / {method}: author sequences", fontsize=11)

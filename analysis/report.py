@@ -66,7 +66,7 @@ def analyze_task(run: EvalRun, task: TaskRun, out: Path, method: str, threshold:
     # Patch-size variants (switch@10, ...) get their own section, not a heat map each.
     switching = [m for m in methods if m != "oracle" and "@" not in m and is_switching(task.methods[m])]
     focus = method if method in task.methods else (switching[0] if switching else None)
-    if focus in switching:  # the analysed method's heat map first
+    if focus is not None and any(r.segments for r in task.methods[focus]):  # its heat map first, even with one author
         switching = [focus] + [m for m in switching if m != focus]
     slug = _slug(task.task)
     md: list[str] = [f"## {task.task}", ""]
@@ -101,7 +101,8 @@ def analyze_task(run: EvalRun, task: TaskRun, out: Path, method: str, threshold:
         md += [f"### Author sequences ({focus})", "",
                "Frequency: share of answers with the sequence as consecutive patches. Treatment effect: mean "
                "score of those answers minus that of the others. Pearson's r between the two: "
-               + ", ".join(f"length {n}: {_f(r[n])}" for n in LENGTHS) + ".", "", f"![author sequences]({name})", ""]
+               + ", ".join(f"length {n}: {_f(r[n])}" for n in LENGTHS) + " (– : undefined, fewer than 3 sequences "
+               "with a defined effect or a constant variable).", "", f"![author sequences]({name})", ""]
         for n in LENGTHS:
             md += [f"| sequence (length {n}) | answers | frequency | treatment effect |", "|---|---:|---:|---:|"]
             md += [f"| {s.label} | {s.used} | {s.frequency:.2f} | {_f(s.effect, signed=True)} |" for s in by_length[n][:TOP]]
