@@ -100,9 +100,11 @@ def run_eval(
     setup = EvalSetup(config, engine, dict(zip(config.names, candidates, strict=True)), adapter=adapter)
     generating = [m for m in prepared.methods if m != ORACLE]
     built: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
     for task in prepared.tasks:
         records = prepared.records[task.name]
-        metric = task.metric()  # once per task (a reward model loads here)
+        key = task.spec.metric.model_dump_json()
+        metric = metrics.get(key) or metrics.setdefault(key, task.metric())  # once per run (a reward model loads here)
         for name in generating:
             if name not in built:
                 built[name] = build_method(name, setup)
