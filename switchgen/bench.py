@@ -334,6 +334,7 @@ def run_rollouts_bench(
     instances: int = 2,
     k: int = 4,
     reps: int = 3,
+    concurrency: tuple[int, ...] = (1,),
     device: str | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict:
@@ -343,7 +344,8 @@ def run_rollouts_bench(
     patch to its full size (EOS ignored), so they write the same tokens: `shared` on backends that
     reuse KV caches (continuations of one trace find its prefix cached), `independent` on
     `reuse_cache=False` backends (every patch of every continuation re-encodes its whole context,
-    as independent generations do). Scoring is left out: it times generation.
+    as independent generations do). At concurrency c, c runs of an instance are in flight at once
+    (the engine batches them). Scoring is left out: it times generation.
     """
     from switchgen.training.rollouts import Rollouts, RolloutSettings, rollout_config
 
@@ -360,30 +362,41 @@ def run_rollouts_bench(
     records = [{"id": f"bench-{i}", "query": q} for i, q in enumerate((QUERIES * instances)[:instances])]
     counts: dict[str, int] = {}
     prefilled: dict[str, int] = {}
+    pools = {c: ThreadPoolExecutor(max_workers=c) for c in concurrency if c > 1}
 
-    def variant(name: str) -> Callable[[int], Timing]:
-        rollouts = Rollouts(graphs[name], cfg, lambda outputs, record: [0.0] * len(outputs), settings)
+    def variant(name: str, c: int) -> Callable[[int], Timing]:
+        rollouts = Rollouts(graphs[name], cfg, lambda outputs, record: [0.0] * len(outputs), settings, pool=pools.get(c))
+        key = f"{name}@{c}"
 
         def run(rep: int) -> Timing:
-            before = sum(c.prefilled for c in counters[name].values())
+            before = sum(x.prefilled for x in counters[name].values())
             start = time.perf_counter()
             done = [rollouts.instance(r) for r in records]
             seconds = time.perf_counter() - start
-            counts[name] = sum(len(p["continuation_tokens"]) for d in done for p in d["patches"])
-            prefilled[name] = sum(c.prefilled for c in counters[name].values()) - before
+            counts[key] = sum(len(p["continuation_tokens"]) for d in done for p in d["patches"])
+            prefilled[key] = sum(x.prefilled for x in counters[name].values()) - before
             return Timing(seconds, sum(d["tokens"] for d in done))
 
         return run
 
-    progress(f"rollouts: {instances} instances x {len(cfg.candidates)} candidates x k={k}, budget {budget}, {reps} reps")
-    runs = interleaved({name: variant(name) for name in graphs}, reps, progress)
-    med = {name: _median(r) for name, r in runs.items()}
-    out = {
-        name: {"median_s": t.seconds, "tokens": t.tokens, "rollouts": counts[name],
-               "rollouts_per_s": counts[name] / t.seconds if t.seconds else 0.0, "tokens_per_s": t.tokens / t.seconds,
-               "prefilled_tokens": prefilled[name]}
-        for name, t in med.items()
-    }
+    progress(f"rollouts: {instances} instances x {len(cfg.candidates)} candidates x k={k}, budget {budget}, "
+             f"concurrency {concurrency}, {reps} reps")
+    try:
+        runs = interleaved({f"{n}@{c}": variant(n, c) for c in concurrency for n in graphs}, reps, progress)
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+    med = {key: _median(r) for key, r in runs.items()}
+    out: dict[int, dict] = {}
+    for c in concurrency:
+        row = {}
+        for name in graphs:
+            t = med[f"{name}@{c}"]
+            row[name] = {"median_s": t.seconds, "tokens": t.tokens, "rollouts": counts[f"{name}@{c}"],
+                         "rollouts_per_s": counts[f"{name}@{c}"] / t.seconds, "tokens_per_s": t.tokens / t.seconds,
+                         "prefilled_tokens": prefilled[f"{name}@{c}"]}
+        row["speedup"] = row["independent"]["median_s"] / row["shared"]["median_s"]  # same runs, same tokens
+        out[c] = row
     return {
         "device": str(engine.loaded_models[0].device),
         "torch_threads": torch.get_num_threads(),
@@ -394,7 +407,6 @@ def run_rollouts_bench(
         "reps": reps,
         "rollouts": out,
         "raw": {n: [(t.seconds, t.tokens) for t in r] for n, r in runs.items()},
-        "speedup": out["independent"]["median_s"] / out["shared"]["median_s"],  # same runs, same tokens
     }
 
 
@@ -404,17 +416,19 @@ def rollouts_markdown(report: dict) -> str:
         f"k={report['k']}, budget {report['budget']}, patch {report['patch_size']}, median of {report['reps']} "
         "interleaved reps after a warm-up",
         "",
-        "| rollouts | median s | continuations | rollouts/s | tokens written | tokens/s | prompt tokens prefilled |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| concurrency | rollouts | median s | continuations | rollouts/s | tokens written | tokens/s "
+        "| prompt tokens prefilled |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     labels = {"shared": "shared prefix (KV caches reused)", "independent": "independent (no prefix reuse)"}
-    lines += [
-        f"| {labels[n]} | {t['median_s']:.3f} | {t['rollouts']} | {t['rollouts_per_s']:.2f} | {t['tokens']} "
-        f"| {t['tokens_per_s']:.0f} | {t['prefilled_tokens']} |"
-        for n, t in report["rollouts"].items()
-    ]
-    lines += ["", f"shared-prefix speedup: {report['speedup']:.2f}x"]
+    for c, row in report["rollouts"].items():
+        lines += [
+            f"| {c} | {labels[n]} | {t['median_s']:.3f} | {t['rollouts']} | {t['rollouts_per_s']:.2f} | {t['tokens']} "
+            f"| {t['tokens_per_s']:.0f} | {t['prefilled_tokens']} |"
+            for n, t in row.items() if n != "speedup"
+        ]
+    lines += [""] + [f"shared-prefix speedup at concurrency {c}: {row['speedup']:.2f}x"
+                     for c, row in report["rollouts"].items()]
     return "\n".join(lines)
-
 
 __all__ = ["markdown", "rollouts_markdown", "run_bench", "run_rollouts_bench", "write_json"]

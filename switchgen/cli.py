@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", default="1,4,8", help="concurrency sweep")
     bench.add_argument("--json", type=Path, default=Path("bench.json"), help="raw figures (default: bench.json)")
     bench.add_argument("--rollouts", action="store_true",
-                       help="instead: switcher-training rollouts/s, shared KV prefix vs independent generations")
+                       help="instead: switcher-training rollouts/s, shared KV prefix vs independent generations, "
+                       "at each --concurrency")
     bench.add_argument("--instances", type=int, default=2, help="--rollouts: instances per rep (default 2)")
     bench.add_argument("--k", type=int, default=4, help="--rollouts: continuations per candidate (default 4)")
 
@@ -397,7 +398,8 @@ def _bench(args: argparse.Namespace) -> int:
 
         report = run_rollouts_bench(
             load_config(args.config or args.preset), budget=args.budget, instances=args.instances, k=args.k,
-            reps=args.reps, device=args.device, progress=lambda line: print(line, file=sys.stderr),
+            reps=args.reps, concurrency=_ints(args.concurrency), device=args.device,
+            progress=lambda line: print(line, file=sys.stderr),
         )
         write_json(report, args.json)
         print(rollouts_markdown(report))

@@ -178,11 +178,14 @@ def write_records(
     progress: bool = True,
     concurrency: int = 1,
     desc: str = "switch generation",
+    unit: str = "query",
+    postfix: Callable[[], str] | None = None,
 ) -> RunResult:
     """The resumable JSONL job: `one(i)` makes input i's record; records are appended in input order,
     each flushed and fsynced, so a killed run keeps every finished record. A rerun checks the records
     against the inputs (on `key`), retries failed ones (`is_failed`) first, then resumes after the last.
-    Used by `switchgen generate` and `switchgen eval`.
+    Used by `switchgen generate`, `switchgen eval` and `switchgen rollouts` (`postfix`: text shown after
+    the progress bar's rate, e.g. tokens/s).
     """
     if concurrency < 1:
         raise InputError(f"concurrency must be at least 1, got {concurrency}")
@@ -191,15 +194,22 @@ def write_records(
     retry = [i for i, line in enumerate(lines) if is_failed(json.loads(line))]
 
     failed = written = 0
-    bar = tqdm(total=len(inputs), initial=start - len(retry), desc=desc, unit="query", disable=not progress)
+    bar = tqdm(total=len(inputs), initial=start - len(retry), desc=desc, unit=unit, disable=not progress)
+
+    def tick(record: dict[str, Any]) -> None:
+        nonlocal failed
+        failed += is_failed(record)
+        if postfix is not None:
+            bar.set_postfix_str(postfix(), refresh=False)
+        bar.update(1)
+
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         with bar:
             if retry:  # redo failed records, then replace them in one atomic rewrite
                 for index, record in in_order(retry, one, concurrency):
                     lines[index] = json.dumps(record, ensure_ascii=False)
-                    failed += is_failed(record)
-                    bar.update(1)
+                    tick(record)
                 _rewrite(output, lines)
             with output.open("a", encoding="utf-8") as out:
                 for _, record in in_order(range(start, len(inputs)), one, concurrency):
@@ -207,8 +217,7 @@ def write_records(
                     out.flush()
                     os.fsync(out.fileno())
                     written += 1
-                    failed += is_failed(record)
-                    bar.update(1)
+                    tick(record)
     except ServerUnreachable as err:
         done = start + written
         raise ServerUnreachable(f"{err}. {output} keeps its {done} finished records: rerun to resume") from None

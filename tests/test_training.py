@@ -260,9 +260,23 @@ def test_trained_adapter_in_generate_and_behind_serve(adapter, tmp_path, hub_onl
 def test_bench_rollouts_shared_prefix_prefills_less_for_the_same_tokens(toy_kit, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--rollouts", "--preset", "toy", "--budget", "60", "--instances", "1", "--k", "2",
-                 "--reps", "1", "--json", str(out)]) == 0
-    report = json.loads(out.read_text())["rollouts"]
+                 "--reps", "1", "--concurrency", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())["rollouts"]["1"]
     shared, independent = report["shared"], report["independent"]
     assert shared["tokens"] == independent["tokens"] > 0 and shared["rollouts"] == independent["rollouts"]
     assert shared["prefilled_tokens"] < independent["prefilled_tokens"]
     assert "shared-prefix speedup" in capsys.readouterr().out
+
+
+def test_several_data_files_mix_into_one_switch_global_set(rollouts, tmp_path):
+    from switchgen.errors import InputError
+
+    other = tmp_path / "other-task.jsonl"
+    other.write_text("".join(json.dumps({**json.loads(line), "task": "other"}) + "\n"
+                             for line in rollouts.read_text().splitlines()))
+    mixed = read_rollouts([rollouts, other])
+    assert len(mixed) == 8 and {r["task"] for r in mixed} == {"toy-qa", "other"}
+    chain = tmp_path / "other-chain.jsonl"
+    chain.write_text(json.dumps({**json.loads(rollouts.read_text().splitlines()[0]), "candidates": ["X", "Y"]}) + "\n")
+    with pytest.raises(InputError, match="differ"):
+        read_rollouts([rollouts, chain])

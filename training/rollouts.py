@@ -24,7 +24,6 @@ seed derives from (--seed, instance id, candidate, continuation): the same seed 
 from __future__ import annotations
 
 import json
-import os
 import random
 import statistics
 import threading
@@ -35,12 +34,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tqdm import tqdm
-
 from switchgen.config import SwitchConfig
 from switchgen.errors import InputError, ServerError, ServerUnreachable
-from switchgen.files import atomic_write_text
-from switchgen.generate import in_order, records_done
+from switchgen.generate import write_records
 from switchgen.graph.state import Segment
 from switchgen.nodes.seeds import derive_seed
 
@@ -227,10 +223,6 @@ class RolloutsResult(NamedTuple):
     seconds: float
 
 
-def is_failed(record: dict[str, Any]) -> bool:
-    return "error" in record
-
-
 def run_rollouts(
     rollouts: Rollouts,
     records: list[dict[str, Any]],
@@ -239,29 +231,30 @@ def run_rollouts(
     concurrency: int = 1,
     progress: bool = True,
 ) -> RolloutsResult:
-    """A record per task record into `output`, resumable exactly like `switchgen generate`.
-
-    Records are appended and fsynced one by one, in input order; a rerun checks those already
-    written (same ids in the same order, same settings), cuts off a torn last line, retries the
-    failed ones and continues after the last. A server that fails one instance records its
-    "error" (a rerun retries it); an unreachable server stops the run with the records kept.
+    """A record per task record into `output`, resumable exactly like `switchgen generate`
+    (switchgen/generate.py `write_records`): records are appended and fsynced one by one, in input
+    order; a rerun checks those written (same ids in the same order, and here the same settings),
+    cuts off a torn last line, retries the failed ones and continues after the last. A server that
+    fails one instance records its "error" (a rerun retries it); an unreachable server stops the
+    run with the records kept.
     """
-    if concurrency < 1:
-        raise InputError(f"--concurrency must be at least 1, got {concurrency}")
     sources = [{**r, "id": str(r["id"])} for r in records]
-    start = records_done(output, sources, key="id")
-    lines = output.read_text(encoding="utf-8").splitlines() if start else []
-    done = [json.loads(line) for line in lines]
     want = rollouts.settings_record()
-    for lineno, rec in enumerate(done, 1):
-        if not is_failed(rec) and rec.get("settings") != want:
-            raise InputError(
-                f"{output}:{lineno}: written with other settings ({rec.get('settings')}, now {want}); "
-                "rerun with the same --seed, --k and configuration, or choose another --out"
-            )
-    retry = [i for i, rec in enumerate(done) if is_failed(rec)]
+    if output.exists():
+        data = output.read_bytes()
+        for lineno, line in enumerate(data[: data.rfind(b"\n") + 1].splitlines(), 1):
+            try:
+                rec = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue  # write_records names it
+            if isinstance(rec, dict) and "error" not in rec and rec.get("settings") != want:
+                raise InputError(
+                    f"{output}:{lineno}: written with other settings ({rec.get('settings')}, now {want}); "
+                    "rerun with the same --seed, --k and configuration, or choose another --out"
+                )
     tokens = 0
     lock = threading.Lock()
+    began = time.perf_counter()
 
     def one(index: int) -> dict[str, Any]:
         nonlocal tokens
@@ -270,41 +263,16 @@ def run_rollouts(
             rec = rollouts.instance(source)
         except ServerUnreachable:
             raise
-        except ServerError as err:
+        except ServerError as err:  # this instance only: recorded (no generation_log), retried by a rerun
             return {"id": source["id"], "query": source["query"], "error": str(err)}
         with lock:
             tokens += rec["tokens"]
         return rec
 
-    failed = written = 0
-    began = time.perf_counter()
-    bar = tqdm(total=len(sources), initial=start - len(retry), desc="rollouts", unit="instance", disable=not progress)
-
-    def tick(rec: dict[str, Any]) -> None:
-        nonlocal failed
-        failed += is_failed(rec)
-        bar.update(1)
-        bar.set_postfix_str(f"{tokens / max(time.perf_counter() - began, 1e-9):.0f} tokens/s", refresh=False)
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with bar:
-            if retry:
-                for index, rec in in_order(retry, one, concurrency):
-                    lines[index] = json.dumps(rec, ensure_ascii=False)
-                    tick(rec)
-                atomic_write_text(output, "".join(line + "\n" for line in lines))
-            with output.open("a", encoding="utf-8") as out:
-                for _, rec in in_order(range(start, len(sources)), one, concurrency):
-                    out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                    out.flush()
-                    os.fsync(out.fileno())
-                    written += 1
-                    tick(rec)
-    except ServerUnreachable as err:
-        raise ServerUnreachable(
-            f"{err}. {output} keeps its {start + written} finished records: rerun to resume"
-        ) from None
+    start, written, failed = write_records(
+        output, sources, one, key="id", progress=progress, concurrency=concurrency, desc="rollouts",
+        unit="instance", postfix=lambda: f"{tokens / max(time.perf_counter() - began, 1e-9):.0f} tokens/s",
+    )
     return RolloutsResult(start, written, failed, tokens, time.perf_counter() - began)
 
 
