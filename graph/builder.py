@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
@@ -14,13 +14,16 @@ from switchgen.errors import ConfigError
 from switchgen.graph.backends import connect
 from switchgen.graph.compiled import SwitchGraph, recursion_limit
 from switchgen.graph.context import Context
+from switchgen.graph.inputs import OVERWRITE
 from switchgen.graph.state import InputState, OutputState, Segment, SwitchState
 from switchgen.nodes.generator import make_generator
+from switchgen.nodes.messages import conversation_history
+from switchgen.nodes.prompts import candidate_prompt, has_chat_template, user_turn
 from switchgen.nodes.routing import route_after_patch, route_after_switcher
-from switchgen.nodes.switcher import make_switcher
+from switchgen.nodes.switcher import make_switcher, switcher_prompt
 from switchgen.nodes.turn import make_generator_node, make_switcher_node, prompt_token_counter
 from switchgen.servers.base import Backend
-from switchgen.servers.engine.local import LocalEngine
+from switchgen.servers.engine.local import LocalBackend, LocalEngine
 
 
 def build_graph(
@@ -67,5 +70,34 @@ def build_graph(
         builder.add_conditional_edges(cand.name, route_after_patch, ["switcher", END])
     builder.add_edge(START, "switcher")
     builder.add_conditional_edges("switcher", route_after_switcher, [*config.names, "switcher", END])
-    graph = SwitchGraph.wrap(builder.compile(checkpointer=checkpointer, name=name), config, switcher is not None)
+    graph = SwitchGraph.wrap(
+        builder.compile(checkpointer=checkpointer, name=name),
+        config,
+        switcher is not None,
+        preflight=_length_check(config, backends, switcher),
+    )
     return graph.with_config(recursion_limit=recursion_limit(config.max_new_tokens))
+
+
+def _length_check(config: SwitchConfig, backends: list[Backend], switcher: Backend | None) -> Callable[[dict], None]:
+    """Refuse (InputTooLong) a new turn whose first prompt already exceeds an in-process model's
+    context, before LangGraph writes it into a thread: a question that can never be answered does not
+    stay in the conversation. Servers check their own limits (their refusal is the same error, later)."""
+
+    def check(turn: dict) -> None:
+        query = turn["query"]
+        history = conversation_history(turn.get("messages"))
+        segments = [s["text"] for s in (turn.get("segments") or {}).get(OVERWRITE, [])]
+        first = min(config.patch_size, config.max_new_tokens)
+        for index, backend in enumerate(backends):
+            if isinstance(backend, LocalBackend):
+                view = config.candidate_view(index, has_chat_template(backend.tokenizer))
+                prompt = candidate_prompt(
+                    backend.tokenizer, view, query, segments, config.candidates[index].plain_template, history
+                )
+                backend.check_length(len(backend.encode(prompt)), first)
+        if isinstance(switcher, LocalBackend):
+            prompt = user_turn(switcher.tokenizer, switcher_prompt(query, [], [], len(backends)))
+            switcher.check_length(len(switcher.encode(prompt)), 1)
+
+    return check

@@ -13,6 +13,7 @@ replays from a checkpoint, a parent graph resuming this one as its subgraph — 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -39,15 +40,29 @@ def recursion_limit(max_new_tokens: int) -> int:
 class SwitchGraph(CompiledStateGraph):
     """The Switch Generation graph, with new turns checked before they reach the thread."""
 
-    def __init__(self, *, switch_config: SwitchConfig, has_switcher: bool, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        switch_config: SwitchConfig,
+        has_switcher: bool,
+        preflight: Callable[[dict], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.switch_config = switch_config
         self.has_switcher = has_switcher
+        self.preflight = preflight  # more checks of a new turn (prompt lengths), before the thread is written
 
     @classmethod
-    def wrap(cls, compiled: CompiledStateGraph, switch_config: SwitchConfig, has_switcher: bool) -> SwitchGraph:
-        attrs = {k: v for k, v in compiled.__dict__.items() if k != "__orig_class__"}
-        return cls(switch_config=switch_config, has_switcher=has_switcher, **attrs)
+    def wrap(
+        cls,
+        compiled: CompiledStateGraph,
+        switch_config: SwitchConfig,
+        has_switcher: bool,
+        preflight: Callable[[dict], None] | None = None,
+    ) -> SwitchGraph:
+        attrs = {k: v for k, v in compiled.__dict__.items() if k not in ("__orig_class__", "preflight")}
+        return cls(switch_config=switch_config, has_switcher=has_switcher, preflight=preflight, **attrs)
 
     def _prepare(self, input: Any, config: RunnableConfig | None, context: Any) -> tuple[Any, RunnableConfig]:
         """Check a new turn's input and mark the run; every run gets a recursion limit fit for its budget."""
@@ -65,6 +80,8 @@ class SwitchGraph(CompiledStateGraph):
             config["recursion_limit"] = max(config["recursion_limit"], CONTINUE_LIMIT)
             return input, config  # type: ignore[return-value]
         input = admit_turn(self.switch_config, input, context, has_switcher=self.has_switcher)
+        if self.preflight is not None:
+            self.preflight(input)
         config["configurable"] = {**(config.get("configurable") or {}), TURN_KEY: uuid.uuid4().hex}
         return input, config  # type: ignore[return-value]
 

@@ -9,9 +9,9 @@ result exactly like a YAML file, so a bad setting gets the configuration's own m
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, get_type_hints
 
-from pydantic import ValidationError
+from pydantic import ConfigDict, ValidationError, create_model
 
 from switchgen.config import Strategy, SwitchConfig
 from switchgen.errors import InputError, describe
@@ -62,6 +62,10 @@ class Context:
 
 
 CONTEXT_FIELDS = tuple(f.name for f in fields(Context))
+# Strict: review "no" is not True, patch_size 2.5 or True is not a size (Studio and the SDK send JSON types).
+_CONTEXT = create_model(
+    "ContextFields", __config__=ConfigDict(strict=True), **{n: (t, None) for n, t in get_type_hints(Context).items()}
+)
 
 
 def turn_context(stored: dict[str, Any] | None, current: Any) -> Context:
@@ -90,7 +94,10 @@ def as_context(value: Any) -> Context:
     unknown = sorted(set(value) - set(CONTEXT_FIELDS))
     if unknown:
         raise InputError(f"context: unknown setting(s) {unknown}; the settings are {list(CONTEXT_FIELDS)}")
-    return Context(**value)
+    try:
+        return Context(**_CONTEXT.model_validate(value).model_dump(exclude_unset=True))
+    except ValidationError as err:
+        raise InputError(f"context: {describe(err, root='context')}") from None
 
 
 def resolve_config(config: SwitchConfig, context: Any) -> SwitchConfig:

@@ -21,6 +21,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, convert_to_messag
 from switchgen.config import SwitchConfig
 from switchgen.errors import InputError
 from switchgen.graph.context import resolve_config
+from switchgen.jsonl import invalid_text
 from switchgen.nodes.messages import last_human_index
 
 OVERWRITE = "__overwrite__"  # LangGraph's JSON form of Overwrite: bypasses a channel's reducer
@@ -52,6 +53,9 @@ def admit_turn(config: SwitchConfig, data: Mapping[str, Any], context: Any, *, h
         query = messages[index].text
         if not query.strip():
             raise InputError("the last human message is empty: it is the query")
+    _check_text("the query", query)
+    for i, message in enumerate(messages):
+        _check_text(f"messages[{i}]", message.text)
     out.update(
         query=query,
         messages=messages,
@@ -84,7 +88,20 @@ def _segments(config: SwitchConfig, value: Any) -> list[dict[str, Any]]:
             config.index_of(segment.get("candidate"))
         except ValueError as err:
             raise InputError(f"segment {segment!r}: {err}") from None
+        _check_text(f"segment {segment.get('candidate')!r}", segment["text"])
+        tokens = segment.get("tokens")
+        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0):
+            raise InputError(
+                f"segment {segment.get('candidate')!r}: 'tokens' must be a whole number >= 0 (the tokens it used "
+                f"of the budget), got {tokens!r}; leave it out to have it counted"
+            )
     return value
+
+
+def _check_text(what: str, text: str) -> None:
+    problem = invalid_text(text)
+    if problem:
+        raise InputError(f"{what} {problem}")
 
 
 def _forced(config: SwitchConfig, value: Any) -> list[str | int]:

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from switchgen.config import SwitchConfig
 from switchgen.graph.state import Segment, SwitchState
 from switchgen.nodes.messages import conversation_history
-from switchgen.nodes.prompts import candidate_prompt, has_chat_template
+from switchgen.nodes.prompts import PLAIN_TURN_STOP, candidate_prompt, has_chat_template
 from switchgen.nodes.seeds import derive_seed
 from switchgen.nodes.streaming import PatchStream
 from switchgen.servers.base import Backend, GenerationParams
+
+MAX_CHARACTER_TOKENS = 4  # a UTF-8 character is at most 4 bytes: at most 4 byte tokens
 
 
 def make_generator(config: SwitchConfig, index: int, backend: Backend) -> Callable[[SwitchState], dict]:
@@ -32,18 +34,26 @@ def make_generator(config: SwitchConfig, index: int, backend: Backend) -> Callab
         if cue:  # the reference appends the cue to the trace's last segment
             texts = [*texts[:-1], texts[-1] + cue] if texts else [cue]
         history = conversation_history(state.get("messages"))
+        stops = tuple(candidate.stop)
+        if view == "plain" and history and PLAIN_TURN_STOP not in stops:
+            stops += (PLAIN_TURN_STOP,)
         prompt = candidate_prompt(backend.tokenizer, view, state["query"], texts, candidate.plain_template, history)
         stream = PatchStream(candidate.name, len(segments))  # custom stream events: tokens with their author
         stream.emit(cue)
+        size = min(config.patch_size, remaining)
         patch = backend.generate(
             prompt,
             GenerationParams(
-                max_new_tokens=min(config.patch_size, remaining),
+                max_new_tokens=size,
+                # A patch ends where its text is complete: a character split by the patch's end is
+                # finished by its author (<= 3 more tokens, within the budget), not carried over
+                # to a next author whose tokenizer may not even have its remaining bytes.
+                finish_character=min(MAX_CHARACTER_TOKENS - 1, remaining - size) if sampling.finish_characters else 0,
                 greedy=sampling.greedy,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 seed=derive_seed(config.seed, "patch", len(segments)),
-                stop=tuple(candidate.stop),
+                stop=stops,
                 ignore_eos=sampling.ignore_eos,
             ),
             on_text=stream.emit,

@@ -9,6 +9,8 @@ from transformers import PreTrainedTokenizerBase
 _SENTINEL = "\uE000switchgen-trace\uE000"
 _PLAIN_ROLES = {"user": "User", "assistant": "Assistant", "system": "System"}
 
+PLAIN_TURN_STOP = "\nUser:"  # plain candidates in a conversation stop where they would write the user's turn
+
 # Earlier turns of a conversation: chat-template messages {"role": ..., "content": ...}.
 History = Sequence[Mapping[str, str]]
 
@@ -54,8 +56,9 @@ def candidate_prompt(
     """The prompt a candidate continues.
 
     chat: its chat template, the earlier turns, user turn = query, the trace = its own partial reply.
-    plain: `plain_template` filled with the query (a plain transcript when there are earlier turns)
-    and the trace.
+    plain: `plain_template` filled with the query and the trace; with earlier turns, the query is a
+    plain transcript ("User: ..." / "Assistant: ..." lines) and the trace is labelled "Assistant:" too
+    (a base model then answers as the assistant; PLAIN_TURN_STOP keeps it from writing the user's next turn).
     reference: as the paper's code: user turn = query + " " + each segment followed by a space,
     with the generation prompt (raw text where the tokenizer has no template).
     """
@@ -63,6 +66,8 @@ def candidate_prompt(
     if view == "chat":
         return chat_prefix(tokenizer, query, history) + trace
     if view == "plain":
+        if history:  # the current turn is the assistant's, labelled like the earlier ones
+            trace = "Assistant:" + (" " if trace and not trace[0].isspace() else "") + trace
         return plain_template.format(query=plain_transcript(history, query), trace=trace)
     if view == "reference":
         text = query + " " + "".join(s + " " for s in segments)

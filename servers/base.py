@@ -26,6 +26,10 @@ class GenerationParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # write to max_new_tokens regardless (benchmarks)
+    # Up to this many tokens past max_new_tokens to finish a character the patch's end would split
+    # (a byte-level tokenizer writes a Japanese character or an emoji as 2-4 tokens): a patch ends
+    # where its text is complete, so no patch, prompt or stream shows U+FFFD for it. 0: never.
+    finish_character: int = 0
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, TextIO
 
-from switchgen.errors import InputError
+from switchgen.errors import InputError, SwitchgenError
 from switchgen.files import switchgen_home
 
 RESET = "\033[0m"
@@ -125,6 +125,39 @@ class ChatSession:
         return f"[{authors} | {final.get('tokens_used', 0)}/{final.get('max_new_tokens', 0)} tokens | {finish}]"
 
 
+_TABLES = {  # langgraph-checkpoint-sqlite's tables and the columns it reads
+    "checkpoints": {"thread_id", "checkpoint_ns", "checkpoint_id", "parent_checkpoint_id", "type", "checkpoint", "metadata"},
+    "writes": {"thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx", "channel", "type", "value"},
+}
+
+
+def open_threads(path: Path, saver_class: Any) -> tuple[sqlite3.Connection, Any]:
+    """The chat database at `path` and its checkpointer, checked first, read-only: a file that is not
+    SQLite, or a SQLite file of something else, is an InputError naming it (and is left as it was),
+    not a traceback at the first question."""
+    fix = "choose another --db (a new file is created)"
+    if path.is_dir():
+        raise InputError(f"--db {path} is a folder; {fix}")
+    if path.exists():
+        try:
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as probe:
+                tables = {
+                    name: {row[1] for row in probe.execute(f"PRAGMA table_info('{name}')")}
+                    for (name,) in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                }
+        except sqlite3.Error as err:
+            raise InputError(f"--db {path} is not a SQLite database ({err}); {fix}") from None
+        ours = {name: cols for name, cols in tables.items() if name in _TABLES}
+        if tables and (set(ours) != set(_TABLES) or any(not _TABLES[n] <= cols for n, cols in ours.items())):
+            raise InputError(f"--db {path} is a SQLite database of something else (tables: {sorted(tables)}); {fix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), check_same_thread=False)
+    except (sqlite3.Error, OSError) as err:
+        raise InputError(f"--db {path}: cannot open the chat database ({err}); {fix}") from None
+    return conn, saver_class(conn)
+
+
 def run_chat(
     config: Any,
     *,
@@ -143,13 +176,9 @@ def run_chat(
     from switchgen.graph import build_graph
 
     path = db or default_db()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        conn = sqlite3.connect(str(path), check_same_thread=False)
-    except sqlite3.Error as err:
-        raise InputError(f"{path}: cannot open the chat database ({err})") from None
+    conn, saver = open_threads(path, SqliteSaver)  # before any model loads
     with closing(conn):
-        graph = build_graph(config, checkpointer=SqliteSaver(conn))
+        graph = build_graph(config, checkpointer=saver)
         thread = thread or uuid.uuid4().hex[:8]
         painter = Painter(config.names, use_color(color, out))
         session = ChatSession(graph, config, thread, painter, out, {"review": True} if review else {})
@@ -176,6 +205,8 @@ def run_chat(
                 break
             try:
                 session.turn(query, ask)
+            except SwitchgenError as err:  # this question (too long, a server down): say so, keep the thread
+                session.write("\n" + session.painter.dim(f"(not answered: {err})") + "\n")
             except EOFError:  # input ended while a review waited for an answer
                 session.write("\n")
                 break

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from switchgen.errors import SwitchgenError
-from switchgen.files import atomic_write_text
+from switchgen.files import atomic_write_text, check_writable
 
 if TYPE_CHECKING:
     from switchgen.config import SwitchConfig
@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="first port; one per server (default 8080; 0: any free)")
     serve.add_argument("--max-top-n-tokens", type=int, default=1024, help="largest top_n_tokens / logprobs allowed")
+    serve.add_argument("--max-input-tokens", type=int, help="TGI's: longest input in tokens (default: total - 1)")
+    serve.add_argument("--max-total-tokens", type=int, help="TGI's: input + new tokens (default: the model's context)")
+    serve.add_argument("--payload-limit", type=int, help="TGI's: largest request body in bytes (default 2000000)")
     serve.add_argument("--print-config", action="store_true", help="print a config pointing at the servers, and exit")
     serve.add_argument("--compose", action="store_true", help="print a Docker Compose file for GPUs instead of serving")
     serve.add_argument(
@@ -193,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     except SwitchgenError as err:
         print(f"switchgen: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the machine, not switchgen: a full disk, a permission, a vanished file
+        print(f"switchgen: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("switchgen: interrupted; finished records are kept, rerun to resume", file=sys.stderr)
         return 130
@@ -246,29 +252,46 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     _quiet_transformers()
-    from switchgen.generate import default_output, read_inputs, run_file
+    from switchgen.generate import check_output, default_output, read_inputs, run_file
     from switchgen.graph import build_graph
 
-    inputs = read_inputs(args.input)
-    config = _config(args)
-    output = args.output or default_output(args.input)
     if args.concurrency < 1:
         raise SwitchgenError(f"--concurrency must be at least 1, got {args.concurrency}")
+    inputs = read_inputs(args.input)
+    output = args.output or default_output(args.input)
+    check_output(output, args.input)  # before any model loads
+    config = _config(args)
     from switchgen.graph.backends import server_probes
     from switchgen.servers.clients.remote import check_servers
 
     check_servers(server_probes(config))  # every server answers before any query runs
     graph = build_graph(config)
+    from switchgen.generate import is_failed, is_retried
+
+    permanent: list[dict] = []
+
+    def note(record: dict) -> None:
+        if is_failed(record) and not is_retried(record):
+            permanent.append(record)
+
     start, written, failed = run_file(
-        graph, config, inputs, output, progress=not args.no_progress, concurrency=args.concurrency
+        graph, config, inputs, output, progress=not args.no_progress, concurrency=args.concurrency, on_record=note
     )
+    refused = len(permanent)
     resumed = f" (resumed after {start})" if start else ""
     print(f"{start + written} records in {output}{resumed}")
-    if failed:
+    if refused:
         print(
-            f"switchgen: {failed} queries failed on a server; their records hold \"error\": rerun to retry them",
+            f"switchgen: {refused} queries are too long for a model; their records hold \"error\" and "
+            "\"permanent\": true (a rerun skips them): shorten those inputs",
             file=sys.stderr,
         )
+    if failed > refused:
+        print(
+            f"switchgen: {failed - refused} queries failed on a server; their records hold \"error\": rerun to retry them",
+            file=sys.stderr,
+        )
+    if failed:
         return 1
     return 0
 
@@ -328,6 +351,14 @@ def _serve(args: argparse.Namespace) -> int:
     _quiet_transformers()
     from switchgen.servers.serve.plan import plan_servers
 
+    if not 0 <= args.port <= 65535:
+        raise SwitchgenError(f"--port {args.port} is out of range 0..65535")
+    for flag in ("max_input_tokens", "max_total_tokens", "payload_limit", "max_top_n_tokens"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "max_top_n_tokens" else 1):
+            raise SwitchgenError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.output is not None:
+        check_writable(args.output, "--output")
     config = _config(args)
     if args.compose:
         from switchgen.servers.serve.compose import compose_config, compose_file
@@ -344,7 +375,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     from switchgen.servers.serve.run import prepare, serve_forever
 
-    running = prepare(plan, args.host, max_top_n_tokens=args.max_top_n_tokens)
+    running = prepare(
+        plan,
+        args.host,
+        max_top_n_tokens=args.max_top_n_tokens,
+        max_input_tokens=args.max_input_tokens,
+        max_total_tokens=args.max_total_tokens,
+        payload_limit=args.payload_limit,
+    )
 
     def ready() -> None:
         print(f"switchgen serve: {len(running)} servers (TGI protocol, /v1/completions); Ctrl-C stops them")
@@ -393,6 +431,7 @@ def _bench(args: argparse.Namespace) -> int:
     from switchgen.bench import markdown, run_bench, write_json
     from switchgen.graph import load_config
 
+    check_writable(args.json, "--json")  # before minutes of benchmarking
     if args.rollouts:
         from switchgen.bench import rollouts_markdown, run_rollouts_bench
 
@@ -497,9 +536,20 @@ def _config(args: argparse.Namespace) -> SwitchConfig:
     """The configuration the command names (--preset or --config) with the flags of _config_args applied."""
     from switchgen.graph import load_config
 
-    return load_config(
-        args.config or args.preset, seed=args.seed, max_new_tokens=args.max_new_tokens, patch_size=args.patch_size
-    )
+    for flag in ("patch_size", "max_new_tokens"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise SwitchgenError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.seed is not None and not 0 <= args.seed < 2**64:
+        raise SwitchgenError(f"--seed must be in 0..2**64-1, got {args.seed}")
+    try:
+        return load_config(
+            args.config or args.preset, seed=args.seed, max_new_tokens=args.max_new_tokens, patch_size=args.patch_size
+        )
+    except SwitchgenError as err:  # a flag that conflicts with the file (patch size over the budget, say)
+        flags = [f"--{f.replace('_', '-')} {getattr(args, f)}" for f in ("patch_size", "max_new_tokens", "seed")
+                 if getattr(args, f) is not None]
+        raise type(err)(f"{err} (with {' '.join(flags)})" if flags else str(err)) from None
 
 
 def _distill(args: argparse.Namespace) -> int:

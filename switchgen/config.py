@@ -159,6 +159,12 @@ class SamplingConfig(_Model):
     temperature: float = Field(0.7, gt=0.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     ignore_eos: bool = Field(False, description="Keep writing past EOS to the budget (for benchmarks).")
+    finish_characters: bool = Field(
+        True,
+        description="A patch that would end inside a character (2-4 tokens of a byte-level tokenizer) writes up to "
+        "3 more tokens to finish it, within the budget, so no patch shows U+FFFD for it. In-process candidates "
+        "only: a server (TGI, vLLM, switchgen serve) decodes a patch as it wrote it.",
+    )
 
 
 class SwitchConfig(_Model):
@@ -169,7 +175,9 @@ class SwitchConfig(_Model):
     patch_size: int = Field(50, gt=0, description="Tokens per patch.")
     max_new_tokens: int = Field(512, gt=0, description="Token budget of the whole response.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    seed: int | None = Field(None, description="Seed for switcher and generator sampling; None: fresh randomness.")
+    seed: int | None = Field(
+        None, ge=0, le=2**64 - 1, description="Seed (0 <= seed < 2**64) for switcher and generator sampling; None: fresh randomness."
+    )
     anchor: bool | None = Field(
         None,
         description="The aligned candidate writes the first patch and the patch that reaches the budget. "
@@ -254,6 +262,8 @@ class SwitchConfig(_Model):
         names = self.names
         if isinstance(ref, str) and ref in names:
             return names.index(ref)
+        if isinstance(ref, bool) or not isinstance(ref, (int, str)):  # True is not candidate 1, nor 1.0
+            raise ValueError(f"unknown candidate {ref!r}; candidates are {names} (a name, or an index as a whole number)")
         try:
             index = int(ref)
         except (TypeError, ValueError):
@@ -279,11 +289,15 @@ def load_config(source: str | Path | dict | SwitchConfig | None = None, **overri
         data, origin = dict(source), "dict"
     else:
         data, origin = _read_yaml(str(source) if source is not None else DEFAULT_PRESET)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data.update(given)
     try:
         return SwitchConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{origin}: {describe(err)}") from None
+        # A field set by an override is the override's fault, not the file's.
+        blamed = {str(e["loc"][0]) for e in err.errors() if e["loc"]} & set(given)
+        where = ", ".join(f"{k}={given[k]!r}" for k in sorted(blamed)) if blamed else origin
+        raise ConfigError(f"{where}: {describe(err)}") from None
 
 
 def _read_yaml(source: str) -> tuple[dict, str]:
@@ -301,4 +315,30 @@ def _read_yaml(source: str) -> tuple[dict, str]:
         raise ConfigError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    return data, str(path)
+    return _relative_to(data, path.parent), str(path)
+
+
+def _relative_to(data: dict, folder: Path) -> dict:
+    """Model and adapter paths in a YAML file are relative to its folder, not to the working directory.
+
+    A value starting with ./ or ../ is such a path always; another relative value (`models/p`) is
+    one when it exists beside the file, and otherwise stays as written (a hub id like `org/name`).
+    """
+
+    def resolve(value: object) -> object:
+        if not isinstance(value, str) or not value or value.startswith(("toy:", "~", "/")):
+            return value
+        beside = folder / value
+        if value.startswith(("./", "../")) or beside.exists():
+            return str(beside.resolve())
+        return value
+
+    for candidate in data.get("candidates") or []:
+        if isinstance(candidate, dict) and "model" in candidate:
+            candidate["model"] = resolve(candidate["model"])
+    switcher = data.get("switcher")
+    if isinstance(switcher, dict):
+        for key in ("model", "adapter"):
+            if key in switcher:
+                switcher[key] = resolve(switcher[key])
+    return data

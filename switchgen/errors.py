@@ -23,6 +23,15 @@ class InputError(SwitchgenError, ValueError):
     """
 
 
+class InputTooLong(InputError):
+    """An input too long for a checkpoint's context, refused in process or by a server.
+
+    One policy for every backend: refuse, never truncate silently (cutting the left of a prompt
+    drops the question or the chat template). It is permanent: `switchgen generate` records the
+    query with "error" and "permanent": true and a rerun does not retry it.
+    """
+
+
 class ServerError(SwitchgenError):
     """An inference server refused or failed a request (after any retries)."""
 
@@ -37,3 +46,7 @@ def describe(err: ValidationError, root: str = "config") -> str:
         f"{'.'.join(str(p) for p in e['loc']) or root}: {e['msg'].removeprefix('Value error, ')}"
         for e in err.errors()
     )
+
+
+class OutputError(SwitchgenError):
+    """An output file cannot be written where it was asked for (a folder, unwritable, the input itself, a full disk)."""

@@ -9,7 +9,6 @@ run goes on; a rerun retries those first. A server that cannot be reached stops 
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -22,8 +21,9 @@ from langgraph.graph.state import CompiledStateGraph
 from tqdm import tqdm
 
 from switchgen.config import SwitchConfig
-from switchgen.errors import InputError, ServerError, ServerUnreachable
-from switchgen.files import atomic_write_text
+from switchgen.errors import InputError, InputTooLong, OutputError, ServerError, ServerUnreachable
+from switchgen.files import atomic_write_text, check_writable
+from switchgen.jsonl import append_record, dumps_record, invalid_text, loads_record, split_lines
 
 
 def read_inputs(path: Path) -> list[dict[str, Any]]:
@@ -31,23 +31,40 @@ def read_inputs(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     records: list[dict[str, Any]] = []
-    for lineno, line in enumerate(path.read_bytes().split(b"\n"), 1):
+    for lineno, line in enumerate(split_lines(path.read_bytes()), 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise InputError(f"{path}:{lineno}: not UTF-8 text") from None
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+        where = f"{path}:{lineno}"
+        record = loads_record(line, where)
         if not isinstance(record, dict):
-            raise InputError(f"{path}:{lineno}: expected a JSON object with an \"input\" field")
+            raise InputError(f"{where}: expected a JSON object with an \"input\" field")
         if not isinstance(record.get("input"), str) or not record["input"].strip():
-            raise InputError(f"{path}:{lineno}: missing or empty \"input\" (a non-empty string)")
+            raise InputError(f"{where}: missing or empty \"input\" (a non-empty string)")
+        problem = invalid_text(record["input"])
+        if problem:
+            raise InputError(f"{where}: \"input\" {problem}")
         records.append(record)
     if not records:
         raise InputError(f"{path}: no input records (expected one JSON object with \"input\" per line)")
     return records
+
+
+def check_output(output: Path, input_path: Path | None = None) -> None:
+    """Refuse an output that cannot take records, before any model loads (OutputError naming the fix).
+
+    A folder, the input file itself (also through `..` or a symlink), a path under a file, a place
+    this process cannot write: each is found here by the same calls the run makes (a missing
+    folder is created, as the run would; a file is opened for appending, a new one created and
+    removed again), not by guessing from permission bits.
+    """
+    fix = "choose another --output"
+    if output.is_dir():
+        raise OutputError(f"--output {output} is a folder; {fix} (a .jsonl file)")
+    if input_path is not None and input_path.exists() and (
+        output.resolve() == input_path.resolve() or (output.exists() and os.path.samefile(output, input_path))
+    ):
+        raise OutputError(f"--output {output} is the input file {input_path}; {fix}")
+    check_writable(output, "--output")
 
 
 def default_output(input_path: Path) -> Path:
@@ -65,13 +82,13 @@ def records_done(output: Path, inputs: list[dict[str, Any]], key: str = "input")
         return 0
     data = output.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
-    lines = complete.split(b"\n")[:-1]
+    lines = split_lines(complete)
     if len(lines) > len(inputs):
         raise InputError(f"{output}: holds {len(lines)} records but the input has {len(inputs)}; choose another --output")
     for lineno, (line, source) in enumerate(zip(lines, inputs, strict=False), 1):
         try:
-            done = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            done = loads_record(line)
+        except InputError:
             raise InputError(f"{output}:{lineno}: not a JSON record; delete the file or choose another --output") from None
         if not isinstance(done, dict) or done.get(key) != source[key]:
             raise InputError(
@@ -105,16 +122,24 @@ def make_record(source: dict[str, Any], result: dict[str, Any], config: SwitchCo
 class RunResult(NamedTuple):
     start: int  # records already in the file
     written: int  # records appended now
-    failed: int  # records (old retried or new) that hold an "error"
+    failed: int  # records (old retried or new) that hold an "error" (permanent ones included)
 
 
 def is_failed(record: dict[str, Any]) -> bool:
-    """A record of a query that a server failed: it holds "error" and no generation_log."""
+    """A record of a query that failed (on a server, or refused as too long): "error" and no generation_log."""
     return record.get("generation_log") is None and "error" in record
 
 
+def is_retried(record: dict[str, Any]) -> bool:
+    """A failed record that a rerun retries: all but permanent failures (an input too long for a model)."""
+    return is_failed(record) and not record.get("permanent")
+
+
 def error_record(source: dict[str, Any], err: Exception) -> dict[str, Any]:
-    return {**source, "output": None, "generation_log": None, "error": str(err)}
+    record = {**source, "output": None, "generation_log": None, "error": str(err)}
+    if isinstance(err, InputTooLong):
+        record["permanent"] = True  # no rerun can fix it: shorten the input
+    return record
 
 
 T = TypeVar("T")
@@ -153,8 +178,12 @@ def run_file(
     *,
     progress: bool = True,
     concurrency: int = 1,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
-    """Generate for every input without a record yet (and retry failed records first)."""
+    """Generate for every input without a record yet (and retry failed records first).
+
+    `on_record` sees each record once it is in the file (the CLI counts permanent failures with it).
+    """
 
     def one(index: int) -> dict[str, Any]:
         source = inputs[index]
@@ -162,11 +191,11 @@ def run_file(
             result = graph.invoke({"query": source["input"]})
         except ServerUnreachable:
             raise
-        except ServerError as err:  # this query only: recorded, and the run goes on
+        except (ServerError, InputTooLong) as err:  # this query only: recorded, and the run goes on
             return error_record(source, err)
         return make_record(source, result, config)
 
-    return write_records(output, inputs, one, progress=progress, concurrency=concurrency)
+    return write_records(output, inputs, one, progress=progress, concurrency=concurrency, on_record=on_record)
 
 
 def write_records(
@@ -180,18 +209,19 @@ def write_records(
     desc: str = "switch generation",
     unit: str = "query",
     postfix: Callable[[], str] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """The resumable JSONL job: `one(i)` makes input i's record; records are appended in input order,
     each flushed and fsynced, so a killed run keeps every finished record. A rerun checks the records
     against the inputs (on `key`), retries failed ones (`is_failed`) first, then resumes after the last.
     Used by `switchgen generate`, `switchgen eval` and `switchgen rollouts` (`postfix`: text shown after
-    the progress bar's rate, e.g. tokens/s).
+    the progress bar's rate, e.g. tokens/s; `on_record`: sees each record once it is in the file).
     """
     if concurrency < 1:
         raise InputError(f"concurrency must be at least 1, got {concurrency}")
     start = records_done(output, inputs, key)
-    lines = output.read_text(encoding="utf-8").splitlines() if start else []
-    retry = [i for i, line in enumerate(lines) if is_failed(json.loads(line))]
+    lines = [loads_record(line) for line in split_lines(output.read_bytes())] if start else []
+    retry = [i for i, record in enumerate(lines) if is_retried(record)]
 
     failed = written = 0
     bar = tqdm(total=len(inputs), initial=start - len(retry), desc=desc, unit=unit, disable=not progress)
@@ -199,6 +229,8 @@ def write_records(
     def tick(record: dict[str, Any]) -> None:
         nonlocal failed
         failed += is_failed(record)
+        if on_record is not None:
+            on_record(record)
         if postfix is not None:
             bar.set_postfix_str(postfix(), refresh=False)
         bar.update(1)
@@ -208,22 +240,29 @@ def write_records(
         with bar:
             if retry:  # redo failed records, then replace them in one atomic rewrite
                 for index, record in in_order(retry, one, concurrency):
-                    lines[index] = json.dumps(record, ensure_ascii=False)
+                    lines[index] = record
                     tick(record)
                 _rewrite(output, lines)
-            with output.open("a", encoding="utf-8") as out:
+            fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
                 for _, record in in_order(range(start, len(inputs)), one, concurrency):
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    out.flush()
-                    os.fsync(out.fileno())
+                    append_record(fd, record)
                     written += 1
                     tick(record)
+            finally:
+                os.close(fd)
     except ServerUnreachable as err:
         done = start + written
         raise ServerUnreachable(f"{err}. {output} keeps its {done} finished records: rerun to resume") from None
+    except OSError as err:  # a full disk, a vanished folder: the file holds whole records only
+        done = start + written
+        raise OutputError(
+            f"cannot write {output} ({err.strerror or err}); it keeps its {done} finished records: "
+            "free space (or fix the path) and rerun to resume"
+        ) from None
     return RunResult(start, written, failed)
 
 
-def _rewrite(output: Path, lines: list[str]) -> None:
-    """Replace `output` by `lines` atomically: the old file stays whole until the new one is."""
-    atomic_write_text(output, "".join(line + "\n" for line in lines))
+def _rewrite(output: Path, lines: list[dict[str, Any]]) -> None:
+    """Replace `output` by these records atomically: the old file stays whole until the new one is."""
+    atomic_write_text(output, "".join(dumps_record(record) + "\n" for record in lines))

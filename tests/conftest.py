@@ -97,6 +97,9 @@ def toy_config_dict(**overrides: object) -> dict:
         "patch_size": 20,
         "max_new_tokens": 80,
         "seed": 0,
+        # Patches of exactly patch_size tokens, which many tests count on. On by default for users: a
+        # patch finishes a split character (tests/test_reliability.py turns it on; the toy preset has it).
+        "sampling": {"finish_characters": False},
     }
     return _merge(base, overrides)
 

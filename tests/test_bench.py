@@ -29,7 +29,11 @@ def test_bench_reports_every_variant_sweep_and_ratio(toy_kit, tmp_path, capsys):
         "switch_vs_single", "reference_vs_switch", "per_token_40_vs_20", "throughput_c2_vs_c1",
     }
     assert all(value > 0 for value in report["ratios"].values())
+    # Budgets of at most two patches are both anchored: the report says the switcher never ran (issue 11).
+    assert [n.split(":")[0] for n in report["notes"]] == ["budget 40", "budget 20"]
+    assert all("switcher is never called" in n for n in report["notes"])
     table = capsys.readouterr().out
+    assert "note: budget 40: at most two patches" in table
     for name in ("switch_vs_single", "reference_vs_switch", "weights in memory"):
         assert name in table
 

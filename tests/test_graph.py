@@ -40,7 +40,8 @@ def check_run(config, result, given: list[dict] | None = None, given_tokens: int
         assert d["step"] == step
         assert (s["candidate"], s["index"]) == (d["chosen"], d["index"])
         assert d["chosen"] == config.names[d["index"]]
-        assert 1 <= s["tokens"] <= min(patch, budget - used)
+        extra = 3 if config.sampling.finish_characters else 0  # a patch may finish a split character
+        assert 1 <= s["tokens"] <= min(patch + extra, budget - used)
         remaining = budget - used
         if d["how"] != "forced":
             anchor_due = config.anchor_on and (step == 0 or remaining <= patch)

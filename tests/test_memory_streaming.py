@@ -138,7 +138,7 @@ def test_chat_review_mode_asks_for_each_author(monkeypatch, capsys, tmp_path, to
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--patch-size", "0"], "patch_size"),
+        (["--patch-size", "0"], "--patch-size"),  # the flag is blamed, not the preset file (issue 11)
         (["--preset", "nope"], "unknown preset"),
         (["--max-new-tokens", "5"], "exceeds max_new_tokens"),
     ],

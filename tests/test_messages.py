@@ -104,9 +104,12 @@ def test_plain_candidates_get_a_plain_transcript(make_graph, hf_greedy):
     result = graph.invoke({"messages": [*HISTORY, HumanMessage(QUESTION)], "forced": ["P"]})
     first = result["segments"][0]
     assert first["candidate"] == "P"
-    transcript = "System: Answer briefly.\nUser: What is 2 plus 3?\nAssistant: The answer is 5.\nUser: And 3 times 3?\n\n"
+    # The current turn is labelled as the assistant's (issue 11: without it a base model answers and
+    # then writes the user's next turns), and "\nUser:" ends the patch where it would.
+    transcript = "System: Answer briefly.\nUser: What is 2 plus 3?\nAssistant: The answer is 5.\nUser: And 3 times 3?\n\nAssistant:"
     text, tokens, _ = hf_greedy("toy:P", transcript, first["tokens"])
-    assert first["text"] == text and first["tokens"] == tokens
+    assert text.startswith(first["text"]) and first["tokens"] <= tokens
+    assert first["text"] == text or (first["finish_reason"] == "stop" and "\nUser:" in text)
 
 
 def test_switcher_prompt_is_the_released_one_with_the_last_human_message(make_graph, engine):

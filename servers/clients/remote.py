@@ -11,6 +11,7 @@ concurrent requests to batch.
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import random
 import threading
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 import httpx
 from transformers import PreTrainedTokenizerBase
 
-from switchgen.errors import ConfigError, ServerError, ServerUnreachable
+from switchgen.errors import ConfigError, InputTooLong, ServerError, ServerUnreachable
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.choices import choice_token_ids
 from switchgen.servers.engine.loading import load_tokenizer, resolve_model
@@ -119,10 +120,11 @@ def retry_after_seconds(headers: httpx.Headers | dict | None) -> float | None:
 
 def error_detail(response: httpx.Response) -> str:
     """The message in a TGI ({"error"}), OpenAI/vLLM ({"error": {"message"}}) or plain error body."""
-    try:
-        body = response.json()
+    text = response.text.strip()
+    try:  # a streaming route's error is one server-sent event: data:{"error": ...}
+        body = json.loads(text.removeprefix("data:"))
     except ValueError:
-        return response.text.strip()[:300] or response.reason_phrase
+        return text[:300] or response.reason_phrase
     if isinstance(body, dict):
         err = body.get("error", body.get("detail", body.get("message")))
         if isinstance(err, dict):
@@ -136,6 +138,19 @@ def backoff_delay(attempt: int, retry_after: float | None) -> float:
     """Exponential backoff with jitter; a server's Retry-After wins when it asks for longer."""
     delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt) * (0.5 + random.random() / 2)
     return max(delay, min(retry_after or 0.0, 60.0))
+
+
+def too_long(err: BaseException) -> bool:
+    """A server's refusal of an input longer than its limits (TGI 422/413, vLLM 400): permanent, never retried.
+
+    TGI says "`inputs` must have less than N tokens" or "`inputs` tokens + `max_new_tokens` must be
+    <= N"; vLLM "This model's maximum context length is N tokens"; a body over the payload limit is 413.
+    """
+    if not isinstance(err, HTTPFailure):
+        return False
+    text = str(err).replace("`", "")
+    markers = ("inputs must have less than", "inputs tokens +", "maximum context length")
+    return err.status == 413 or (err.status in (400, 422) and any(m in text for m in markers))
 
 
 def _transient(err: BaseException) -> tuple[bool, bool, str]:
@@ -163,6 +178,8 @@ async def with_retries(endpoint: Endpoint, call: Callable[[], Awaitable[T]], *, 
         except (ServerError, ConfigError):
             raise
         except Exception as err:
+            if too_long(err):
+                raise InputTooLong(f"{endpoint.where()}: the input is too long for the server ({err})") from None
             again, unreachable, what = _transient(err)
             if again and attempt < endpoint.retries and retry():
                 await asyncio.sleep(backoff_delay(attempt, getattr(err, "retry_after", None)))

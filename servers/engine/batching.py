@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import queue
+import sys
 import threading
 import time
 import weakref
@@ -37,6 +38,10 @@ STREAM_INTERVAL = 0.02  # seconds between streamed text events of one request
 
 class Cancelled(Exception):
     """The caller went away (a closed HTTP stream): its sequence left the batch."""
+
+
+class WorkerDied(RuntimeError):
+    """The device's decode thread stopped on an error no request caused; the server reports it on /health."""
 
 
 # What a caller with `details` receives per token: id, log-probability, top-n (id, log-probability).
@@ -175,7 +180,13 @@ class DecodeWorker:
         self._start_lock = threading.Lock()
         self.batches: dict[LocalBackend, _Batch] = {}
         self.max_batch_seen = 0
+        self.died: BaseException | None = None  # set when the thread stopped on an error (see _loop)
         _WORKERS.add(self)
+
+    @property
+    def healthy(self) -> bool:
+        """False once the thread has died (the serving app's /health then answers 503)."""
+        return self.died is None
 
     def close(self) -> None:
         """Stop the thread once its running requests are done."""
@@ -201,7 +212,12 @@ class DecodeWorker:
         self._ensure_thread()
         self.inbox.put(req)
         while True:
-            kind, value = req.events.get()
+            try:
+                kind, value = req.events.get(timeout=1.0)
+            except queue.Empty:
+                if self.died is not None or not self._thread_alive():
+                    raise WorkerDied(f"the decode thread of {self.device} stopped: {self.died!r}") from None
+                continue
             if kind == "text":
                 if on_text is not None:
                     on_text(value)
@@ -213,7 +229,13 @@ class DecodeWorker:
             else:
                 raise value
 
+    def _thread_alive(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def _ensure_thread(self) -> None:
+        if self.died is not None:
+            raise WorkerDied(f"the decode thread of {self.device} stopped: {self.died!r}")
         with self._start_lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name=f"switchgen-decode-{self.device}", daemon=True)
@@ -223,22 +245,45 @@ class DecodeWorker:
         return any(batch.rows for batch in self.batches.values())
 
     def _loop(self) -> None:
-        closing = False
-        while not closing or self._busy():
-            new = [self.inbox.get()] if not self._busy() else []
-            while True:
-                try:
-                    new.append(self.inbox.get_nowait())
-                except queue.Empty:
-                    break
-            for req in new:
-                if req is None:
-                    closing = True
-                else:
-                    self._admit(req)
-            for backend, batch in list(self.batches.items()):
-                if batch.rows:
-                    self._step(backend, batch)
+        """Admit new requests, step every batch, repeat. No request can stop it: whatever one
+        request's parameters or logits make fail (sampling, seeding, a forward pass) fails that
+        request alone (see _admit, _step). Should the loop itself fail, every waiting caller gets
+        the error instead of hanging, and `healthy` turns False."""
+        try:
+            closing = False
+            while not closing or self._busy():
+                new = [self.inbox.get()] if not self._busy() else []
+                while True:
+                    try:
+                        new.append(self.inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                for req in new:
+                    if req is None:
+                        closing = True
+                    else:
+                        self._admit(req)
+                for backend, batch in list(self.batches.items()):
+                    if batch.rows:
+                        self._step(backend, batch)
+        except BaseException as err:  # a bug, not a request: say so once, fail every caller, stop
+            self.died = err
+            self._fail_everything(err)
+            print(f"switchgen: the decode thread of {self.device} stopped: {err!r}; /health answers 503", file=sys.stderr)
+
+    def _fail_everything(self, err: BaseException) -> None:
+        died = WorkerDied(f"the decode thread of {self.device} stopped: {err!r}")
+        for batch in self.batches.values():
+            for r in batch.rows:
+                r.events.put(("error", died))
+            batch.rows, batch.pads, batch.cache = [], [], None
+        while True:
+            try:
+                req = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if req is not None:
+                req.events.put(("error", died))
 
     def _admit(self, req: Request) -> None:
         backend = req.backend
@@ -246,15 +291,15 @@ class DecodeWorker:
         try:
             with backend.active():
                 req.entry, req.logits, req.prefilled = backend.prefill(req.ids)
-        except Exception as err:
+            if req.params is None:
+                backend.pool.checkin(req.entry)
+                req.events.put(("done", req))
+                return
+            req.generator = make_generator(req.params.seed, backend.device)
+            self._sample(req)
+        except Exception as err:  # this request's input or parameters: it fails alone
             req.events.put(("error", err))
             return
-        if req.params is None:
-            backend.pool.checkin(req.entry)
-            req.events.put(("done", req))
-            return
-        req.generator = make_generator(req.params.seed, backend.device)
-        self._sample(req)
         if req.finish is None:
             batch = self.batches.setdefault(backend, _Batch())
             batch.add(req)
@@ -287,7 +332,9 @@ class DecodeWorker:
                 req.text, req.finish = text, "stop"
             req.emitted = _emit(req, text, final=stopped)
         if req.finish is None and len(req.out) >= params.max_new_tokens:
-            req.finish = "length"
+            extra = len(req.out) < params.max_new_tokens + params.finish_character
+            if not (extra and backend.decode(req.out[-4:]).endswith("\ufffd")):  # a split character: one more
+                req.finish = "length"
 
     def _step(self, backend: LocalBackend, batch: _Batch) -> None:
         rows = batch.rows
@@ -308,17 +355,41 @@ class DecodeWorker:
         for i, r in enumerate(rows):
             r.entry.ids.append(r.out[-1])
             r.logits = logits[i]
-        chosen = next_tokens(logits, [r.params for r in rows], [r.generator for r in rows])
+        chosen = self._choose(logits, rows)
         for r, token in zip(rows, chosen, strict=True):
+            if isinstance(token, Exception):
+                batch.remove(r)
+                r.events.put(("error", token))
+                continue
             if r.cancelled is not None and r.cancelled.is_set():
                 batch.remove(r)
                 backend.pool.checkin(r.entry)
                 r.events.put(("error", Cancelled()))
                 continue
-            self._accept(r, token)
+            try:
+                self._accept(r, token)
+            except Exception as err:  # e.g. decoding for a stop string: this row alone
+                batch.remove(r)
+                r.events.put(("error", err))
+                continue
             if r.finish is not None:
                 batch.remove(r)
                 self._finish(r)
+
+    @staticmethod
+    def _choose(logits: torch.Tensor, rows: list[Request]) -> list[int | Exception]:
+        """The batch's next tokens, sampled together; if that fails, row by row, so only the
+        rows whose logits or settings cannot be sampled (NaN logits, say) get the error."""
+        try:
+            return list(next_tokens(logits, [r.params for r in rows], [r.generator for r in rows]))
+        except Exception:
+            chosen: list[int | Exception] = []
+            for i, r in enumerate(rows):
+                try:
+                    chosen.append(next_token(logits[i], r.params, r.generator))
+                except Exception as err:
+                    chosen.append(err)
+            return chosen
 
     def _finish(self, req: Request) -> None:
         backend = req.backend

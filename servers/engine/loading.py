@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -39,9 +46,23 @@ def resolve_device(device: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as err:
         raise ModelLoadError(f"unknown device {device!r}: {err}") from None
+    _check_available(dev, device)
+    return dev
+
+
+def _check_available(dev: torch.device, spec: str) -> None:
+    """A device this machine has (`cuda:7` on a CPU-only torch fails here, not deep inside `.to()`)."""
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ModelLoadError(f"device {spec!r}: this torch has no CUDA device; use device: cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise ModelLoadError(f"device {spec!r}: there are {count} CUDA devices (cuda:0..cuda:{count - 1}); use one of them")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"device {spec!r}: MPS is not available here; use device: cpu or auto")
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype | str:
@@ -51,16 +72,62 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype | str:
     return _DTYPES[dtype]
 
 
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection (checked once per process, 3 s at most).
+
+    Without it, loading a hub id that is not cached makes huggingface_hub retry for ~50 s before
+    failing; with it, such a load goes to the local cache only and fails at once.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_or_cache(location: str) -> Iterator[None]:
+    """Load `location` as usual; a hub id while the hub is unreachable from the local cache only.
+
+    huggingface_hub's offline switch is what every transformers lookup honours (`local_files_only`
+    is not passed on to all of them, e.g. the adapter-config probe); it is on only during the load:
+    the TGI client refuses even local servers while it is set.
+    """
+    if Path(location).exists() or hub_reachable():
+        yield
+        return
+    from huggingface_hub import constants
+
+    with _OFFLINE_LOCK:
+        previous, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+        try:
+            yield
+        finally:
+            constants.HF_HUB_OFFLINE = previous
+
+
+_OFFLINE_LOCK = threading.Lock()
+
+
 def load_tokenizer(location: str) -> PreTrainedTokenizerBase:
     try:
-        return AutoTokenizer.from_pretrained(location)
+        with _hub_or_cache(location):
+            return AutoTokenizer.from_pretrained(location)
     except (OSError, ValueError) as err:
         raise ModelLoadError(_explain(location, err)) from None
 
 
 def load_model(location: str, device: torch.device, dtype: torch.dtype | str) -> PreTrainedModel:
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+        with _hub_or_cache(location):
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
     except (OSError, ValueError) as err:
         raise ModelLoadError(_explain(location, err)) from None
     return model.to(device).eval()
@@ -83,7 +150,8 @@ def attach_adapter(model: torch.nn.Module, adapter: str, name: str) -> torch.nn.
 
 def _explain(location: str, err: Exception) -> str:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    offline = "" if Path(location).exists() or hub_reachable() else "; the Hugging Face Hub cannot be reached from here"
     return (
-        f"cannot load {location!r}: {first} "
+        f"cannot load {location!r}: {first}{offline} "
         "(for a hub id, download it first with `hf download ID` or check the spelling)"
     )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
+from switchgen.errors import InputTooLong
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.choices import choice_probabilities, choice_token_ids
 from switchgen.servers.engine.batching import DecodeWorker, Request, to_patch
@@ -51,8 +52,9 @@ class LoadedModel:
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Token ids of a rendered prompt, with the tokenizer's BOS unless the text already starts with it.
 
-    Chat templates differ in whether they write BOS themselves; this gives exactly one either way
-    (and matches how the reference code tokenizes templated prompts).
+    Chat templates differ in whether they write BOS themselves; this gives exactly one either way.
+    This differs from the reference code, which tokenizes the templated text with the tokenizer's
+    defaults: for a template that writes BOS itself (Llama 3's, Tulu 3's) it gets two.
     """
     bos = tokenizer.bos_token
     add_special = not (bos and text.startswith(bos))
@@ -87,6 +89,22 @@ class LocalBackend:
     def device(self) -> torch.device:
         return self.loaded.device
 
+    @property
+    def max_total_tokens(self) -> int:
+        """The model's context: prompt plus generated tokens (max_position_embeddings; 4096 if unset)."""
+        config = getattr(self.loaded.model, "config", None)
+        return int(getattr(config, "max_position_embeddings", 4096) or 4096)
+
+    def check_length(self, prompt_tokens: int, new_tokens: int) -> None:
+        """Refuse (InputTooLong) a call whose prompt and new tokens exceed the context, as a server would (422)."""
+        limit = self.max_total_tokens
+        if prompt_tokens + new_tokens > limit:
+            raise InputTooLong(
+                f"the input is too long for {self.loaded.location}: its prompt is {prompt_tokens} tokens and "
+                f"{new_tokens} more may be generated, over the model's context of {limit} tokens; "
+                "shorten the input (or lower patch_size / max_new_tokens)"
+            )
+
     def encode(self, text: str) -> list[int]:
         """Token ids of a prompt; text this backend wrote keeps the tokens it was written as.
 
@@ -104,6 +122,7 @@ class LocalBackend:
 
     def generate(self, prompt: str, params: GenerationParams, on_text: TextCallback | None = None) -> Patch:
         ids = self.encode(prompt)
+        self.check_length(len(ids), params.max_new_tokens)
         done = self.worker.run(self, Request(ids, params, streaming=on_text is not None), on_text)
         patch = to_patch(done)
         if patch.finish_reason == "length":  # the text is exactly the tokens: remember them
@@ -123,7 +142,9 @@ class LocalBackend:
         if key not in self._choice_ids:
             self._choice_ids[key] = choice_token_ids(self.tokenizer, choices)
         choice_ids = self._choice_ids[key]
-        done = self.worker.run(self, Request(self.encode(prompt), None))
+        ids = self.encode(prompt)
+        self.check_length(len(ids), 1)
+        done = self.worker.run(self, Request(ids, None))
         logits, prefilled = done.logits, done.prefilled
         if not all(choice_ids):
             return ChoiceScores(probs=None, mass=0.0, prefilled=prefilled)

@@ -6,6 +6,11 @@ import torch
 
 from switchgen.servers.base import GenerationParams
 
+# Temperatures below this sample as if at it: dividing float32 logits by a tinier one (1e-300 is
+# a valid JSON number) overflows to inf and the softmax to NaN. At 1e-4 sampling is greedy in all
+# but exact ties.
+MIN_TEMPERATURE = 1e-4
+
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     if seed is None:
@@ -19,12 +24,13 @@ def next_token(logits: torch.Tensor, params: GenerationParams, generator: torch.
     """One token id from a 1-D logits vector."""
     if params.greedy:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    probs = torch.softmax(logits.float() / max(params.temperature, MIN_TEMPERATURE), dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         cumulative = torch.cumsum(sorted_probs, dim=-1)
         # Keep the smallest prefix whose mass reaches top_p (the token that crosses it included).
         outside = cumulative - sorted_probs >= params.top_p
+        outside[0] = False  # the most likely token always stays (a top_p that rounds to 0 in float32)
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         choice = torch.multinomial(sorted_probs, 1, generator=generator)
         return int(order[choice])
@@ -50,12 +56,14 @@ def next_tokens(
         if not p.greedy:
             groups.setdefault((p.temperature, p.top_p), []).append(i)
     for (temperature, top_p), rows in groups.items():
-        probs = torch.softmax(logits[rows].float() / temperature, dim=-1)
+        probs = torch.softmax(logits[rows].float() / max(temperature, MIN_TEMPERATURE), dim=-1)
         order = None
         if top_p < 1.0:
             probs, order = torch.sort(probs, dim=-1, descending=True)
             cumulative = torch.cumsum(probs, dim=-1)
-            probs = probs.masked_fill(cumulative - probs >= top_p, 0.0)
+            outside = cumulative - probs >= top_p
+            outside[:, 0] = False  # the most likely token always stays (a top_p that rounds to 0 in float32)
+            probs = probs.masked_fill(outside, 0.0)
         for j, i in enumerate(rows):
             choice = torch.multinomial(probs[j], 1, generator=generators[i])
             tokens[i] = int(order[j, choice]) if order is not None else int(choice)

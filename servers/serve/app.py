@@ -9,7 +9,10 @@ answer it (responses follow TGI's published OpenAPI spec):
 Model work runs in a thread pool so the event loop keeps serving; requests to one checkpoint
 take turns on its lock (no batching: this server is for development, tests and CPU boxes;
 deploy TGI or vLLM on GPUs, see docs/serving.md). Bad requests get TGI's 422
-{"error", "error_type": "validation"}.
+{"error", "error_type": "validation"}; limits (payload size, input and total tokens) are TGI's
+(servers/serve/limits.py). Every server of one `switchgen serve` process shares one event loop,
+so nothing heavy runs on it: reading a body is bounded by the payload limit, and parsing and
+tokenising run on a small validation pool (TGI's validation workers), generation on another.
 """
 
 from __future__ import annotations
@@ -31,18 +34,16 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from switchgen.errors import describe
+from switchgen.jsonl import invalid_text
 from switchgen.servers.base import GenerationParams
 from switchgen.servers.protocol import FINISH_TO_TGI
+from switchgen.servers.serve.limits import MAX_STOP_SEQUENCES, Limits, RequestError, error_response, read_body
 from switchgen.servers.serve.steps import Cancelled, Generation, Step, TokenInfo, TokenServer
 from switchgen.servers.stops import StopHoldback
 
 PROTOCOL_VERSION = "3.3.6"  # the TGI version whose OpenAPI spec these responses follow
-MAX_STOP_SEQUENCES = 4
 DEFAULT_MAX_NEW_TOKENS = 1024
-
-
-class RequestError(Exception):
-    """A request we refuse: TGI's 422 validation error."""
+MAX_SEED = 2**64 - 1  # TGI's seed is a u64 (and torch's generator takes no more)
 
 
 # -- request bodies ------------------------------------------------------------------------
@@ -65,7 +66,7 @@ class GenerateParameters(_Body):
     max_new_tokens: int | None = Field(None, ge=1)
     repetition_penalty: float | None = None
     return_full_text: bool | None = None
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stop: list[str] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
     temperature: float | None = Field(None, gt=0.0)
     top_k: int | None = None
@@ -105,7 +106,7 @@ class CompletionRequest(_Body):
     max_tokens: int | None = Field(16, ge=1)
     temperature: float | None = Field(None, ge=0.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stop: str | list[str] | None = None
     logprobs: int | None = Field(None, ge=0)
     stream: bool = False
@@ -135,6 +136,8 @@ class CompletionRequest(_Body):
 def _parse(model: type[BaseModel], raw: bytes) -> Any:
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise RequestError("the body is not valid JSON: nested too deeply") from None
     except ValueError as err:
         raise RequestError(f"the body is not valid JSON: {err}") from None
     try:
@@ -154,6 +157,7 @@ class ServedModel:
     server: TokenServer
     max_top_n_tokens: int = 1024
     max_concurrent_requests: int = 128
+    limits: Limits | None = None  # default: TGI's for the model's context
 
 
 class _Job:
@@ -283,10 +287,13 @@ class _Prepared:
 class ServeApp:
     """One checkpoint behind TGI's routes (plus OpenAI's completions): a method per route."""
 
-    def __init__(self, served: ServedModel, *, workers: int = 8) -> None:
+    def __init__(self, served: ServedModel, *, workers: int = 8, validation_workers: int = 2) -> None:
         self.served = served
         self.engine = served.server
+        self.limits = served.limits or Limits.for_context(served.server.max_total_tokens)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"serve-{served.model_id}")
+        # Parsing and tokenising a request (up to the payload limit) off the loop all servers share.
+        self.validation = ThreadPoolExecutor(max_workers=validation_workers, thread_name_prefix="serve-validate")
         self.in_flight = 0
 
     def starlette(self) -> Starlette:
@@ -308,12 +315,12 @@ class ServeApp:
     async def generate(self, request: Request) -> Response:
         """POST /generate and POST / (TGI's compat route: a list, or a stream when asked)."""
         try:
-            req = _parse(GenerateRequest, await request.body())
+            req = await self._validated(request, GenerateRequest)
             if request.url.path == "/" and req.stream:
                 return await self._tgi_stream(req)
-            job = self._prepare(req)
+            job = await self._off_loop(self._prepare, req)
         except RequestError as err:
-            return _error(422, str(err), "validation")
+            return _error(err.status, str(err), err.kind)
         try:
             keep = req.parameters.truncate is None
             gen = await self._run(lambda: self._generate(req.inputs, job, keep))
@@ -338,9 +345,9 @@ class ServeApp:
     async def generate_stream(self, request: Request) -> Response:
         """POST /generate_stream: TGI's server-sent events, one token each."""
         try:
-            req = _parse(GenerateRequest, await request.body())
+            req = await self._validated(request, GenerateRequest)
         except RequestError as err:
-            return _error(422, str(err), "validation", stream=True)
+            return _error(err.status, str(err), err.kind, stream=True)
         return await self._tgi_stream(req)
 
     async def info(self, request: Request) -> Response:
@@ -353,9 +360,9 @@ class ServeApp:
                 model_pipeline_tag="text-generation",
                 max_concurrent_requests=served.max_concurrent_requests,
                 max_best_of=1,
-                max_stop_sequences=MAX_STOP_SEQUENCES,
-                max_input_tokens=self.engine.max_total_tokens - 1,
-                max_total_tokens=self.engine.max_total_tokens,
+                max_stop_sequences=self.limits.max_stop_sequences,
+                max_input_tokens=self.limits.max_input_tokens,
+                max_total_tokens=self.limits.max_total_tokens,
                 validation_workers=1,
                 max_client_batch_size=1,
                 router="switchgen-serve",
@@ -366,7 +373,9 @@ class ServeApp:
         )
 
     async def health(self, request: Request) -> Response:
-        """GET /health."""
+        """GET /health: 200, or TGI's 503 once the device's decode thread has died (every request would fail)."""
+        if not self.engine.healthy:
+            return _error(503, "unhealthy", "healthcheck")
         return Response(status_code=200)
 
     async def models(self, request: Request) -> Response:
@@ -380,11 +389,11 @@ class ServeApp:
     async def completions(self, request: Request) -> Response:
         """POST /v1/completions: OpenAI's legacy completions, vLLM style (top-k logprob dicts, stop_reason)."""
         try:
-            req = _parse(CompletionRequest, await request.body())
+            req = await self._validated(request, CompletionRequest)
             prompt = (req.prompt[0] if isinstance(req.prompt, list) else req.prompt) + (req.suffix or "")
-            job = self._prepare_completion(req, prompt)
+            job = await self._off_loop(self._prepare_completion, req, prompt)
         except RequestError as err:
-            return _error(422, str(err), "validation")
+            return _error(err.status, str(err), err.kind)
         model_name = req.model or self.served.model_id
         if req.stream:
             return self._completion_stream(prompt, job, req, model_name)
@@ -419,21 +428,34 @@ class ServeApp:
 
     # -- requests to engine work -----------------------------------------------------------
 
+    async def _validated(self, request: Request, model: type[BaseModel]) -> Any:
+        """The body (at most the payload limit) parsed into `model`, off the event loop."""
+        raw = await read_body(request, self.limits.payload_limit)
+        return await self._off_loop(_parse, model, raw)
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.validation, fn, *args)
+
+    def _encode(self, text: str, adapter: str | None, field: str) -> list[int]:
+        problem = invalid_text(text)
+        if problem:
+            raise RequestError(f"Input validation error: `{field}` {problem}")
+        return self.engine.encode(text, adapter)
+
     def _prepare(self, req: GenerateRequest) -> _Prepared:
         engine, p = self.engine, req.parameters
         if p.adapter_id not in (None, "", "null") and p.adapter_id not in engine.adapters:
             raise RequestError(f"unknown adapter_id {p.adapter_id!r}; this server has {sorted(engine.adapters) or 'none'}")
         adapter = p.adapter_id if p.adapter_id not in ("", "null") else None
-        ids = engine.encode(req.inputs, adapter)
+        for stop in p.stop:
+            if invalid_text(stop):
+                raise RequestError(f"Input validation error: `stop` {invalid_text(stop)}")
+        ids = self._encode(req.inputs, adapter, "inputs")
         if p.truncate is not None:
             ids = ids[-p.truncate :]
-        room = engine.max_total_tokens - len(ids)
-        max_new = p.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, room)
-        if len(ids) + max_new > engine.max_total_tokens:
-            raise RequestError(
-                f"inputs tokens + max_new_tokens must be <= {engine.max_total_tokens}. "
-                f"Given: {len(ids)} inputs tokens and {max_new} max_new_tokens"
-            )
+        room = self.limits.max_total_tokens - len(ids)
+        max_new = p.max_new_tokens or max(1, min(DEFAULT_MAX_NEW_TOKENS, room))
+        self.limits.check_tokens(len(ids), max_new)
         top_n = p.top_n_tokens or 0
         if top_n > self.served.max_top_n_tokens:
             raise RequestError(f"top_n_tokens must be <= {self.served.max_top_n_tokens} (the server's --max-top-n-tokens)")
@@ -452,10 +474,13 @@ class ServeApp:
     def _prepare_completion(self, req: CompletionRequest, prompt: str) -> _Prepared:
         engine = self.engine
         adapter = req.model if req.model in engine.adapters else None
-        ids = engine.encode(prompt, adapter)
+        stops = [req.stop] if isinstance(req.stop, str) else req.stop or []
+        for stop in stops:
+            if invalid_text(stop):
+                raise RequestError(f"Input validation error: `stop` {invalid_text(stop)}")
+        ids = self._encode(prompt, adapter, "prompt")
         max_new = req.max_tokens or 16
-        if len(ids) + max_new > engine.max_total_tokens:
-            raise RequestError(f"prompt tokens ({len(ids)}) + max_tokens ({max_new}) exceed {engine.max_total_tokens}")
+        self.limits.check_tokens(len(ids), max_new, new_name="max_tokens")
         if (req.logprobs or 0) > self.served.max_top_n_tokens:
             raise RequestError(f"logprobs must be <= {self.served.max_top_n_tokens} (the server's --max-top-n-tokens)")
         temperature = 1.0 if req.temperature is None else req.temperature
@@ -504,9 +529,9 @@ class ServeApp:
 
     async def _tgi_stream(self, req: GenerateRequest) -> Response:
         try:
-            job = self._prepare(req)
+            job = await self._off_loop(self._prepare, req)
         except RequestError as err:
-            return _error(422, str(err), "validation", stream=True)
+            return _error(err.status, str(err), err.kind, stream=True)
         if self.in_flight >= self.served.max_concurrent_requests:
             return _error(429, "Model is overloaded", "overloaded", stream=True)
         seed = req.parameters.seed if not job.params.greedy else None
@@ -573,11 +598,7 @@ def create_app(served: ServedModel, *, workers: int = 8) -> Starlette:
     return ServeApp(served, workers=workers).starlette()
 
 
-def _error(status: int, message: str, kind: str, *, stream: bool = False) -> Response:
-    """TGI's error shape; as one server-sent event on the streaming routes."""
-    if stream:
-        return Response(_sse({"error": message, "error_type": kind}), status_code=status, media_type="text/event-stream")
-    return JSONResponse({"error": message, "error_type": kind}, status_code=status)
+_error = error_response
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> UsageOut:

@@ -15,6 +15,7 @@ from typing import Any
 from switchgen.errors import ConfigError
 from switchgen.servers.engine.local import LocalEngine
 from switchgen.servers.serve.app import ServedModel, create_app
+from switchgen.servers.serve.limits import Limits
 from switchgen.servers.serve.plan import PlannedServer
 from switchgen.servers.serve.steps import TokenServer
 
@@ -28,14 +29,17 @@ class RunningServer:
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, bound now so a taken port is a clear error before any model loads."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port {port} is out of range 0..65535; choose another --port")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as err:
+    except (OSError, OverflowError) as err:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port") from None
+        why = getattr(err, "strerror", None) or str(err)
+        raise ConfigError(f"cannot listen on {host}:{port} ({why}); choose another --port or --host") from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
@@ -48,8 +52,14 @@ def prepare(
     max_top_n_tokens: int,
     max_concurrent_requests: int = 128,
     engine: LocalEngine | None = None,
+    max_input_tokens: int | None = None,
+    max_total_tokens: int | None = None,
+    payload_limit: int | None = None,
 ) -> list[RunningServer]:
-    """Bind every port (port 0: the OS picks; the plan is updated), then load every checkpoint."""
+    """Bind every port (port 0: the OS picks; the plan is updated), then load every checkpoint.
+
+    The limits (TGI's flags, servers/serve/limits.py) default to TGI's for each model's context.
+    """
     socks: list[socket.socket] = []
     try:
         for server in plan:
@@ -63,11 +73,21 @@ def prepare(
             adapters = {
                 a: engine.backend(server.model, device=server.device, dtype=server.dtype, adapter=a) for a in server.adapters
             }
+            try:
+                limits = Limits.for_context(
+                    base.max_total_tokens,
+                    max_input_tokens=max_input_tokens,
+                    max_total_tokens=max_total_tokens,
+                    payload_limit=payload_limit,
+                )
+            except ValueError as err:
+                raise ConfigError(f"{server.model}: {err}") from None
             served = ServedModel(
                 server.model,
                 TokenServer(base, adapters),
                 max_top_n_tokens=max_top_n_tokens,
                 max_concurrent_requests=max_concurrent_requests,
+                limits=limits,
             )
             running.append(RunningServer(server, served, sock))
         return running

@@ -70,8 +70,12 @@ class TokenServer:
 
     @property
     def max_total_tokens(self) -> int:
-        config = getattr(self.loaded.model, "config", None)
-        return int(getattr(config, "max_position_embeddings", 4096) or 4096)
+        return self._backends[None].max_total_tokens
+
+    @property
+    def healthy(self) -> bool:
+        """False once the device's decode thread has died: every request would fail (/health says 503)."""
+        return all(b.worker.healthy for b in self._backends.values())
 
     def encode(self, text: str, adapter: str | None = None) -> list[int]:
         """A prompt's ids, BOS added as TGI and vLLM do; text this server wrote keeps its tokens."""
