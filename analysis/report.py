@@ -23,7 +23,7 @@ from switchgen.analysis.stats import (
     singles_vs_switch,
     tokens_by_candidate,
 )
-from switchgen.errors import InputError
+from switchgen.errors import OutputError
 from switchgen.files import atomic_write_text
 
 LENGTHS = (2, 3)
@@ -194,8 +194,11 @@ def analyze(root: Path, out: Path | None = None, *, method: str = "switch", thre
     run = load_eval_run(root)
     out = out or root / "report"
     if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+        raise OutputError(f"--out {out} exists and is not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot write --out {out} ({err.strerror or err}); choose another --out") from None
     sections, numbers = [], {}
     for task in run.tasks.values():
         text, numbers[task.task] = analyze_task(run, task, out, method, threshold)

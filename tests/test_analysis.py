@@ -136,7 +136,7 @@ def test_positions_tokens_and_table_match_a_recount(report, eval_dir):
             assert costs[m]["tokens"] == pytest.approx(sum(a["tokens_used"] for a in answers) / len(answers))
 
 
-def test_analyze_cli_bad_input_is_one_line(tmp_path, capsys):
+def test_analyze_cli_bad_input_is_one_line(eval_dir, tmp_path, capsys):
     from switchgen.cli import main
 
     empty = tmp_path / "empty"
@@ -144,9 +144,12 @@ def test_analyze_cli_bad_input_is_one_line(tmp_path, capsys):
     bad = tmp_path / "bad" / "t"
     bad.mkdir(parents=True)
     (bad / "switch.jsonl").write_text('{"id": "1", "score": 1.0, "segments": [{"text": "x"}]}\n')
-    for folder, words in ((tmp_path / "missing", "no such folder"), (empty, "no <task>/<method>.jsonl"),
-                          (bad.parent, "switch.jsonl:1: not an eval record")):
-        assert main(["analyze", str(folder)]) == 2
+    (tmp_path / "a-file").write_text("x")
+    cases = ((["analyze", str(tmp_path / "missing")], "no such folder"), (["analyze", str(empty)], "no <task>/<method>.jsonl"),
+             (["analyze", str(bad.parent)], "switch.jsonl:1: not an eval record"),
+             (["analyze", str(eval_dir), "--out", str(tmp_path / "a-file")], "is not a folder"))
+    for argv, words in cases:
+        assert main(argv) == 2
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
