@@ -48,9 +48,6 @@ End of sequence (the models are random, so EOS is engineered)
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -58,6 +55,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from switchgen.files import switchgen_home
+from switchgen.kits.cache import build_atomically
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -75,7 +73,6 @@ SWITCHER = "switcher"
 
 # Bump whenever the output changes, so that cached kits are rebuilt.
 TOY_VERSION = "switchgen-toy-2"
-_MARKER = ".complete"
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SPECIAL_TOKENS = (BOS, EOS, PAD, "<|user|>", "<|assistant|>", "<|system|>", "<|end|>")
@@ -189,43 +186,8 @@ def build_toy_models(directory: str | Path, *, overwrite: bool = False) -> dict[
     """
     directory = Path(directory).expanduser().absolute()
     paths = {name: directory / name for name in (*TOY_CANDIDATES, SWITCHER)}
-    if not overwrite and _is_complete(directory):
-        return paths
-
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-build-", dir=directory.parent))
-    try:
-        _write_kit(staging)
-        if directory.exists() and (overwrite or not _is_complete(directory)):
-            _discard(directory)
-        try:
-            os.rename(staging, directory)
-        except OSError:
-            # Someone else renamed a kit into place between our check and our rename.
-            if not _is_complete(directory):
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    build_atomically(directory, TOY_VERSION, _write_kit, overwrite=overwrite)
     return paths
-
-
-def _is_complete(directory: Path) -> bool:
-    """A kit counts only once its marker, written last, names the current version."""
-    try:
-        return (directory / _MARKER).read_text().strip() == TOY_VERSION
-    except OSError:
-        return False
-
-
-def _discard(directory: Path) -> None:
-    """Move a stale kit aside first (atomic), then delete it; tolerate a racing deleter."""
-    trash = Path(tempfile.mkdtemp(prefix=f".{directory.name}-stale-", dir=directory.parent))
-    try:
-        os.rename(directory, trash / "kit")
-    except FileNotFoundError:
-        pass
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _write_kit(root: Path) -> None:
@@ -235,7 +197,6 @@ def _write_kit(root: Path) -> None:
         model = _build_model(tokenizer, seed=seed, eos_ends=(name == "A"))
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
-    (root / _MARKER).write_text(TOY_VERSION + "\n")
 
 
 def _build_tokenizer() -> PreTrainedTokenizerFast:

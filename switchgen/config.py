@@ -82,7 +82,7 @@ class CandidateConfig(ServerFields):
 
     name: str = Field(description="Node name in the graph and the author label in outputs.")
     role: Role = Field("other", description="pretrained | finetuned | aligned | other.")
-    model: str = Field(description="Hugging Face model id, local folder, or toy:P / toy:F / toy:A.")
+    model: str = Field(description="Hugging Face model id, local folder, or an offline kit's toy:P / skills:P (F, A likewise).")
     device: str = Field("auto", description="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, mps.")
     dtype: Dtype = "auto"
     stop: list[str] = Field(default_factory=list, description="Stop strings; one ends the response.")

@@ -63,6 +63,14 @@ def toy_kit(switchgen_home: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def skills_kit(switchgen_home: Path) -> dict[str, Path]:
+    """The skills kit (trained P/F/A, ~30 s of CPU), built once in the session's SWITCHGEN_HOME."""
+    from switchgen.kits.skills import ensure_skills_kit
+
+    return ensure_skills_kit()
+
+
+@pytest.fixture(scope="session")
 def engine(toy_kit: dict[str, Path]):
     """One in-process engine (KV-cache reuse on) shared by the tests: each toy model loads once."""
     from switchgen.servers.engine.local import LocalEngine
