@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from switchgen.config import SwitchConfig
-from switchgen.errors import ConfigError, ServerError, ServerUnreachable
+from switchgen.errors import ConfigError, InputTooLong, ServerError, ServerUnreachable
 from switchgen.evaluation.methods import ORACLE, EvalSetup, build_method, check_methods, patch_size_of, variant
 from switchgen.evaluation.stats import bootstrap_ci, paired_difference
 from switchgen.files import atomic_write_text
 from switchgen.generate import is_failed, records_done, write_records
+from switchgen.jsonl import dumps_record, loads_record, split_lines
 from switchgen.nodes.seeds import derive_seed
 from switchgen.tasks import Task, load_task
 
@@ -133,8 +134,9 @@ def _answer(method, record: dict[str, Any], seed: int | None) -> dict[str, Any]:
         result = method.invoke(record["query"], seed)
     except ServerUnreachable:
         raise
-    except ServerError as err:  # this query only: recorded, retried by a rerun
-        return {**base, "output": None, "score": None, "error": str(err)}
+    except (ServerError, InputTooLong) as err:  # this query only: recorded; a rerun retries all but too-long inputs
+        return {**base, "output": None, "score": None, "error": str(err),
+                **({"permanent": True} if isinstance(err, InputTooLong) else {})}
     seconds = time.perf_counter() - start
     rec = {
         **base,
@@ -155,13 +157,11 @@ def read_complete(path: Path) -> list[bytes]:
     if not path.is_file():
         return []
     data = path.read_bytes()
-    return data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
+    return split_lines(data[: data.rfind(b"\n") + 1])
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [loads_record(line, f"{path}:{n}") for n, line in enumerate(read_complete(path), 1) if line.strip()]
 
 
 def _score_file(path: Path, records: list[dict[str, Any]], metric) -> None:
@@ -176,7 +176,7 @@ def _score_file(path: Path, records: list[dict[str, Any]], metric) -> None:
         if not (lo <= value <= hi) and not math.isnan(value):
             raise ConfigError(f"metric {metric.name} gave {value} for {done[i]['id']}, outside its range {metric.range}")
         done[i]["score"] = value
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done))
+    atomic_write_text(path, "".join(dumps_record(r) + "\n" for r in done))
 
 
 def _write_oracle(out: Path, task: str, methods: list[str], records: list[dict[str, Any]]) -> None:
@@ -190,7 +190,7 @@ def _write_oracle(out: Path, task: str, methods: list[str], records: list[dict[s
         method, top = max(scored, key=lambda mr: mr[1]["score"])  # max keeps the first of equal scores
         assert top["id"] == record["id"]
         best.append({**top, "method": method})
-    atomic_write_text(method_file(out, task, ORACLE), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in best))
+    atomic_write_text(method_file(out, task, ORACLE), "".join(dumps_record(r) + "\n" for r in best))
 
 
 def summarise(config: SwitchConfig, prepared: Prepared, out: Path) -> list[dict[str, Any]]:

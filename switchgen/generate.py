@@ -73,7 +73,7 @@ def default_output(input_path: Path) -> Path:
 
 
 def records_done(output: Path, inputs: list[dict[str, Any]], key: str = "input") -> int:
-    """How many inputs already have a record in `output` (a record matches its input on `key`).
+    """How many inputs already have a record in `output`.
 
     The records are checked against the inputs first; only then is a torn last line (a run
     killed mid-write) cut off, so a file that is refused is left exactly as it was.
@@ -212,10 +212,10 @@ def write_records(
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """The resumable JSONL job: `one(i)` makes input i's record; records are appended in input order,
-    each flushed and fsynced, so a killed run keeps every finished record. A rerun checks the records
-    against the inputs (on `key`), retries failed ones (`is_failed`) first, then resumes after the last.
-    Used by `switchgen generate`, `switchgen eval` and `switchgen rollouts` (`postfix`: text shown after
-    the progress bar's rate, e.g. tokens/s; `on_record`: sees each record once it is in the file).
+    each whole or not at all, so a killed run keeps every finished record. A rerun checks the records
+    against the inputs (on `key`), retries failed ones (`is_retried`) first, then resumes after the
+    last. Used by `switchgen generate`, `switchgen eval` and `switchgen rollouts` (`postfix`: text shown
+    after the progress bar's rate, e.g. tokens/s; `on_record`: sees each record once it is in the file).
     """
     if concurrency < 1:
         raise InputError(f"concurrency must be at least 1, got {concurrency}")

@@ -208,6 +208,26 @@ def test_kill_mid_eval_then_rerun_loses_and_duplicates_nothing(toy_kit, tmp_path
     assert row["method"] == "random" and row["n"] == 12
 
 
+def test_lm_eval_generate_until_honours_max_gen_toks_and_until(toy_kit):
+    """The plug-in's answers are the graph's for the request's budget and stop strings."""
+    from lm_eval.api.instance import Instance
+
+    from switchgen.evaluation.lm_eval_plugin import SwitchgenLM
+    from switchgen.servers.stops import cut_at_stop
+
+    lm = SwitchgenLM(preset="toy", patch_size=4)
+    contexts = ["Question: What do bees make?\nAnswer:", "Question: Why is the sky blue?\nAnswer:"]
+    requests = [Instance("generate_until", {}, (c, {"until": ["Question:"], "max_gen_toks": 6}), i)
+                for i, c in enumerate(contexts)]
+    answers = lm.generate_until(requests, disable_tqdm=True)
+    graph = lm._graph(("Question:",))
+    for context, answer in zip(contexts, answers, strict=True):
+        result = graph.invoke({"query": context}, context={"max_new_tokens": 6})
+        assert result["tokens_used"] <= 6 and answer == cut_at_stop(result["output"], ["Question:"])[0]
+    stopped = lm.generate_until([Instance("generate_until", {}, (contexts[0], {"until": [" "], "max_gen_toks": 30}), 0)])
+    assert " " not in stopped[0]
+
+
 def test_lm_eval_plugin_refuses_loglikelihood():
     from switchgen.evaluation.lm_eval_plugin import SwitchgenLM
 
@@ -220,7 +240,7 @@ def test_lm_eval_plugin_refuses_loglikelihood():
         SwitchgenLM(preset="nope")
 
 
-def test_lm_eval_cli_runs_a_local_task_through_the_graph(toy_kit, hf_greedy, tmp_path, monkeypatch, capsys):
+def test_lm_eval_cli_runs_a_local_task_through_the_graph(toy_kit, tmp_path, monkeypatch, capsys):
     """lm-eval's own command line (in this process: torch is imported once), the model named switchgen."""
     monkeypatch.chdir(REPO)  # the task's data_files path is relative to the repository
     argv = ["lm-eval", "--model", "switchgen", "--model_args", "preset=toy,patch_size=4", "--tasks", "switchgen_toy_qa",
@@ -230,10 +250,7 @@ def test_lm_eval_cli_runs_a_local_task_through_the_graph(toy_kit, hf_greedy, tmp
     (samples,) = tmp_path.glob("lm/*/samples_switchgen_toy_qa_*.jsonl")
     responses = [json.loads(line)["resps"][0][0] for line in samples.read_text().splitlines()]
     assert len(responses) == 3
-    tok = hf_greedy.tokenizer("toy:A")
-    for text in responses:
-        assert "e" not in text and "Question:" not in text  # until
-        assert len(tok.encode(text, add_special_tokens=False)) <= 10  # max_gen_toks (re-encoding may merge tokens)
+    assert all("e" not in text and "Question:" not in text for text in responses)  # until
     (results,) = tmp_path.glob("lm/*/results_*.json")
     assert "switchgen_toy_qa" in json.loads(results.read_text())["results"]
 
