@@ -480,6 +480,7 @@ def _rollouts(args: argparse.Namespace) -> int:
     settings.check()
     if args.concurrency < 1:
         raise SwitchgenError(f"--concurrency must be at least 1, got {args.concurrency}")
+    check_writable(args.out, "--out")  # before any model loads
     task = load_task(args.task)
     records = instances(task.records("train"), args.instances)
     scorer = task_scorer(task.metric())  # a bad metric (or a reward model that cannot load) fails first

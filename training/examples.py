@@ -11,7 +11,6 @@ boundary to exactly that token.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from switchgen.errors import ConfigError, InputError
+from switchgen.jsonl import loads_record, split_lines
 from switchgen.nodes.prompts import user_turn
 from switchgen.nodes.switcher import switcher_prompt
 from switchgen.servers.choices import choice_token_ids
@@ -43,13 +43,10 @@ def read_rollouts(paths: list[Path]) -> list[dict[str, Any]]:
     for path in paths:
         if not path.is_file():
             raise InputError(f"{path}: no such file")
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(split_lines(path.read_bytes()), 1):
             if not line.strip():
                 continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            rec = loads_record(line, f"{path}:{lineno}")
             if not isinstance(rec, dict) or ("label" not in rec and "error" not in rec):
                 raise InputError(f"{path}:{lineno}: not a rollouts record (made by `switchgen rollouts`)")
             if "error" in rec:

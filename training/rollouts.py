@@ -23,7 +23,6 @@ seed derives from (--seed, instance id, candidate, continuation): the same seed 
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 import threading
@@ -38,6 +37,7 @@ from switchgen.config import SwitchConfig
 from switchgen.errors import InputError, ServerError, ServerUnreachable
 from switchgen.generate import write_records
 from switchgen.graph.state import Segment
+from switchgen.jsonl import loads_record, split_lines
 from switchgen.nodes.seeds import derive_seed
 
 TIE = 1e-9
@@ -242,10 +242,10 @@ def run_rollouts(
     want = rollouts.settings_record()
     if output.exists():
         data = output.read_bytes()
-        for lineno, line in enumerate(data[: data.rfind(b"\n") + 1].splitlines(), 1):
+        for lineno, line in enumerate(split_lines(data[: data.rfind(b"\n") + 1]), 1):
             try:
-                rec = json.loads(line)
-            except (UnicodeDecodeError, json.JSONDecodeError):
+                rec = loads_record(line)
+            except InputError:
                 continue  # write_records names it
             if isinstance(rec, dict) and "error" not in rec and rec.get("settings") != want:
                 raise InputError(
