@@ -24,7 +24,7 @@ from switchgen.errors import ConfigError, InputTooLong, ServerError, ServerUnrea
 from switchgen.evaluation.methods import ORACLE, EvalSetup, build_method, check_methods, patch_size_of, variant
 from switchgen.evaluation.stats import bootstrap_ci, paired_difference
 from switchgen.files import atomic_write_text
-from switchgen.generate import is_failed, records_done, write_records
+from switchgen.generate import default_concurrency, is_failed, records_done, write_records
 from switchgen.jsonl import dumps_record, loads_record, split_lines
 from switchgen.nodes.seeds import derive_seed
 from switchgen.tasks import Task, load_task
@@ -74,7 +74,7 @@ def run_eval(
     out: Path,
     *,
     seed: int | None = 0,
-    concurrency: int = 1,
+    concurrency: int | None = None,
     adapter: str | None = None,
     progress: bool = True,
     engine=None,
@@ -85,6 +85,8 @@ def run_eval(
     from switchgen.servers.clients.remote import check_servers
     from switchgen.servers.engine.local import LocalEngine
 
+    if concurrency is None:
+        concurrency = default_concurrency(config)  # as switchgen generate: fill the engine's batches
     if concurrency < 1:
         raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
     for task in prepared.tasks:  # a file that belongs to another split or task stops the run now

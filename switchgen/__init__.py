@@ -4,6 +4,13 @@ Pretrained, finetuned and aligned checkpoints of one model family take turns wri
 response, a patch at a time; a switcher LM picks who writes next (arXiv 2510.09913).
 """
 
+import os
+
+# OpenMP reads its wait policy once, when torch loads (env only, no API): with the default, pool
+# threads that finish a parallel region spin for a while, taking the cores the decode thread and
+# other processes need on a busy machine. Passive threads sleep. A user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
 
 __all__ = ["ChatSwitchGeneration", "LangChainLLMBackend", "__version__"]

@@ -32,7 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--input", type=Path, required=True, help='JSONL, one object with "input" per line')
     gen.add_argument("--output", type=Path, help="default: INPUT_switch_generation.jsonl beside the input")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
-    gen.add_argument("--concurrency", type=int, default=1, help="queries run at once (servers batch them); default 1")
+    gen.add_argument(
+        "--concurrency", type=int,
+        help="queries run at once (batched together); default: 16 in process (fills the engine's batches), 1 with servers",
+    )
     _config_args(gen)
 
     serve = sub.add_parser(
@@ -79,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--reps", type=int, default=5, help="timed repetitions per variant, after a warm-up")
     bench.add_argument("--budgets", default="128,256,512,1024", help="budget sweep")
     bench.add_argument("--concurrency", default="1,4,8", help="concurrency sweep")
+    bench.add_argument(
+        "--load-reps", type=int, default=5,
+        help="repetitions with 2 busy processes started beside the bench, for the spread under load (0: skip)",
+    )
     bench.add_argument("--json", type=Path, default=Path("bench.json"), help="raw figures (default: bench.json)")
     bench.add_argument("--rollouts", action="store_true",
                        help="instead: switcher-training rollouts/s, shared KV prefix vs independent generations, "
@@ -175,7 +182,7 @@ def _eval_parsers(sub) -> None:
                     help="the tasks' split (default test; train: outputs to distill from, `switchgen distill`)")
     ev.add_argument("--out", type=Path, required=True, help="folder for TASK/METHOD.jsonl, results.json and results.md")
     ev.add_argument("--limit", type=int, help="the first N test examples of each task")
-    ev.add_argument("--concurrency", type=int, default=1, help="queries run at once (servers batch them); default 1")
+    ev.add_argument("--concurrency", type=int, help="queries run at once (default: as switchgen generate)")
     ev.add_argument("--adapter", help="the switch method's LoRA adapter (a trained switcher)")
     ev.add_argument("--import", dest="imports", action="append", default=[], help="a module that registers methods")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -255,7 +262,7 @@ def _generate(args: argparse.Namespace) -> int:
     from switchgen.generate import check_output, default_output, read_inputs, run_file
     from switchgen.graph import build_graph
 
-    if args.concurrency < 1:
+    if args.concurrency is not None and args.concurrency < 1:
         raise SwitchgenError(f"--concurrency must be at least 1, got {args.concurrency}")
     inputs = read_inputs(args.input)
     output = args.output or default_output(args.input)
@@ -448,6 +455,7 @@ def _bench(args: argparse.Namespace) -> int:
         load_config(args.config or args.preset),
         budget=args.budget,
         reps=args.reps,
+        load_reps=args.load_reps,
         budgets=_ints(args.budgets),
         concurrency=_ints(args.concurrency),
         device=args.device,

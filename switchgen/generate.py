@@ -3,7 +3,8 @@
 Records are appended one by one and flushed, so a run that dies keeps every finished record;
 a rerun checks them against the input and continues after the last one. With `concurrency` N,
 N queries run at once (inference servers batch them) and records are still written in input
-order. A query that a server fails gets a record with "error" (and no generation_log) and the
+order; by default the in-process engine gets enough queries at once to fill its batches
+(`default_concurrency`). A query that a server fails gets a record with "error" (and no generation_log) and the
 run goes on; a rerun retries those first. A server that cannot be reached stops the run.
 """
 
@@ -24,6 +25,21 @@ from switchgen.config import SwitchConfig
 from switchgen.errors import InputError, InputTooLong, OutputError, ServerError, ServerUnreachable
 from switchgen.files import atomic_write_text, check_writable
 from switchgen.jsonl import append_record, dumps_record, invalid_text, loads_record, split_lines
+
+IN_PROCESS_BATCH = 16  # queries in flight when every token comes from this process: fills the engine's batches
+SERVER_CONCURRENCY = 1  # with a remote candidate or switcher: one at a time unless --concurrency says otherwise
+
+
+def default_concurrency(config: SwitchConfig) -> int:
+    """Queries to keep in flight when the user does not say (`generate`, and the eval and rollout jobs).
+
+    The in-process engine decodes concurrent graphs in one batch per checkpoint, so one query at a
+    time leaves it mostly idle: by default it gets enough queries to fill its batches. Servers
+    keep the old default (their operators size their own batches and limits).
+    """
+    remote = any(c.backend != "local" for c in config.candidates)
+    remote = remote or (config.switcher.strategy == "learned" and config.switcher_server().backend != "local")
+    return SERVER_CONCURRENCY if remote else IN_PROCESS_BATCH
 
 
 def read_inputs(path: Path) -> list[dict[str, Any]]:
@@ -177,13 +193,16 @@ def run_file(
     output: Path,
     *,
     progress: bool = True,
-    concurrency: int = 1,
+    concurrency: int | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Generate for every input without a record yet (and retry failed records first).
 
-    `on_record` sees each record once it is in the file (the CLI counts permanent failures with it).
+    `concurrency` None: `default_concurrency(config)`. `on_record` sees each record once it is in
+    the file (the CLI counts permanent failures with it).
     """
+    if concurrency is None:
+        concurrency = default_concurrency(config)
 
     def one(index: int) -> dict[str, Any]:
         source = inputs[index]

@@ -12,7 +12,7 @@ def test_bench_reports_every_variant_sweep_and_ratio(toy_kit, tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main([
         "bench", "--preset", "toy", "--budget", "40", "--reps", "1",
-        "--budgets", "20,40", "--concurrency", "1,2", "--json", str(out),
+        "--budgets", "20,40", "--concurrency", "1,2", "--load-reps", "2", "--json", str(out),
     ])
     assert code == 0
     report = json.loads(out.read_text())
@@ -26,18 +26,32 @@ def test_bench_reports_every_variant_sweep_and_ratio(toy_kit, tmp_path, capsys):
     assert set(report["concurrency_sweep"]) == set(report["concurrency_sweep_single"]) == {"1", "2"}
     assert {v["tokens"] for v in report["concurrency_sweep_single"].values()} == {len(QUERIES[:2]) * 40}
     assert set(report["ratios"]) == {
-        "switch_vs_single", "reference_vs_switch", "per_token_40_vs_20", "throughput_c2_vs_c1",
+        "switch_vs_single", "reference_vs_switch", "reference_batched_vs_switch_c2", "per_token_40_vs_20",
+        "throughput_c2_vs_c1", "spread_under_load_vs_single",
     }
+    # The batched reference wrote every query's budget, in lockstep rounds.
+    assert report["reference_batched"]["tokens"] == 2 * 40
+    # The spread under load ran its repetitions with the busy processes, and they are gone.
+    assert report["load"]["processes"] == 2
+    assert [len(report["load"]["raw"][v]) for v in ("switch", "single")] == [2, 2]
     assert all(value > 0 for value in report["ratios"].values())
     # Budgets of at most two patches are both anchored: the report says the switcher never ran (issue 11).
     assert [n.split(":")[0] for n in report["notes"]] == ["budget 40", "budget 20"]
     assert all("switcher is never called" in n for n in report["notes"])
     table = capsys.readouterr().out
     assert "note: budget 40: at most two patches" in table
-    for name in ("switch_vs_single", "reference_vs_switch", "weights in memory"):
+    for name in ("switch_vs_single", "reference_batched_vs_switch_c2", "spread_under_load_vs_single", "weights in memory"):
         assert name in table
 
 
 def test_bench_rejects_a_malformed_sweep(toy_kit, capsys):
     assert main(["bench", "--budgets", "128,lots"]) == 2
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_busy_processes_end_with_the_block():
+    from switchgen.bench import busy_machine
+
+    with busy_machine(processes=2, seconds=30) as procs:
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)  # running
+    assert all(p.returncode is not None for p in procs)  # stopped and reaped

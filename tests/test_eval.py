@@ -185,7 +185,7 @@ def test_kill_mid_eval_then_rerun_loses_and_duplicates_nothing(toy_kit, tmp_path
                                 "reference": "answer", "metric": "contains"}))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "switchgen.cli", "eval", "--preset", "toy", "--task", str(task), "--out", str(out),
-           "--no-progress", "--methods", "random", "--max-new-tokens", "60", "--patch-size", "20"]
+           "--no-progress", "--methods", "random", "--max-new-tokens", "60", "--patch-size", "20", "--concurrency", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     path = method_file(out, "k", "random")

@@ -70,3 +70,10 @@ def test_shipped_example_configs_load():
     tgi, openai = load_config(root / "toy-tgi.yaml"), load_config(root / "toy-openai.yaml")
     assert [c.url for c in tgi.candidates] == [f"http://127.0.0.1:{8080 + i}" for i in range(3)]
     assert {c.backend for c in tgi.candidates} == {"tgi"} and {c.backend for c in openai.candidates} == {"openai"}
+
+
+def test_generate_fills_the_in_process_batch_by_default_and_keeps_one_with_servers():
+    from switchgen.generate import IN_PROCESS_BATCH, default_concurrency
+
+    assert default_concurrency(load_config(toy_config_dict())) == IN_PROCESS_BATCH > 1
+    assert default_concurrency(load_config(with_candidate(backend="tgi", url="http://127.0.0.1:9000"))) == 1

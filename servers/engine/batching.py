@@ -26,6 +26,7 @@ import torch
 from transformers import DynamicCache
 
 from switchgen.servers.base import GenerationParams, Patch, TextCallback
+from switchgen.servers.engine.fused import FusedBatch, StackedModels, signature
 from switchgen.servers.engine.kvcache import CacheEntry
 from switchgen.servers.engine.sampling import make_generator, next_token, next_tokens
 from switchgen.servers.stops import cut_at_stop, streamable
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
     from switchgen.servers.engine.local import LocalBackend
 
 STREAM_INTERVAL = 0.02  # seconds between streamed text events of one request
+# A forward pass with fewer multiply-adds than this runs on one CPU thread: splitting tiny
+# operations over torch's intra-op pool costs more than it saves, and on a busy machine every
+# operation then waits for the slowest pool thread to be scheduled (run times varied 20x).
+ONE_THREAD_WORK = 1 << 26
 
 
 class Cancelled(Exception):
@@ -160,6 +165,18 @@ def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=2)
 
 
+def _room_to_stack(model: torch.nn.Module, group: tuple[StackedModels, FusedBatch] | None) -> bool:
+    """Stacking copies every member's weights once before the old copies are freed: on a GPU,
+    only when that copy fits (else the model keeps the transformers path)."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return True
+    members = [model, *(group[0].models if group is not None else [])]
+    need = sum(p.numel() * p.element_size() for m in members for p in m.parameters())
+    free, _ = torch.cuda.mem_get_info(device)
+    return free > 1.1 * need
+
+
 _WORKERS: weakref.WeakSet[DecodeWorker] = weakref.WeakSet()
 
 
@@ -179,7 +196,13 @@ class DecodeWorker:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.batches: dict[LocalBackend, _Batch] = {}
+        # Same-shaped Llama checkpoints on this device: stacked weights and one batch for all of them.
+        self.fused: dict[tuple, tuple[StackedModels, FusedBatch]] = {}
+        self._fused_of: dict[torch.nn.Module, tuple[tuple, int] | None] = {}
+        self._params: dict[torch.nn.Module, int] = {}
         self.max_batch_seen = 0
+        self.max_threads = torch.get_num_threads()  # the caller's setting: the most a large forward gets
+        self._threads = 0
         self.died: BaseException | None = None  # set when the thread stopped on an error (see _loop)
         _WORKERS.add(self)
 
@@ -198,7 +221,48 @@ class DecodeWorker:
     def running(self, backend: LocalBackend) -> int:
         """How many of `backend`'s sequences are being decoded now."""
         batch = self.batches.get(backend)
-        return len(batch.rows) if batch is not None else 0
+        fused = sum(r is not None and r.backend is backend for _, b in self.fused.values() for r in b.rows)
+        return fused + (len(batch.rows) if batch is not None else 0)
+
+    def fused_for(self, backend: LocalBackend) -> tuple[StackedModels, FusedBatch, int] | None:
+        """The stacked weights, the shared batch and the model's index there; None: the transformers path.
+
+        Runs on the worker thread only (a model joining restacks weights and moves running rows).
+        """
+        if backend.adapter is not None:
+            return None
+        model = backend.loaded.model
+        if model not in self._fused_of:
+            key = signature(model)
+            if key is not None and not _room_to_stack(model, self.fused.get(key)):
+                key = None
+            if key is None:
+                self._fused_of[model] = None
+            elif key not in self.fused:
+                stack = StackedModels([model])
+                self.fused[key] = (stack, FusedBatch(stack))
+                self._fused_of[model] = (key, 0)
+            else:
+                stack, batch = self.fused[key]
+                index = stack.add(model)
+                if batch.per_model:
+                    batch._relayout(batch.per_model, 0)
+                self._fused_of[model] = (key, index)
+        found = self._fused_of[model]
+        if found is None:
+            return None
+        stack, batch = self.fused[found[0]]
+        return stack, batch, found[1]
+
+    def _size_threads(self, model: torch.nn.Module, tokens: int) -> None:
+        """Intra-op threads for a forward over `tokens` tokens: one for small work, the caller's count otherwise."""
+        if model not in self._params:
+            self._params[model] = sum(p.numel() for p in model.parameters())
+        big = self.device.type == "cpu" and self._params[model] * tokens >= ONE_THREAD_WORK
+        want = self.max_threads if big else 1
+        if want != self._threads:
+            torch.set_num_threads(want)
+            self._threads = want
 
     def run(
         self,
@@ -242,8 +306,11 @@ class DecodeWorker:
                 self._thread.start()
 
     def _busy(self) -> bool:
-        return any(batch.rows for batch in self.batches.values())
+        return any(batch.rows for batch in self.batches.values()) or any(
+            r is not None for _, b in self.fused.values() for r in b.rows
+        )
 
+    @torch.inference_mode()  # every tensor the worker makes is an inference tensor, updated in place only here
     def _loop(self) -> None:
         """Admit new requests, step every batch, repeat. No request can stop it: whatever one
         request's parameters or logits make fail (sampling, seeding, a forward pass) fails that
@@ -263,6 +330,9 @@ class DecodeWorker:
                         closing = True
                     else:
                         self._admit(req)
+                for stack, batch in list(self.fused.values()):
+                    if any(r is not None for r in batch.rows):
+                        self._step_fused(stack, batch)
                 for backend, batch in list(self.batches.items()):
                     if batch.rows:
                         self._step(backend, batch)
@@ -277,6 +347,11 @@ class DecodeWorker:
             for r in batch.rows:
                 r.events.put(("error", died))
             batch.rows, batch.pads, batch.cache = [], [], None
+        for _, fused in self.fused.values():
+            for s, r in enumerate(fused.rows):
+                if r is not None:
+                    fused.rows[s] = None  # its state may be what failed: drop the row, copy nothing
+                    r.events.put(("error", died))
         while True:
             try:
                 req = self.inbox.get_nowait()
@@ -289,8 +364,12 @@ class DecodeWorker:
         backend = req.backend
         assert backend is not None
         try:
+            fused = self.fused_for(backend)
+            self._size_threads(backend.loaded.model, len(req.ids))
             with backend.active():
-                req.entry, req.logits, req.prefilled = backend.prefill(req.ids)
+                req.entry, req.logits, req.prefilled = backend.prefill(
+                    req.ids, (fused[0], fused[2]) if fused is not None else None
+                )
             if req.params is None:
                 backend.pool.checkin(req.entry)
                 req.events.put(("done", req))
@@ -300,12 +379,17 @@ class DecodeWorker:
         except Exception as err:  # this request's input or parameters: it fails alone
             req.events.put(("error", err))
             return
-        if req.finish is None:
+        if req.finish is not None:
+            self._finish(req)
+        elif fused is not None:
+            _, shared, index = fused
+            shared.add(index, req, req.entry.cache, len(req.entry.ids))
+            req.entry.cache = DynamicCache()
+            self.max_batch_seen = max(self.max_batch_seen, sum(r is not None and r.backend is backend for r in shared.rows))
+        else:
             batch = self.batches.setdefault(backend, _Batch())
             batch.add(req)
             self.max_batch_seen = max(self.max_batch_seen, len(batch.rows))
-        else:
-            self._finish(req)
 
     def _sample(self, req: Request) -> None:
         """Pick the next token from `req.logits` (a request on its own)."""
@@ -339,6 +423,7 @@ class DecodeWorker:
     def _step(self, backend: LocalBackend, batch: _Batch) -> None:
         rows = batch.rows
         tokens = torch.tensor([[r.out[-1]] for r in rows], device=self.device)
+        self._size_threads(backend.loaded.model, len(rows))
         try:
             with backend.active():
                 if len(rows) == 1:
@@ -374,6 +459,49 @@ class DecodeWorker:
                 continue
             if r.finish is not None:
                 batch.remove(r)
+                self._finish(r)
+
+    def _step_fused(self, stack: StackedModels, batch: FusedBatch) -> None:
+        """One forward pass for every running row of every stacked checkpoint."""
+        batch.compact()
+        slots = batch.live
+        rows = [batch.rows[s] for s in slots]
+        tokens = [0] * len(batch.rows)
+        positions = [0] * len(batch.rows)
+        for s, r in zip(slots, rows, strict=True):
+            tokens[s], positions[s] = r.out[-1], len(r.entry.ids)
+        self._size_threads(stack.models[0], len(batch.rows))
+        try:
+            with rows[0].backend.loaded.lock:
+                logits = batch.step(tokens, positions)
+        except Exception as err:
+            for s, r in zip(slots, rows, strict=True):
+                r.entry.cache = batch.remove(s)
+                r.events.put(("error", err))
+            return
+        logits = logits[torch.tensor(slots, device=logits.device)] if len(slots) < len(batch.rows) else logits
+        for i, r in enumerate(rows):
+            r.entry.ids.append(r.out[-1])
+            r.logits = logits[i]
+        chosen = self._choose(logits, rows)
+        for s, r, token in zip(slots, rows, chosen, strict=True):
+            if isinstance(token, Exception):
+                r.entry.cache = batch.remove(s)
+                r.events.put(("error", token))
+                continue
+            if r.cancelled is not None and r.cancelled.is_set():
+                r.entry.cache = batch.remove(s)
+                r.backend.pool.checkin(r.entry)
+                r.events.put(("error", Cancelled()))
+                continue
+            try:
+                self._accept(r, token)
+            except Exception as err:  # e.g. decoding for a stop string: this row alone
+                r.entry.cache = batch.remove(s)
+                r.events.put(("error", err))
+                continue
+            if r.finish is not None:
+                r.entry.cache = batch.remove(s)
                 self._finish(r)
 
     @staticmethod

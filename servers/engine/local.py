@@ -21,6 +21,7 @@ from switchgen.errors import InputTooLong
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.choices import choice_probabilities, choice_token_ids
 from switchgen.servers.engine.batching import DecodeWorker, Request, to_patch
+from switchgen.servers.engine.fused import StackedModels
 from switchgen.servers.engine.kvcache import CacheEntry, PrefixCachePool
 from switchgen.servers.engine.loading import (
     attach_adapter,
@@ -31,7 +32,10 @@ from switchgen.servers.engine.loading import (
     resolve_model,
 )
 
-_WRITTEN_CAPACITY = 64  # remembered (prompt + patch) texts per backend
+_WRITTEN_CAPACITY = 128  # remembered (prompt + patch) texts per backend
+# Warm caches kept per backend: one per conversation in flight between its patches, so at least
+# the number of queries run at once (switchgen generate keeps 16 in flight by default).
+CACHE_CAPACITY = 32
 
 
 @dataclass
@@ -154,15 +158,21 @@ class LocalBackend:
 
     # -- used by the decode worker, on its thread ------------------------------------------
 
-    def prefill(self, ids: list[int]) -> tuple[CacheEntry, torch.Tensor, int]:
-        """A cache holding `ids` and the logits after them; only tokens not already cached are run."""
+    def prefill(self, ids: list[int], fused: tuple[StackedModels, int] | None = None) -> tuple[CacheEntry, torch.Tensor, int]:
+        """A cache holding `ids` and the logits after them; only tokens not already cached are run.
+
+        `fused` (stacked weights and this model's index there) runs the pass in batching's fused layout.
+        """
         entry, shared = self.pool.checkout(ids)
         keep = min(shared, len(ids) - 1)  # feed at least one token to get fresh logits
         entry.truncate(keep)
         new = ids[keep:]
-        logits = self.forward(torch.tensor([new], device=self.device), entry.cache, None, None)
+        if fused is not None:
+            entry.cache, last = fused[0].prefill(fused[1], entry.cache, new, len(entry.ids))
+        else:
+            last = self.forward(torch.tensor([new], device=self.device), entry.cache, None, None)[0]
         entry.ids.extend(new)
-        return entry, logits[0], len(new)
+        return entry, last, len(new)
 
     @torch.inference_mode()
     def forward(
@@ -210,7 +220,7 @@ class LocalEngine:
     and the ground truth the cache is tested against).
     """
 
-    def __init__(self, *, cache_capacity: int = 8, reuse_cache: bool = True) -> None:
+    def __init__(self, *, cache_capacity: int = CACHE_CAPACITY, reuse_cache: bool = True) -> None:
         self.cache_capacity = cache_capacity
         self.reuse_cache = reuse_cache
         self._models: dict[tuple[str, str, str], LoadedModel] = {}
