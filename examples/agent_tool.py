@@ -1,7 +1,7 @@
 """An agent (langchain.agents.create_agent) that has the Switch Generation graph as a tool.
 
-The graph is a LangChain Runnable, so `Runnable.as_tool` turns it into a tool. Piped into a
-function that keeps the answer text, the tool's result is the text the checkpoints wrote.
+langchain-core's `@tool` decorator (a stable API; `Runnable.as_tool` is beta and warns on every
+call) turns a function that asks the graph into a tool; its result is the text the checkpoints wrote.
 
 The agent itself needs a chat model that can call tools. Offline there is none to run, so this
 example scripts one with langchain-core's GenericFakeChatModel: a stand-in for the LLM provider
@@ -18,8 +18,7 @@ from typing import Any
 from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
-from langchain_core.runnables import RunnableLambda
-from langchain_core.tools import BaseTool
+from langchain_core.tools import BaseTool, tool
 
 from switchgen.graph import build_graph, load_config
 
@@ -32,14 +31,15 @@ class ScriptedToolCaller(GenericFakeChatModel):
 
 
 def switchgen_tool(graph: Any) -> BaseTool:
-    """The graph as a tool taking {"query": str} and returning the answer text."""
-    answer = RunnableLambda(lambda state: state["output"], name="answer_text")
-    return (graph | answer).as_tool(
-        name="switch_generation",
-        description="Answer a question by Switch Generation: pretrained, finetuned and aligned "
-        "checkpoints take turns writing the answer.",
-        arg_types={"query": str},
-    )
+    """The graph as a tool taking a query and returning the answer text."""
+
+    @tool("switch_generation")
+    def switch_generation(query: str) -> str:
+        """Answer a question by Switch Generation: pretrained, finetuned and aligned checkpoints take turns
+        writing the answer."""
+        return graph.invoke({"query": query})["output"]
+
+    return switch_generation
 
 
 def run(question: str = "Why is the sky blue?", config: Any = None, **build_kwargs: Any) -> dict:

@@ -54,7 +54,10 @@ def connect(
 
 def endpoint(fields: ServerFields, label: str) -> Endpoint:
     assert fields.url is not None
-    return Endpoint(label, fields.url, fields.timeout, fields.connect_timeout, fields.retries)
+    return Endpoint(
+        label, fields.url, fields.timeout, fields.connect_timeout, fields.retries,
+        api_key=fields.api_key, headers=tuple(fields.headers.items()),
+    )
 
 
 def remote_backend(

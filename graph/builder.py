@@ -13,9 +13,9 @@ from switchgen.config import SwitchConfig, load_config
 from switchgen.errors import ConfigError
 from switchgen.graph.backends import connect
 from switchgen.graph.compiled import SwitchGraph, recursion_limit
-from switchgen.graph.context import Context
+from switchgen.graph.context import context_schema
 from switchgen.graph.inputs import OVERWRITE
-from switchgen.graph.state import InputState, OutputState, Segment, SwitchState
+from switchgen.graph.state import InputState, OutputState, Segment, SwitchState, TurnState
 from switchgen.nodes.generator import make_generator
 from switchgen.nodes.messages import conversation_history
 from switchgen.nodes.prompts import candidate_prompt, has_chat_template, user_turn
@@ -56,17 +56,19 @@ def build_graph(
 
     # Nodes take the run's context (graph/context.py): each step is built per resolved configuration.
     prompt_tokens = prompt_token_counter(config, backends[config.aligned_index])
-    builder = StateGraph(SwitchState, context_schema=Context, input_schema=InputState, output_schema=OutputState)
+    builder = StateGraph(
+        SwitchState, context_schema=context_schema(config), input_schema=InputState, output_schema=OutputState)
     builder.add_node(
         "switcher",
         make_switcher_node(config, lambda cfg: make_switcher(cfg, switcher, count_tokens), prompt_tokens),
+        input_schema=TurnState,  # the private channels (turn, settings, proposal) live in the nodes' schema only
     )
     for index, cand in enumerate(config.candidates):
         backend = backends[index]
         node = make_generator_node(
             config, lambda cfg, i=index, b=backend: make_generator(cfg, i, b), prompt_tokens, cand.name
         )
-        builder.add_node(cand.name, node)
+        builder.add_node(cand.name, node, input_schema=TurnState)
         builder.add_conditional_edges(cand.name, route_after_patch, ["switcher", END])
     builder.add_edge(START, "switcher")
     builder.add_conditional_edges("switcher", route_after_switcher, [*config.names, "switcher", END])

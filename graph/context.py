@@ -8,7 +8,7 @@ result exactly like a YAML file, so a bad setting gets the configuration's own m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass, replace
 from typing import Any, get_type_hints
 
 from pydantic import ConfigDict, ValidationError, create_model
@@ -68,6 +68,43 @@ _CONTEXT = create_model(
 )
 
 
+def defaults_in_force(config: SwitchConfig) -> dict[str, Any]:
+    """The value each context field has under `config` (what an unset field means)."""
+    sw = config.switcher
+    return {
+        "patch_size": config.patch_size,
+        "max_new_tokens": config.max_new_tokens,
+        "top_p": sw.top_p,
+        "strategy": sw.strategy,
+        "candidate": None if sw.candidate is None else config.names[config.index_of(sw.candidate)],
+        "sequence": None if sw.sequence is None else [config.names[config.index_of(r)] for r in sw.sequence],
+        "seed": config.seed,
+        # stays None: on a resumed turn an explicit `false` must be told from "the turn's setting"
+        "review": None,
+    }
+
+
+def context_schema(config: SwitchConfig) -> type[Context]:
+    """A Context whose field defaults are `config`'s values, so that LangGraph Studio shows the settings in force.
+
+    A field left at its default still means "the turn's setting" (`as_context` reads a default as unset),
+    so a resumed turn keeps the settings it started with.
+    """
+    defaults = defaults_in_force(config)
+    types = get_type_hints(Context)  # real types: the annotations here are strings
+    specs = []
+    for f in fields(Context):
+        value = defaults[f.name]
+        default = field(default_factory=lambda v=value: list(v), metadata=f.metadata) if isinstance(value, list) else (
+            field(default=value, metadata=f.metadata))
+        specs.append((f.name, types[f.name], default))
+    return make_dataclass("Context", specs, bases=(Context,), kw_only=True, namespace={"__doc__": Context.__doc__})
+
+
+def _default_of(f: Any) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
 def turn_context(stored: dict[str, Any] | None, current: Any) -> Context:
     """The context in force: the turn's stored settings, with the settings this run sets on top.
 
@@ -90,7 +127,11 @@ def as_context(value: Any) -> Context:
     if value is None or (not isinstance(value, (Context, dict))):
         return Context()
     if isinstance(value, Context):
-        return value
+        if type(value) is Context:
+            return value
+        # a context_schema(config) instance: a field at its default (the config's value) is unset
+        return Context(**{f.name: None if getattr(value, f.name) == _default_of(f) else getattr(value, f.name)
+                          for f in fields(value)})
     unknown = sorted(set(value) - set(CONTEXT_FIELDS))
     if unknown:
         raise InputError(f"context: unknown setting(s) {unknown}; the settings are {list(CONTEXT_FIELDS)}")

@@ -74,14 +74,10 @@ class OutputState(TypedDict, total=False):
 
 
 class SwitchState(TypedDict, total=False):
+    """The graph's state as a thread (and LangGraph Studio) shows it."""
+
     query: str
     messages: Annotated[list[AnyMessage], add_messages]
-    # The turn the trace belongs to (private): a new input starts a new one.
-    turn: str
-    # The run-time context the turn started with (private; see graph/context.py).
-    settings: dict
-    # Review mode: the switcher's decision waiting for a reviewer (private; see nodes/review.py).
-    proposal: Decision | None
     segments: Annotated[list[Segment], operator.add]
     decisions: Annotated[list[Decision], operator.add]
     forced: list[str | int]
@@ -89,3 +85,14 @@ class SwitchState(TypedDict, total=False):
     tokens_used: int
     max_new_tokens: int
     done: bool
+
+
+class TurnState(SwitchState, total=False):
+    """What the nodes read: the state plus private channels (LangGraph keeps them out of the state schema)."""
+
+    # The turn the trace belongs to: a new input starts a new one.
+    turn: str
+    # The run-time context the turn started with (see graph/context.py).
+    settings: dict
+    # Review mode: the switcher's decision waiting for a reviewer (see nodes/review.py).
+    proposal: Decision | None

@@ -15,9 +15,10 @@ from langchain_core.messages import AIMessage, BaseMessage
 
 from switchgen.graph.state import Decision, Segment
 
-# LangChain message types -> chat-template roles. Tool calls and tool results are not text a
-# candidate continues: they are left out of the history.
-ROLES = {"human": "user", "ai": "assistant", "system": "system"}
+# LangChain message types -> chat-template roles. A tool's result stays in the history (as a `tool`
+# turn; nodes/prompts.py renders it as a user turn for templates without that role); an AI message's
+# tool calls are not text a candidate continues, only its text is kept.
+ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 MODEL_NAME = "switchgen"
 
 
@@ -59,8 +60,12 @@ def answer_message(
     tokens_used: int,
     max_new_tokens: int,
     input_tokens: int,
+    message_id: str | None = None,
 ) -> AIMessage:
-    """The turn's answer: the segments joined as decoded, the trace in response_metadata."""
+    """The turn's answer: the segments joined as decoded, the trace in response_metadata.
+
+    `usage_by_candidate` counts each author's patches and tokens (the switcher writes none).
+    """
     finish = segments[-1].get("finish_reason") if segments else None
     metadata: dict[str, Any] = {
         "model_name": MODEL_NAME,
@@ -70,8 +75,10 @@ def answer_message(
         "decisions": [dict(d) for d in decisions],
         "tokens_used": tokens_used,
         "max_new_tokens": max_new_tokens,
+        "usage_by_candidate": usage_by_candidate(segments),
     }
     return AIMessage(
+        id=message_id,
         content="".join(s["text"] for s in segments),
         response_metadata=metadata,
         usage_metadata={
@@ -80,3 +87,13 @@ def answer_message(
             "total_tokens": input_tokens + tokens_used,
         },
     )
+
+
+def usage_by_candidate(segments: Sequence[Segment]) -> dict[str, dict[str, int]]:
+    """Patches and output tokens per author, in order of first appearance."""
+    usage: dict[str, dict[str, int]] = {}
+    for s in segments:
+        entry = usage.setdefault(s["candidate"], {"patches": 0, "output_tokens": 0})
+        entry["patches"] += 1
+        entry["output_tokens"] += int(s.get("tokens") or 0)
+    return usage

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from transformers import PreTrainedTokenizerBase
 
 _SENTINEL = "\uE000switchgen-trace\uE000"
-_PLAIN_ROLES = {"user": "User", "assistant": "Assistant", "system": "System"}
+_PLAIN_ROLES = {"user": "User", "assistant": "Assistant", "system": "System", "tool": "Tool"}
 
 PLAIN_TURN_STOP = "\nUser:"  # plain candidates in a conversation stop where they would write the user's turn
 
@@ -26,7 +26,8 @@ def chat_prefix(tokenizer: PreTrainedTokenizerBase, query: str, history: History
     (templates that trim or escape content never touch it) and every patch's prompt extends the
     previous one: the KV cache's common prefix stays whole.
     """
-    messages = [*map(dict, history), {"role": "user", "content": query}, {"role": "assistant", "content": _SENTINEL}]
+    messages = [*_renderable(tokenizer, history), {"role": "user", "content": query},
+                {"role": "assistant", "content": _SENTINEL}]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
     if _SENTINEL in rendered:
         return rendered[: rendered.index(_SENTINEL)]
@@ -82,7 +83,7 @@ def user_turn(tokenizer: PreTrainedTokenizerBase, text: str, history: History = 
     """
     if not has_chat_template(tokenizer):
         return plain_transcript(history, text) if history else text
-    messages = [*map(dict, history), {"role": "user", "content": text}]
+    messages = [*_renderable(tokenizer, history), {"role": "user", "content": text}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -103,3 +104,12 @@ def routing_prompt(query: str, roles: Sequence[str]) -> str:
         f"Which model should answer the question? Please respond with a number from 0 to {len(roles) - 1}."
         " The answer is model "
     )
+
+
+def _renderable(tokenizer: PreTrainedTokenizerBase, history: History) -> list[dict[str, str]]:
+    """The history as the template can take it: tool results become user turns where it has no `tool` role."""
+    messages = [dict(m) for m in history]
+    if any(m["role"] == "tool" for m in messages) and "tool" not in (tokenizer.chat_template or ""):
+        messages = [{"role": "user", "content": f"Tool result: {m['content']}"} if m["role"] == "tool" else m
+                    for m in messages]
+    return messages

@@ -12,12 +12,12 @@ from typing import Any
 from langgraph.types import interrupt
 
 from switchgen.config import SwitchConfig
-from switchgen.graph.state import Decision, SwitchState
+from switchgen.graph.state import Decision, TurnState
 
 REVIEW_KIND = "switchgen.review"
 
 
-def review_payload(config: SwitchConfig, state: SwitchState, decision: Decision) -> dict[str, Any]:
+def review_payload(config: SwitchConfig, state: TurnState, decision: Decision) -> dict[str, Any]:
     """What the reviewer sees (JSON-ready): the proposal, the distribution and the trace so far."""
     return {
         "kind": REVIEW_KIND,
@@ -46,7 +46,7 @@ def parse_choice(config: SwitchConfig, answer: Any) -> int:
     return config.index_of(answer)
 
 
-def review(config: SwitchConfig, state: SwitchState, decision: Decision) -> Decision:
+def review(config: SwitchConfig, state: TurnState, decision: Decision) -> Decision:
     """Pause until a valid candidate is named; the decision records an override as how="review"."""
     payload = review_payload(config, state, decision)
     while True:

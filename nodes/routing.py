@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from langgraph.graph import END
 
-from switchgen.graph.state import SwitchState
+from switchgen.graph.state import TurnState
 
 
-def route_after_switcher(state: SwitchState) -> str:
+def route_after_switcher(state: TurnState) -> str:
     """The candidate the switcher chose, or END when the response is finished.
 
     In review mode a proposal waits for its reviewer: back to the switcher, which pauses on it.
@@ -19,6 +19,6 @@ def route_after_switcher(state: SwitchState) -> str:
     return state["decisions"][-1]["chosen"]
 
 
-def route_after_patch(state: SwitchState) -> str:
+def route_after_patch(state: TurnState) -> str:
     """Back to the switcher for the next patch, or END after EOS, a stop string or the budget."""
     return END if state.get("done") else "switcher"

@@ -3,6 +3,8 @@
 `graph.stream(..., stream_mode="custom")` yields one event per piece of decoded text, tagged with
 the candidate writing it and the patch (the segment's position in the trace). Joined, a patch's
 events are exactly its segment's text, even for a backend that does not stream (one event then).
+The same pieces go to the patch's run in LangChain's callbacks (nodes/tracing.py), which is what
+`stream_mode="messages"` streams.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from typing import TypedDict
 
 from langgraph.config import get_stream_writer
 from langgraph.types import StreamWriter
+
+from switchgen.nodes.tracing import PatchRun
 
 
 class TokenEvent(TypedDict):
@@ -29,10 +33,11 @@ def _writer() -> StreamWriter | None:
 class PatchStream:
     """Sends one patch's text as it is written; `complete` sends whatever the backend did not."""
 
-    def __init__(self, candidate: str, patch: int) -> None:
+    def __init__(self, candidate: str, patch: int, run: PatchRun | None = None) -> None:
         self.candidate = candidate
         self.patch = patch
         self.sent = ""
+        self.run = run
         self._write = _writer()
 
     def emit(self, text: str) -> None:
@@ -41,6 +46,8 @@ class PatchStream:
         self.sent += text
         if self._write is not None:
             self._write(TokenEvent(candidate=self.candidate, text=text, patch=self.patch))
+        if self.run is not None:
+            self.run.token(text)
 
     def complete(self, text: str) -> None:
         """Send the rest of the patch's final `text` (a backend that streamed nothing sends it all here)."""

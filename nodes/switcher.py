@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 
 from switchgen.config import SwitchConfig
 from switchgen.errors import InputError
-from switchgen.graph.state import Decision, Segment, SwitchState
+from switchgen.graph.state import Decision, Segment, TurnState
 from switchgen.nodes.prompts import user_turn
 from switchgen.nodes.seeds import derive_seed
+from switchgen.nodes.tracing import SwitcherRun
 from switchgen.servers.base import Backend
 
 ENDED = ("eos", "stop", "budget")
@@ -52,7 +53,7 @@ def make_switcher(
     config: SwitchConfig,
     switcher: Backend | None,
     count_tokens: Callable[[Segment], int],
-) -> Callable[[SwitchState], dict]:
+) -> Callable[[TurnState], dict]:
     """The decision under `config`; `switcher` is the learned switcher's backend (None for the other strategies).
 
     nodes/turn.py wraps it into the LangGraph node (context, turns, review, the answer message).
@@ -67,7 +68,7 @@ def make_switcher(
         except (KeyError, ValueError) as err:
             raise InputError(f"segment {segment!r}: {err}") from None
 
-    def decide(state: SwitchState, segments: list[Segment], remaining: int) -> tuple[Decision, dict]:
+    def decide(state: TurnState, segments: list[Segment], remaining: int) -> tuple[Decision, dict]:
         step = len(segments)
         rng = random.Random(derive_seed(config.seed, "switch", step))
         forced = list(state.get("forced") or [])
@@ -96,7 +97,7 @@ def make_switcher(
         return decision, extra
 
     def strategy_choice(
-        state: SwitchState, segments: list[Segment], step: int, rng: random.Random
+        state: TurnState, segments: list[Segment], step: int, rng: random.Random
     ) -> tuple[int, str, list[float] | None, float | None]:
         sw = config.switcher
         if sw.strategy == "single":
@@ -111,12 +112,25 @@ def make_switcher(
         prompt = switcher_prompt(
             state["query"], [s["text"] for s in segments], [author_index(s) for s in segments], n
         )
-        scores = switcher.choice_distribution(user_turn(switcher.tokenizer, prompt), [str(i) for i in range(n)])
+        text = user_turn(switcher.tokenizer, prompt)
+        run = SwitcherRun.start(model=config.switcher_model, prompt=text, step=step)  # a run in LangChain callbacks
+        try:
+            scores = switcher.choice_distribution(text, [str(i) for i in range(n)])
+        except BaseException as err:
+            run.error(err)
+            raise
         if scores.probs is None or scores.mass < sw.min_digit_mass:
-            return config.aligned_index, "fallback", scores.probs, scores.mass
-        return top_p_choice(scores.probs, sw.top_p, rng), "switcher", scores.probs, scores.mass
+            index, how = config.aligned_index, "fallback"
+        else:
+            index, how = top_p_choice(scores.probs, sw.top_p, rng), "switcher"
+        if run.run is not None:
+            probabilities = dict(zip(names, scores.probs, strict=True)) if scores.probs is not None else None
+            decision = {"step": step, "chosen": names[index], "how": how, "probabilities": probabilities,
+                        "digit_mass": scores.mass}
+            run.end(decision, len(switcher.tokenizer.encode(text, add_special_tokens=False)))
+        return index, how, scores.probs, scores.mass
 
-    def switcher_node(state: SwitchState) -> dict:
+    def switcher_node(state: TurnState) -> dict:
         query = state.get("query")
         if not isinstance(query, str) or not query.strip():
             raise InputError("the query is empty: pass {'query': '...'}")

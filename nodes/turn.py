@@ -27,10 +27,11 @@ from langgraph.types import Overwrite
 
 from switchgen.config import SwitchConfig
 from switchgen.graph.context import Context, resolve_config, turn_context
-from switchgen.graph.state import SwitchState
+from switchgen.graph.state import TurnState
 from switchgen.nodes.messages import answer_message, conversation_history
 from switchgen.nodes.prompts import candidate_prompt, has_chat_template
 from switchgen.nodes.review import review
+from switchgen.nodes.tracing import answer_id
 from switchgen.servers.base import Backend
 
 # Set by SwitchGraph in a run's configurable when the run starts a new turn.
@@ -38,7 +39,7 @@ TURN_KEY = "switchgen_turn"
 
 # The switcher's decision or a candidate's patch under one resolved configuration (nodes/switcher.py,
 # nodes/generator.py): state in, state update out.
-Update = Callable[[SwitchState], dict]
+Update = Callable[..., dict]
 PromptTokens = Callable[[str, list[dict[str, str]]], int]
 
 
@@ -61,8 +62,8 @@ class UpdateCache:
         return config, update
 
 
-def _answer(state: SwitchState, update: dict, prompt_tokens: PromptTokens) -> dict:
-    """The update plus the turn's answer message, once the turn is done."""
+def _answer(state: TurnState, update: dict, prompt_tokens: PromptTokens, turn: str | None) -> dict:
+    """The update plus the turn's answer message, once the turn is done (its id: the turn's, see nodes/tracing.py)."""
     if not update.get("done"):
         return update
     merged = {**state, **{k: v for k, v in update.items() if k not in ("segments", "decisions")}}
@@ -76,6 +77,7 @@ def _answer(state: SwitchState, update: dict, prompt_tokens: PromptTokens) -> di
         tokens_used=merged.get("tokens_used") or 0,
         max_new_tokens=merged.get("max_new_tokens") or 0,
         input_tokens=prompt_tokens(query, conversation_history(state.get("messages"))),
+        message_id=answer_id(turn),
     )
     return {**update, "messages": [message]}
 
@@ -86,7 +88,7 @@ def make_switcher_node(
     """The switcher node: picks the next author (or ends the turn), under the run's context."""
     updates = UpdateCache(base, factory)
 
-    def switcher(state: SwitchState, runtime: Runtime[Context], config: RunnableConfig) -> dict:
+    def switcher(state: TurnState, runtime: Runtime[Context], config: RunnableConfig) -> dict:
         turn = (config.get("configurable") or {}).get(TURN_KEY)
         new_turn = turn is not None and turn != state.get("turn")
         context = turn_context(None if new_turn else state.get("settings"), runtime.context)
@@ -106,7 +108,7 @@ def make_switcher_node(
             update["proposal"] = None
         if decisions:
             update["decisions"] = decisions
-        update = _answer(state, update, prompt_tokens)
+        update = _answer(state, update, prompt_tokens, turn if new_turn else state.get("turn"))
         if new_turn:
             update["turn"] = turn
             update["settings"] = asdict(context)
@@ -122,9 +124,9 @@ def make_generator_node(
     """A candidate's node: writes one patch under the run's context; the last one adds the answer."""
     updates = UpdateCache(base, factory)
 
-    def generate(state: SwitchState, runtime: Runtime[Context]) -> dict:
+    def generate(state: TurnState, runtime: Runtime[Context]) -> dict:
         _, update_fn = updates.resolve(turn_context(state.get("settings"), runtime.context))
-        return _answer(state, update_fn(state), prompt_tokens)
+        return update_fn(state, lambda update: _answer(state, update, prompt_tokens, state.get("turn")))
 
     generate.__name__ = name
     return generate

@@ -6,6 +6,11 @@ segments and decisions, usage_metadata the token counts. invoke/ainvoke/batch/st
 come from BaseChatModel; streaming yields the text as the candidates write it (so a LangGraph
 graph calling this model streams tokens in `messages` mode), then a last chunk with the metadata.
 
+LangSmith sees the model as provider `switchgen` (`ls_model_name`: the candidates' checkpoints),
+with the graph's runs nested under it: a chat-model run per patch (its author, model and tokens)
+and an LLM run per switcher call; `response_metadata["usage_by_candidate"]` counts each author's
+patches and tokens.
+
 The model is stateless, like any chat model: the conversation is the messages it is given. For
 memory across calls (threads), review mode or forking, use the graph itself with a checkpointer.
 """
@@ -17,15 +22,32 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langgraph.constants import TAG_NOSTREAM
 from pydantic import ConfigDict, Field
 
-from switchgen.errors import InputError
+from switchgen.errors import InputError, UnsupportedError
 
 STREAM_MODES = ["custom", "values"]
+
+
+def _child_callbacks(run: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun) -> Any:
+    """A callback manager whose runs are children of `run` (what chain runs' get_child gives)."""
+    manager_type = AsyncCallbackManager if isinstance(run, AsyncCallbackManagerForLLMRun) else CallbackManager
+    child = manager_type(handlers=[], parent_run_id=run.run_id)
+    child.set_handlers(run.inheritable_handlers)
+    child.add_tags(run.inheritable_tags)
+    child.add_metadata(run.inheritable_metadata)
+    return child
 
 
 class ChatSwitchGeneration(BaseChatModel):
@@ -57,15 +79,57 @@ class ChatSwitchGeneration(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {"graph": getattr(self.graph, "name", "switchgen"), "context": self.context}
 
+    # -- tools ------------------------------------------------------------------------------
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        """Refused: the checkpoints write free text, token by token from several models; nothing in the
+        method makes them emit a tool call, and parsing one out of a mixed answer would be a guess."""
+        raise UnsupportedError(
+            "ChatSwitchGeneration does not call tools (the checkpoints write free text): give the agent a "
+            "tool-calling chat model and the switch graph as one of its tools (examples/agent_tool.py), "
+            "or use the graph as a node of your agent graph"
+        )
+
+    def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:
+        """Refused, for the reason bind_tools is."""
+        raise UnsupportedError(
+            "ChatSwitchGeneration has no structured output (the checkpoints write free text): parse its answer "
+            "yourself, or ask a structured-output chat model to extract the fields from it"
+        )
+
     # -- one call -------------------------------------------------------------------------
 
-    def _run_args(self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> dict:
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """LangSmith's model fields: provider switchgen, the model name lists the candidates' checkpoints."""
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "switchgen"
+        params["ls_model_name"] = self.model_name
+        return params
+
+    @property
+    def model_name(self) -> str:
+        """`switchgen:` and the candidates' models, e.g. `switchgen:toy:P+toy:F+toy:A`."""
+        config = getattr(self.graph, "switch_config", None)
+        return "switchgen:" + "+".join(c.model for c in config.candidates) if config is not None else "switchgen"
+
+    def _run_args(
+        self,
+        messages: Sequence[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None = None,
+    ) -> dict:
         if stop:
             raise InputError("stop sequences are set per candidate in the configuration (candidates[].stop)")
         context = {**(self.context or {}), **(kwargs.get("context") or {})}
         if context.get("review"):
             raise InputError("review mode pauses the graph for a reviewer: use the graph itself, not the chat model")
         config: dict[str, Any] = {}
+        if run_manager is not None:
+            # The graph's runs (a run per patch and per switcher call) nest under this model's run; they
+            # are not streamed in `messages` mode, where this model's own tokens already go.
+            config["callbacks"] = _child_callbacks(run_manager)
+            config["tags"] = [TAG_NOSTREAM]
         if getattr(self.graph, "checkpointer", None) not in (None, False):
             config["configurable"] = {"thread_id": f"chat-{uuid.uuid4().hex}"}  # each call is its own conversation
         return {"input": {"messages": list(messages)}, "config": config, "context": context or None}
@@ -104,7 +168,7 @@ class ChatSwitchGeneration(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        args = self._run_args(messages, stop, kwargs)
+        args = self._run_args(messages, stop, kwargs, run_manager)
         result = self.graph.invoke(args["input"], args["config"], context=args["context"])
         return ChatResult(generations=[ChatGeneration(message=self._answer(result))])
 
@@ -115,7 +179,7 @@ class ChatSwitchGeneration(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        args = self._run_args(messages, stop, kwargs)
+        args = self._run_args(messages, stop, kwargs, run_manager)
         result = await self.graph.ainvoke(args["input"], args["config"], context=args["context"])
         return ChatResult(generations=[ChatGeneration(message=self._answer(result))])
 
@@ -126,7 +190,7 @@ class ChatSwitchGeneration(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        args = self._run_args(messages, stop, kwargs)
+        args = self._run_args(messages, stop, kwargs, run_manager)
         final = None
         for mode, data in self.graph.stream(
             args["input"], args["config"], context=args["context"], stream_mode=STREAM_MODES
@@ -147,7 +211,7 @@ class ChatSwitchGeneration(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        args = self._run_args(messages, stop, kwargs)
+        args = self._run_args(messages, stop, kwargs, run_manager)
         final = None
         async for mode, data in self.graph.astream(
             args["input"], args["config"], context=args["context"], stream_mode=STREAM_MODES

@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-input-tokens", type=int, help="TGI's: longest input in tokens (default: total - 1)")
     serve.add_argument("--max-total-tokens", type=int, help="TGI's: input + new tokens (default: the model's context)")
     serve.add_argument("--payload-limit", type=int, help="TGI's: largest request body in bytes (default 2000000)")
+    serve.add_argument(
+        "--api-key", default=os.environ.get("SWITCHGEN_API_KEY"),
+        help="require `Authorization: Bearer KEY` on every route but /health (default: $SWITCHGEN_API_KEY; none)",
+    )
     serve.add_argument("--print-config", action="store_true", help="print a config pointing at the servers, and exit")
     serve.add_argument("--compose", action="store_true", help="print a Docker Compose file for GPUs instead of serving")
     serve.add_argument(
@@ -58,6 +62,21 @@ def _parser() -> argparse.ArgumentParser:
         help="protocol of --print-config (tgi, or vllm: the OpenAI completions API) and server image of --compose",
     )
     serve.add_argument("--output", type=Path, help="write --compose or --print-config here instead of stdout")
+
+    api = sub.add_parser(
+        "api",
+        help="serve the switch graph over OpenAI's chat completions API (/v1/chat/completions, /v1/models)",
+        description="An OpenAI-compatible server whose answers are written by Switch Generation; "
+        "`model` in requests is the preset name or the config file's stem.",
+    )
+    _config_args(api)
+    api.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    api.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    api.add_argument("--max-concurrent-requests", type=int, default=32, help="requests run at once (default 32)")
+    api.add_argument(
+        "--api-key", default=os.environ.get("SWITCHGEN_API_KEY"),
+        help="require `Authorization: Bearer KEY` on every route but /health (default: $SWITCHGEN_API_KEY; none)",
+    )
 
     merge = sub.add_parser("merge-switcher", help="merge the switcher's LoRA adapter into its base model (for TGI)")
     _config_args(merge)
@@ -231,6 +250,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _chat(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "api":
+        return _api(args)
     if args.command == "merge-switcher":
         from switchgen.graph import load_config
         from switchgen.servers.serve.merge import merge_switcher
@@ -389,10 +410,13 @@ def _serve(args: argparse.Namespace) -> int:
         max_input_tokens=args.max_input_tokens,
         max_total_tokens=args.max_total_tokens,
         payload_limit=args.payload_limit,
+        api_key=args.api_key or None,
     )
 
     def ready() -> None:
-        print(f"switchgen serve: {len(running)} servers (TGI protocol, /v1/completions); Ctrl-C stops them")
+        auth = "; API key required" if args.api_key else ""
+        print(f"switchgen serve: {len(running)} servers (TGI protocol, /v1/completions, /v1/chat/completions{auth}); "
+              "Ctrl-C stops them")
         for r in running:
             users = ", ".join(r.plan.users) + (f" (+ adapter {', '.join(r.plan.adapters)})" if r.plan.adapters else "")
             print(f"  {r.plan.url(args.host):<26} {r.plan.model:<24} {users}")
@@ -401,6 +425,30 @@ def _serve(args: argparse.Namespace) -> int:
         print("ready", flush=True)
 
     serve_forever(running, on_ready=ready)
+    return 0
+
+
+def _api(args: argparse.Namespace) -> int:
+    _quiet_transformers()
+    from switchgen.api import create_api_app, model_id_for, serve_api
+    from switchgen.graph import build_graph
+    from switchgen.graph.backends import server_probes
+    from switchgen.servers.clients.remote import check_servers
+
+    if args.max_concurrent_requests < 1:
+        raise SwitchgenError(f"--max-concurrent-requests must be at least 1, got {args.max_concurrent_requests}")
+    config = _config(args)
+    check_servers(server_probes(config))
+    model_id = model_id_for(str(args.config) if args.config else args.preset)
+    app = create_api_app(
+        build_graph(config), model_id, max_concurrent_requests=args.max_concurrent_requests, api_key=args.api_key or None
+    )
+
+    def ready(url: str) -> None:
+        print(f"switchgen api: model {model_id!r} on {url}/v1 (OpenAI chat completions); Ctrl-C stops it")
+        print("ready", flush=True)
+
+    serve_api(app, args.host, args.port, on_ready=ready)
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from switchgen.errors import ConfigError, describe
 
@@ -32,48 +32,91 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def expand_env(text: str, what: str) -> str:
+    """`${VAR}` and `${VAR:-default}` in `text` replaced from the environment (ValueError naming `what` if unset)."""
+
+    def value(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        found = os.environ.get(name) or default
+        if found is None:
+            raise ValueError(f"environment variable {name} (in {what}) is not set")
+        return found
+
+    return _ENV_VAR.sub(value, text)
+
+
 class ServerFields(_Model):
     """Where a checkpoint's tokens come from: the in-process engine, or an inference server.
 
     Remote backends load only the tokenizer from `model` (prompts are rendered client-side).
     """
 
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     backend: Engine = Field("local", description="local (in-process engine) | tgi (a TGI server) | openai (vLLM, SGLang).")
     url: str | None = Field(
         None,
-        description="tgi/openai: the server's base URL, e.g. http://127.0.0.1:8080. "
+        validation_alias=AliasChoices("base_url", "url"),
+        description="tgi/openai: the server's base URL, e.g. http://127.0.0.1:8080 (key `base_url`, or `url`). "
         "${VAR} and ${VAR:-default} are read from the environment.",
+    )
+    api_key: str | None = Field(
+        None,
+        repr=False,
+        description="tgi/openai: sent as `Authorization: Bearer <key>` (vLLM --api-key, hosted endpoints); "
+        "write it as ${VAR} to read it from the environment.",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, repr=False, description="tgi/openai: extra HTTP headers; ${VAR} in values is expanded."
     )
     served_model: str | None = Field(None, description="openai: the model name the server serves (default: `model`).")
     timeout: float = Field(300.0, gt=0, description="Seconds to wait for a server's answer (read timeout).")
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a connection to a server.")
     retries: int = Field(4, ge=0, description="Retries on 429/503 and dropped connections, with exponential backoff.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_url_key(cls, data: object) -> object:
+        if isinstance(data, dict) and "url" in data and "base_url" in data:
+            raise ValueError("give base_url or url (the same setting), not both")
+        return data
+
     @field_validator("url", mode="before")
     @classmethod
     def _expand_url(cls, url: object) -> object:
         if not isinstance(url, str):
             return url
-
-        def value(match: re.Match) -> str:
-            name, default = match.group(1), match.group(2)
-            found = os.environ.get(name) or default
-            if found is None:
-                raise ValueError(f"environment variable {name} (in {url!r}) is not set")
-            return found
-
-        expanded = _ENV_VAR.sub(value, url).strip().rstrip("/")
+        expanded = expand_env(url, repr(url)).strip().rstrip("/")
         if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", expanded):
             raise ValueError(f"url {expanded!r} is not an http(s) URL like http://127.0.0.1:8080")
         return expanded
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _expand_key(cls, key: object) -> object:
+        if not isinstance(key, str):
+            return key
+        expanded = expand_env(key, "api_key").strip()
+        if not expanded:
+            raise ValueError("api_key is empty")
+        return expanded
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _expand_headers(cls, headers: object) -> object:
+        if not isinstance(headers, dict):
+            return headers
+        return {k: expand_env(v, f"headers.{k}") if isinstance(v, str) else v for k, v in headers.items()}
 
     @model_validator(mode="after")
     def _url_matches_backend(self) -> ServerFields:
         remote = self.backend in ("tgi", "openai")
         if remote and not self.url:
-            raise ValueError(f"backend {self.backend!r} needs url (the server's base URL, e.g. http://127.0.0.1:8080)")
+            raise ValueError(f"backend {self.backend!r} needs base_url (the server's URL, e.g. http://127.0.0.1:8080)")
         if not remote and self.url:
-            raise ValueError(f"url is set but backend is {self.backend!r}: set backend: tgi or backend: openai")
+            raise ValueError(f"base_url is set but backend is {self.backend!r}: set backend: tgi or backend: openai")
+        if not remote and (self.api_key or self.headers):
+            raise ValueError(f"api_key/headers are for servers, and backend is {self.backend!r}")
         return self
 
 

@@ -23,6 +23,10 @@ class InputError(SwitchgenError, ValueError):
     """
 
 
+class UnsupportedError(SwitchgenError, NotImplementedError):
+    """Something switchgen deliberately does not do; the message names what to use instead."""
+
+
 class InputTooLong(InputError):
     """An input too long for a checkpoint's context, refused in process or by a server.
 

@@ -228,13 +228,12 @@ def write_records(
     desc: str = "switch generation",
     unit: str = "query",
     postfix: Callable[[], str] | None = None,
-    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """The resumable JSONL job: `one(i)` makes input i's record; records are appended in input order,
     each whole or not at all, so a killed run keeps every finished record. A rerun checks the records
     against the inputs (on `key`), retries failed ones (`is_retried`) first, then resumes after the
-    last. Used by `switchgen generate`, `switchgen eval` and `switchgen rollouts` (`postfix`: text shown
-    after the progress bar's rate, e.g. tokens/s; `on_record`: sees each record once it is in the file).
+    last. Used by `switchgen generate`, `switchgen eval` and `switchgen rollouts` (`postfix`: text
+    shown after the progress bar's rate, e.g. tokens/s; `on_record` sees each record once it is in the file).
     """
     if concurrency < 1:
         raise InputError(f"concurrency must be at least 1, got {concurrency}")

@@ -37,7 +37,20 @@ def test_langgraph_json_is_valid():
     config = validate_config_file(ROOT / "langgraph.json")
     assert config["graphs"] == {"switchgen": "./graph/app.py:graph"}
     assert config["dependencies"] == ["."] and config["python_version"] == "3.11"
-    assert config["env"]["SWITCHGEN_CONFIG"] == "toy"
+    assert config["env"] == ".env"  # an env file, as the langchain-ai templates: the shell's variables count
+    example = (ROOT / ".env.example").read_text()
+    assert "SWITCHGEN_CONFIG=toy" in example.splitlines()
+
+
+def test_studio_schemas_show_the_settings_in_force_and_no_private_channels(make_graph):
+    config, graph = make_graph(patch_size=15, max_new_tokens=45)
+    defaults = {k: v.get("default") for k, v in graph.get_context_jsonschema()["properties"].items()}
+    assert defaults == {"patch_size": 15, "max_new_tokens": 45, "top_p": 0.7, "strategy": "learned",
+                        "candidate": None, "sequence": None, "seed": 0, "review": None}
+    for schema in (graph.get_input_jsonschema(), graph.get_output_jsonschema()):
+        assert not {"turn", "settings", "proposal"} & set(schema["properties"])
+    result = graph.invoke({"query": "Hi"}, context=defaults)  # the defaults are the configuration
+    assert result["max_new_tokens"] == 45 and all(s["tokens"] <= 15 for s in result["segments"])
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +60,13 @@ def server(tmp_path_factory, toy_kit):
     config["dependencies"] = [str(ROOT / d) for d in config["dependencies"]]
     config["graphs"] = {k: str(ROOT / v) for k, v in config["graphs"].items()}
     (work / "langgraph.json").write_text(json.dumps(config))
+    (work / ".env").write_text((ROOT / ".env.example").read_text())  # as the README says: cp .env.example .env
     port = free_port()
-    env = {**os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGGRAPH_NO_VERSION_CHECK": "1", "SWITCHGEN_CONFIG": "toy"}
+    env = {**os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGGRAPH_NO_VERSION_CHECK": "1"}
+    env.pop("SWITCHGEN_CONFIG", None)  # the env file configures it
     log = (work / "server.log").open("w")
-    command = [str(Path(sys.executable).parent / "langgraph"), "dev", "--no-browser", "--no-reload",
+    # `python -m langgraph_cli`, not the venv's `langgraph` script: its shebang may name another checkout's python
+    command = [sys.executable, "-m", "langgraph_cli", "dev", "--no-browser", "--no-reload",
                "--port", str(port), "--config", str(work / "langgraph.json")]
     proc = subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -104,10 +120,21 @@ def test_the_sdk_drives_the_graph(server):
         assert tokens and "".join(t["text"] for t in tokens) == final["output"]
         assert {t["candidate"] for t in tokens} == {s["candidate"] for s in final["segments"]}
 
+        # messages mode (what Studio's chat and useStream read): token chunks, each named after its author.
+        parts = [p async for p in client.runs.stream(
+            thread, "switchgen", input={"query": "Once more?"}, context=SMALL, stream_mode=["messages-tuple", "values"]
+        )]
+        chunks = [p.data[0] for p in parts if p.event == "messages"]
+        final = [p.data for p in parts if p.event == "values"][-1]
+        assert len(chunks) > len(final["segments"]) and all(c["type"] == "AIMessageChunk" for c in chunks)
+        assert "".join(c["content"] for c in chunks) == final["output"]
+        assert {c["name"] for c in chunks if c["content"]} == {s["candidate"] for s in final["segments"]}
+        assert {c["id"] for c in chunks} == {final["messages"][-1]["id"]}
+
         # get_state: the decisions, step by step, and the whole conversation.
         state = await client.threads.get_state(thread)
         values = state["values"]
-        assert [m["type"] for m in values["messages"]] == ["human", "ai", "human", "ai"]
+        assert [m["type"] for m in values["messages"]] == ["human", "ai"] * 3
         assert [d["step"] for d in values["decisions"]] == list(range(len(values["segments"])))
         assert all({"chosen", "how", "probabilities"} <= set(d) for d in values["decisions"])
 

@@ -29,8 +29,8 @@ def test_url_from_the_environment(monkeypatch):
 @pytest.mark.parametrize(
     ("fields", "needle"),
     [
-        ({"backend": "tgi"}, "backend 'tgi' needs url"),
-        ({"url": "http://127.0.0.1:8080"}, "url is set but backend is 'local'"),
+        ({"backend": "tgi"}, "backend 'tgi' needs base_url"),
+        ({"url": "http://127.0.0.1:8080"}, "base_url is set but backend is 'local'"),
         ({"backend": "openai", "url": "${SWITCHGEN_TEST_UNSET_VAR}"}, "environment variable SWITCHGEN_TEST_UNSET_VAR"),
         ({"backend": "tgi", "url": "127.0.0.1:8080"}, "is not an http(s) URL"),
         ({"backend": "vllm", "url": "http://127.0.0.1:8080"}, "candidates.0.backend"),
@@ -50,7 +50,7 @@ def test_bad_backend_fields_from_the_cli(tmp_path, capsys):
     inputs.write_text('{"input": "hi"}\n')
     assert main(["generate", "--input", str(inputs), "--config", str(config)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "candidates.0: backend 'tgi' needs url" in err
+    assert err.count("\n") == 1 and "candidates.0: backend 'tgi' needs base_url" in err
     assert not (tmp_path / "q_switch_generation.jsonl").exists()
 
 

@@ -1,6 +1,8 @@
-"""A checkpoint served by an OpenAI-compatible server (vLLM, SGLang, `switchgen serve`).
+"""A checkpoint served by an OpenAI-compatible server (vLLM, SGLang, `switchgen serve`), via the `openai` SDK.
 
-A patch is one POST /v1/completions (max_tokens, temperature 0 for greedy, seed, stop); the
+The SDK sends the request, parses its server-sent events, and retries (429, 5xx, dropped
+connections, with backoff and the server's Retry-After) up to the endpoint's `retries`; an
+`api_key` and extra `headers` go with every request. A patch is one POST /v1/completions (max_tokens, temperature 0 for greedy, seed, stop); the
 switcher's distribution is a one-token request with `logprobs` = top-k. OpenAI says "stop" for
 both EOS and a stop string: vLLM's `stop_reason` and SGLang's `matched_stop` tell them apart
 (a string: the stop string; an integer or null: EOS). Servers that say neither are read as EOS
@@ -9,15 +11,14 @@ when no stop strings were asked for, else as a stop string (both end the respons
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
-import httpx
+import openai
 from transformers import PreTrainedTokenizerBase
 
-from switchgen.errors import ServerError
+from switchgen.errors import InputTooLong, ServerError, ServerUnreachable
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch
 from switchgen.servers.choices import choice_probabilities
 from switchgen.servers.clients.remote import (
@@ -25,14 +26,16 @@ from switchgen.servers.clients.remote import (
     HTTPFailure,
     RemoteBackend,
     error_detail,
-    retry_after_seconds,
     run_sync,
     server_prompt,
-    with_retries,
+    too_long,
 )
 from switchgen.servers.stops import StopHoldback, cut_at_stop
 
 _MISSING = object()
+T = TypeVar("T")
+# Request fields the OpenAI API does not define: sent as the SDK's extra_body.
+EXTENSIONS = ("ignore_eos",)
 
 
 class OpenAIBackend(RemoteBackend):
@@ -49,7 +52,7 @@ class OpenAIBackend(RemoteBackend):
     ) -> None:
         super().__init__(endpoint, model, top_n_tokens=top_n_tokens, tokenizer=tokenizer)
         self.served_model = served_model or model
-        self._client: httpx.AsyncClient | None = None
+        self._client: openai.AsyncOpenAI | None = None
         self._spellings: dict[tuple[str, ...], tuple[dict[str, int], bool]] = {}
 
     def choice_distribution(self, prompt: str, choices: Sequence[str]) -> ChoiceScores:
@@ -110,19 +113,45 @@ class OpenAIBackend(RemoteBackend):
             body["ignore_eos"] = True  # vLLM and SGLang extension
         return body
 
-    def _client_for_loop(self) -> httpx.AsyncClient:
+    def _client_for_loop(self) -> openai.AsyncOpenAI:
         if self._client is None:  # created on the I/O loop, which owns its connections
-            self._client = httpx.AsyncClient(base_url=self.endpoint.url, timeout=self.endpoint.http_timeout())
+            ep = self.endpoint
+            self._client = openai.AsyncOpenAI(
+                base_url=ep.url + "/v1",
+                api_key=ep.api_key or "EMPTY",  # vLLM's convention for a server without --api-key
+                default_headers=dict(ep.headers) or None,
+                timeout=ep.http_timeout(),
+                max_retries=ep.retries,
+            )
         return self._client
 
-    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        async def once() -> dict[str, Any]:
-            response = await self._client_for_loop().post("/v1/completions", json=body)
-            if response.status_code != 200:
-                raise HTTPFailure(response.status_code, error_detail(response), retry_after_seconds(response.headers))
-            return response.json()
+    async def _call(self, call: Callable[[openai.AsyncOpenAI], Awaitable[T]]) -> T:
+        """One SDK call (retried by the SDK); its failures as ServerError / ServerUnreachable naming the endpoint."""
+        where = self.endpoint.where()
+        try:
+            return await call(self._client_for_loop())
+        except openai.APIStatusError as err:
+            failure = HTTPFailure(err.status_code, error_detail(err.response))
+            if too_long(failure):  # permanent: never retried (remote.py)
+                raise InputTooLong(f"{where}: the input is too long for the server ({failure})") from None
+            raise ServerError(f"{where}: {failure}") from None
+        except openai.APITimeoutError:
+            raise ServerError(f"{where}: no answer in time (raise the backend's `timeout` if the server is just slow)") from None
+        except openai.APIConnectionError as err:
+            cause = err.__cause__ or err
+            raise ServerUnreachable(f"{where}: cannot connect ({type(cause).__name__}: {cause or 'refused'})") from None
+        except openai.APIError as err:  # an error event in a stream
+            raise ServerError(f"{where}: {err.message}") from None
 
-        return await with_retries(self.endpoint, once)
+    @staticmethod
+    def _sdk_args(body: dict[str, Any]) -> dict[str, Any]:
+        args = {k: v for k, v in body.items() if k not in EXTENSIONS}
+        extra = {k: body[k] for k in EXTENSIONS if k in body}
+        return {**args, "extra_body": extra} if extra else args
+
+    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        completion = await self._call(lambda client: client.completions.create(**self._sdk_args(body)))
+        return completion.model_dump()  # vLLM's and SGLang's extra fields (stop_reason, matched_stop) included
 
     def _finish(self, choice: dict[str, Any], stop: Sequence[str], cut: bool) -> str:
         reason = choice.get("finish_reason")
@@ -151,27 +180,22 @@ class OpenAIBackend(RemoteBackend):
         return Patch(text=text, tokens=self._tokens(data, text), finish_reason=self._finish(choice, stop, cut))  # type: ignore[arg-type]
 
     async def _stream_once(self, body: dict[str, Any], stop: Sequence[str], holdback: StopHoldback) -> Patch:
-        payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        final: dict[str, Any] = {}
-        usage: dict[str, Any] = {}
-        async with self._client_for_loop().stream("POST", "/v1/completions", json=payload) as response:
-            if response.status_code != 200:
-                await response.aread()
-                raise HTTPFailure(response.status_code, error_detail(response), retry_after_seconds(response.headers))
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                raw = line.removeprefix("data:").strip()
-                if raw == "[DONE]":
-                    break
-                event = json.loads(raw)
-                if "error" in event:
-                    raise ServerError(f"{self.endpoint.where()}: {event['error']}")
-                usage = event.get("usage") or usage
-                for choice in event.get("choices") or []:
+        args = {**self._sdk_args(body), "stream": True, "stream_options": {"include_usage": True}}
+
+        async def run(client: openai.AsyncOpenAI) -> tuple[dict[str, Any], dict[str, Any]]:
+            final: dict[str, Any] = {}
+            usage: dict[str, Any] = {}
+            stream = await client.completions.create(**args)
+            async for event in stream:
+                data = event.model_dump()
+                usage = data.get("usage") or usage
+                for choice in data.get("choices") or []:
                     holdback.add(choice.get("text") or "")
                     if choice.get("finish_reason"):
                         final = choice
+            return final, usage
+
+        final, usage = await self._call(run)
         text, cut = cut_at_stop(holdback.text, stop)
         holdback.finish(text)
         return Patch(text=text, tokens=self._tokens({"usage": usage}, text), finish_reason=self._finish(final, stop, cut))  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ import queue
 import random
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
@@ -102,6 +102,15 @@ class Endpoint:
     timeout: float = 300.0
     connect_timeout: float = 10.0
     retries: int = 4
+    api_key: str | None = field(default=None, repr=False)
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # extra HTTP headers
+
+    def auth_headers(self) -> dict[str, str]:
+        """The extra headers, with `Authorization: Bearer <api_key>` when a key is set."""
+        headers = dict(self.headers)
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
 
     def http_timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.timeout, connect=self.connect_timeout)
@@ -175,7 +184,7 @@ async def with_retries(endpoint: Endpoint, call: Callable[[], Awaitable[T]], *, 
     for attempt in range(endpoint.retries + 1):
         try:
             return await call()
-        except (ServerError, ConfigError):
+        except (ServerError, ConfigError, InputTooLong):  # already decided (the openai SDK backend raises these)
             raise
         except Exception as err:
             if too_long(err):
@@ -298,9 +307,16 @@ async def _probe(probe: Probe, client: httpx.AsyncClient) -> str | None:
     ep = probe.endpoint
     path = "/health" if probe.engine == "tgi" else "/v1/models"
     try:
-        response = await client.get(ep.url + path, timeout=httpx.Timeout(ep.connect_timeout * 3, connect=ep.connect_timeout))
+        response = await client.get(
+            ep.url + path,
+            headers=ep.auth_headers(),
+            timeout=httpx.Timeout(ep.connect_timeout * 3, connect=ep.connect_timeout),
+        )
     except httpx.HTTPError as err:
         return f"no server answers at {ep.url} ({type(err).__name__}: {err or 'refused'})"
+    if response.status_code in (401, 403):
+        given = "the api_key given is refused" if ep.api_key else "set api_key (e.g. api_key: ${MY_API_KEY})"
+        return f"{ep.url}{path} answers HTTP {response.status_code} ({error_detail(response)}): {given}"
     if response.status_code != 200:
         return f"{ep.url}{path} answers HTTP {response.status_code}: {error_detail(response)}"
     if probe.engine == "openai" and probe.served_model:

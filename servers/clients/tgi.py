@@ -117,7 +117,12 @@ class TGIBackend(RemoteBackend):
             elif old is not None:
                 self._active.pop(id(old), None)
                 await old.close()
-            self._client = AsyncInferenceClient(base_url=self.endpoint.url, timeout=self.endpoint.http_timeout())  # type: ignore[arg-type]
+            self._client = AsyncInferenceClient(
+                base_url=self.endpoint.url,
+                timeout=self.endpoint.http_timeout(),  # type: ignore[arg-type]
+                api_key=self.endpoint.api_key,
+                headers=dict(self.endpoint.headers) or None,
+            )
             self._uses = 0
         client = self._client
         self._uses += 1

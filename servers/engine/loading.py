@@ -1,4 +1,9 @@
-"""Finding and loading checkpoints: hub ids, local folders, the toy kit, LoRA adapters."""
+"""Finding and loading checkpoints: hub ids, local folders, GGUF files, the toy kit, LoRA adapters.
+
+A GGUF file (`model: path/to/model.gguf`, or `org/repo/model.gguf` on the hub) loads through
+transformers' GGUF support (the `gguf` package): the weights are dequantised to the dtype asked
+for, and the tokenizer and chat template come from the file's metadata.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from switchgen.errors import ModelLoadError
 
+GGUF_SUFFIX = ".gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -45,6 +51,8 @@ def resolve_model(spec: str) -> str:
     path = Path(spec).expanduser()
     if path.exists():
         return str(path)
+    if spec.endswith(GGUF_SUFFIX) and not spec.startswith((".", "/", "~")) and spec.count("/") >= 2:
+        return spec  # a GGUF file in a hub repository: org/repo/file.gguf
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
         raise ModelLoadError(f"model path {spec} does not exist")
     return spec  # a hub id
@@ -82,6 +90,17 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype | str:
     if dtype == "auto":
         return torch.float32 if device.type == "cpu" else "auto"
     return _DTYPES[dtype]
+
+
+def from_pretrained_args(location: str) -> tuple[str, dict[str, str]]:
+    """(folder or repo, extra from_pretrained arguments): a GGUF file is its folder plus `gguf_file`."""
+    if not location.endswith(GGUF_SUFFIX):
+        return location, {}
+    path = Path(location)
+    if path.is_file():
+        return str(path.parent), {"gguf_file": path.name}
+    org, repo, rest = location.split("/", 2)
+    return f"{org}/{repo}", {"gguf_file": rest}
 
 
 @functools.cache
@@ -129,18 +148,22 @@ _OFFLINE_LOCK = threading.Lock()
 
 
 def load_tokenizer(location: str) -> PreTrainedTokenizerBase:
+    where, extra = from_pretrained_args(location)
     try:
-        with _hub_or_cache(location):
-            return AutoTokenizer.from_pretrained(location)
-    except (OSError, ValueError) as err:
+        with _hub_or_cache(where):
+            return AutoTokenizer.from_pretrained(where, **extra)
+    except (OSError, ValueError, ImportError) as err:
         raise ModelLoadError(_explain(location, err)) from None
 
 
 def load_model(location: str, device: torch.device, dtype: torch.dtype | str) -> PreTrainedModel:
+    where, extra = from_pretrained_args(location)
+    if extra and dtype == "auto":
+        dtype = torch.bfloat16 if device.type != "cpu" else torch.float32  # GGUF weights are dequantised
     try:
-        with _hub_or_cache(location):
-            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
-    except (OSError, ValueError) as err:
+        with _hub_or_cache(where):
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **extra)
+    except (OSError, ValueError, ImportError) as err:
         raise ModelLoadError(_explain(location, err)) from None
     return model.to(device).eval()
 

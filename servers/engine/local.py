@@ -7,6 +7,8 @@ adapter is switched off for the candidate's calls.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 import threading
 from collections import OrderedDict
@@ -183,9 +185,10 @@ class LocalBackend:
         position_ids: torch.Tensor | None,
     ) -> torch.Tensor:
         """Last-position logits for a batch; `cache` is extended in place."""
-        out = self.loaded.model(
+        model = self.loaded.model
+        out = model(
             input_ids=input_ids,
-            past_key_values=cache,
+            **{cache_argument(type(model.get_base_model() if hasattr(model, "get_base_model") else model)): cache},
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=True,
@@ -276,3 +279,10 @@ class LocalEngine:
             backend.pool.clear()
             with backend._written_lock:
                 backend._written.clear()
+
+
+@functools.cache
+def cache_argument(model_class: type) -> str:
+    """The forward argument taking the KV cache: `cache` (transformers >= 5.24, which deprecates the old name),
+    else `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"

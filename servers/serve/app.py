@@ -4,7 +4,13 @@ Each server answers what the graph's `tgi` and `openai` backends ask, the way TG
 answer it (responses follow TGI's published OpenAPI spec):
 
     POST /generate, POST / (compat), POST /generate_stream (SSE), GET /info, GET /health,
-    POST /v1/completions (OpenAI/vLLM style: logprobs as top-k dicts, stop_reason), GET /v1/models.
+    POST /v1/completions (OpenAI/vLLM style: logprobs as top-k dicts, stop_reason), GET /v1/models,
+    POST /v1/chat/completions (the checkpoint's chat template; what huggingface_hub's
+    chat_completion and langchain-huggingface's ChatHuggingFace ask).
+
+With an API key (`switchgen serve --api-key`), every route but /health needs
+`Authorization: Bearer <key>` (vLLM's --api-key); otherwise 401. `typical_p`, which
+langchain-huggingface's HuggingFaceEndpoint sends by default (0.95), is accepted and not applied.
 
 Model work runs in a thread pool so the event loop keeps serving; requests to one checkpoint
 take turns on its lock (no batching: this server is for development, tests and CPU boxes;
@@ -76,7 +82,7 @@ class GenerateParameters(_Body):
     typical_p: float | None = None
     watermark: bool = False
 
-    @field_validator("frequency_penalty", "repetition_penalty", "top_k", "typical_p", "grammar")
+    @field_validator("frequency_penalty", "repetition_penalty", "top_k", "grammar")
     @classmethod
     def _unsupported(cls, value: object, info: Any) -> object:
         neutral = {"frequency_penalty": 0.0, "repetition_penalty": 1.0}.get(info.field_name)
@@ -96,6 +102,36 @@ class GenerateRequest(_Body):
     inputs: str = Field(min_length=1)
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
     stream: bool = False  # POST / only (TGI's CompatGenerateRequest)
+
+
+class ChatCompletionRequest(_Body):
+    """OpenAI's chat completions request, for one checkpoint: rendered with its chat template."""
+
+    model: str | None = None
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1)
+    tools: list[Any] | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, tools: list | None) -> list | None:
+        if tools:
+            raise ValueError("tools are not supported by switchgen serve")
+        return tools
+
+    def completion(self, prompt: str) -> CompletionRequest:
+        """The same request as a completion of the rendered prompt."""
+        return CompletionRequest(
+            model=self.model, prompt=prompt, max_tokens=self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_NEW_TOKENS,
+            temperature=self.temperature, top_p=self.top_p, seed=self.seed, stop=self.stop, stream=self.stream,
+        )
 
 
 class CompletionRequest(_Body):
@@ -158,6 +194,7 @@ class ServedModel:
     max_top_n_tokens: int = 1024
     max_concurrent_requests: int = 128
     limits: Limits | None = None  # default: TGI's for the model's context
+    api_key: str | None = None  # required as a bearer token on every route but /health
 
 
 class _Job:
@@ -305,10 +342,28 @@ class ServeApp:
             Route("/health", self.health, methods=["GET"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
         ]
+        if self.served.api_key:
+            routes = [r if r.path == "/health" else Route(r.path, self._guard(r.endpoint), methods=r.methods)
+                      for r in routes]
         app = Starlette(routes=routes, exception_handlers={404: self.not_found, 405: self.method_not_allowed})
         app.state.executor = self.executor
         return app
+
+    def _guard(self, route: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        """`route`, answered only with the server's API key as a bearer token."""
+        import hmac
+
+        expected = f"Bearer {self.served.api_key}".encode()
+
+        async def guarded(request: Request) -> Response:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return _error(401, "a valid API key is required: send Authorization: Bearer <key>", "authentication")
+            return await route(request)
+
+        return guarded
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -420,6 +475,37 @@ class ServeApp:
         )
         return JSONResponse(out.model_dump())
 
+    async def chat_completions(self, request: Request) -> Response:
+        """POST /v1/chat/completions: the messages in the checkpoint's chat template, then a completion."""
+        try:
+            chat = await self._validated(request, ChatCompletionRequest)
+            prompt, req, job = await self._off_loop(self._prepare_chat, chat)
+        except RequestError as err:
+            return _error(err.status, str(err), err.kind)
+        model_name = chat.model or self.served.model_id
+        if req.stream:
+            return self._completion_stream(prompt, job, req, model_name, chat=True)
+        try:
+            gen = await self._run(lambda: self._generate(prompt, job, True))
+        except _Overloaded:
+            return _error(429, "Model is overloaded", "overloaded")
+        except Exception as err:
+            return _error(424, f"Request failed during generation: {err}", "generation")
+        return JSONResponse({
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model_name,
+            "system_fingerprint": f"switchgen-serve-{PROTOCOL_VERSION}",
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": gen.text},
+                "finish_reason": "length" if gen.finish == "length" else "stop",
+                "logprobs": None,
+            }],
+            "usage": _usage(len(job.ids), len(gen.steps)).model_dump(),
+        })
+
     async def not_found(self, request: Request, exc: Exception) -> Response:
         return _error(404, f"{request.method} {request.url.path} is not served here", "not_found")
 
@@ -470,6 +556,18 @@ class ServeApp:
             stop=tuple(p.stop),
         )
         return _Prepared(ids, params, top_n, adapter)
+
+    def _prepare_chat(self, chat: ChatCompletionRequest) -> tuple[str, CompletionRequest, _Prepared]:
+        """The messages in the checkpoint's chat template, and that prompt's completion."""
+        tokenizer = self.engine.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise RequestError(f"{self.served.model_id} has no chat template: use /v1/completions")
+        try:
+            prompt = tokenizer.apply_chat_template(chat.messages, tokenize=False, add_generation_prompt=True)
+        except Exception as err:
+            raise RequestError(f"messages: the chat template cannot render them ({err})".replace("\n", " ")) from None
+        req = chat.completion(prompt)
+        return prompt, req, self._prepare_completion(req, prompt)
 
     def _prepare_completion(self, req: CompletionRequest, prompt: str) -> _Prepared:
         engine = self.engine
@@ -555,15 +653,22 @@ class ServeApp:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    def _completion_stream(self, prompt: str, job: _Prepared, req: CompletionRequest, model_name: str) -> Response:
+    def _completion_stream(
+        self, prompt: str, job: _Prepared, req: CompletionRequest, model_name: str, *, chat: bool = False
+    ) -> Response:
+        """The completion as server-sent events: text_completion chunks, or chat.completion.chunk deltas."""
         head = {
-            "id": f"cmpl-{uuid.uuid4().hex}",
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
             "created": int(time.time()),
             "model": model_name,
             "system_fingerprint": f"switchgen-serve-{PROTOCOL_VERSION}",
         }
 
         def chunk(text: str, finish: str | None = None, stop: str | None = None) -> bytes:
+            if chat:
+                delta = {"content": text} if text or finish is None else {}
+                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                return _sse({**head, "object": "chat.completion.chunk", "choices": [choice]})
             choice = CompletionChoiceOut(index=0, text=text, finish_reason=finish, stop_reason=stop, logprobs=None)
             return _sse(CompletionOut(**head, choices=[choice]).model_dump(exclude={"usage"}))
 
@@ -587,7 +692,10 @@ class ServeApp:
                 if kind == "done":
                     yield chunk("", "length" if item.finish == "length" else "stop", item.stop)
                     usage = _usage(len(job.ids), len(item.steps))
-                    yield _sse(CompletionOut(**head, choices=[], usage=usage).model_dump())
+                    if chat:
+                        yield _sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage.model_dump()})
+                    else:
+                        yield _sse(CompletionOut(**head, choices=[], usage=usage).model_dump())
                     yield b"data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

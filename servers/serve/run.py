@@ -55,6 +55,7 @@ def prepare(
     max_input_tokens: int | None = None,
     max_total_tokens: int | None = None,
     payload_limit: int | None = None,
+    api_key: str | None = None,
 ) -> list[RunningServer]:
     """Bind every port (port 0: the OS picks; the plan is updated), then load every checkpoint.
 
@@ -88,6 +89,7 @@ def prepare(
                 max_top_n_tokens=max_top_n_tokens,
                 max_concurrent_requests=max_concurrent_requests,
                 limits=limits,
+                api_key=api_key,
             )
             running.append(RunningServer(server, served, sock))
         return running
