@@ -89,7 +89,7 @@ def fine_tune(base: str, examples: list[dict[str, list[int]]], out: Path, settin
         from peft import LoraConfig
         from trl import SFTConfig, SFTTrainer
     except ImportError as err:
-        raise ConfigError(f"switchgen distill needs TRL ({err.name} is missing): pip install trl") from None
+        raise ConfigError(f"switchgen distill needs TRL ({err.name} is missing): pip install 'switchgen[train]'") from None
     import torch
 
     from switchgen.servers.engine.loading import (
