@@ -14,12 +14,15 @@ from the other methods' scores (per question, the best of them: an upper bound).
     logit-merge   candidates sharing a tokenizer: the mean of their next-token log-probabilities
     soup          the candidates' weights averaged (one architecture), run as a single model
     oracle        per question the best score among the run's other methods
+
+Any generating method takes a patch size after `@`: `switch@10` is `switch` with 10-token patches
+(the patch-size ablation, `switchgen eval --patch-sizes 10,20,30,50,100`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +32,7 @@ from switchgen.servers.base import Backend
 from switchgen.servers.engine.local import LocalBackend, LocalEngine
 
 ORACLE = "oracle"
+ABLATION = ("switch", "random", "untuned")  # what --patch-sizes runs at each size
 
 
 class Method(Protocol):
@@ -81,6 +85,32 @@ def split_method(method: str) -> tuple[str, str | None]:
     return name, (arg if sep else None)
 
 
+def split_patch_size(method: str) -> tuple[str, int | None]:
+    """`switch@10` -> ("switch", 10); a method without `@` -> (method, None)."""
+    base, sep, size = method.rpartition("@")
+    if not sep:
+        return method, None
+    if not size.isdigit() or int(size) < 1:
+        raise ConfigError(f"method {method!r}: the patch size after @ must be a positive integer")
+    return base, int(size)
+
+
+def with_patch_sizes(methods: list[str], sizes: Sequence[int]) -> list[str]:
+    """`methods` plus switch, random and untuned at each patch size (switch@10, random@10, ...)."""
+    return methods + [f"{m}@{n}" for n in sizes for m in ABLATION if f"{m}@{n}" not in methods]
+
+
+def patch_size_of(method: str, config: SwitchConfig) -> int:
+    """The patch size a method runs with: its `@N`, else the configuration's."""
+    return split_patch_size(method)[1] or config.patch_size
+
+
+def _with_patch_size(config: SwitchConfig, size: int) -> SwitchConfig:
+    if size > config.max_new_tokens:
+        raise ConfigError(f"patch size {size} is above the token budget max_new_tokens={config.max_new_tokens}")
+    return load_config({**config.model_dump(), "patch_size": size})
+
+
 def check_methods(methods: list[str], config: SwitchConfig) -> None:
     """Every method name and argument is valid for `config` (before any model loads)."""
     if not methods:
@@ -88,7 +118,12 @@ def check_methods(methods: list[str], config: SwitchConfig) -> None:
     if len(set(methods)) != len(methods):
         raise ConfigError(f"a method is listed twice in {','.join(methods)}")
     for method in methods:
-        name, arg = split_method(method)
+        base, size = split_patch_size(method)
+        if size is not None:
+            if base == ORACLE:
+                raise ConfigError("oracle takes no patch size")
+            _with_patch_size(config, size)
+        name, arg = split_method(base)
         if name == ORACLE:
             if arg is not None:
                 raise ConfigError("oracle takes no argument")
@@ -107,7 +142,10 @@ def check_methods(methods: list[str], config: SwitchConfig) -> None:
 
 
 def build_method(method: str, setup: EvalSetup) -> Method:
-    name, arg = split_method(method)
+    base, size = split_patch_size(method)
+    if size is not None:
+        setup = replace(setup, config=_with_patch_size(setup.config, size))
+    name, arg = split_method(base)
     return METHODS[name].factory(arg, setup)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from switchgen.config import SwitchConfig
 from switchgen.errors import ConfigError, InputTooLong, ServerError, ServerUnreachable
-from switchgen.evaluation.methods import ORACLE, EvalSetup, build_method, check_methods, variant
+from switchgen.evaluation.methods import ORACLE, EvalSetup, build_method, check_methods, patch_size_of, variant
 from switchgen.evaluation.stats import bootstrap_ci, paired_difference
 from switchgen.files import atomic_write_text
 from switchgen.generate import default_concurrency, is_failed, records_done, write_records
@@ -44,8 +44,11 @@ class Prepared:
     methods: list[str]
 
 
-def prepare(tasks: Sequence[str | Task], methods: Sequence[str], config: SwitchConfig, limit: int | None) -> Prepared:
-    """Load the tasks' test records and check the methods: bad input fails here, before any model loads."""
+def prepare(
+    tasks: Sequence[str | Task], methods: Sequence[str], config: SwitchConfig, limit: int | None, split: str = "test"
+) -> Prepared:
+    """Load the tasks' records (the test split; `train` for distillation data) and check the methods:
+    bad input fails here, before any model loads."""
     if not tasks:
         raise ConfigError("no tasks: give --task NAME (see `switchgen tasks`)")
     if limit is not None and limit < 1:
@@ -54,7 +57,7 @@ def prepare(tasks: Sequence[str | Task], methods: Sequence[str], config: SwitchC
     names = [t.name for t in loaded]
     if len(set(names)) != len(names):
         raise ConfigError(f"a task is listed twice: {', '.join(names)}")
-    records = {t.name: t.records("test", limit=limit) for t in loaded}
+    records = {t.name: t.records(split, limit=limit) for t in loaded}
     methods = list(methods)
     check_methods(methods, config)
     return Prepared(loaded, records, methods)
@@ -206,6 +209,7 @@ def summarise(config: SwitchConfig, prepared: Prepared, out: Path) -> list[dict[
             row: dict[str, Any] = {
                 "task": task.name,
                 "method": m,
+                "patch_size": None if m == ORACLE else patch_size_of(m, config),
                 "metric": task.metric_name,
                 "mean": sum(values) / len(values) if values else None,
                 "ci": list(bootstrap_ci(values)) if values else None,
@@ -239,14 +243,15 @@ def markdown(rows: list[dict[str, Any]], baseline: str) -> str:
         lines += [
             f"### {task} (metric: {mine[0]['metric']})",
             "",
-            f"| method | mean | 95% CI | n | Δ vs {baseline} | 95% CI | tokens | seconds |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            f"| method | patch size | mean | 95% CI | n | Δ vs {baseline} | 95% CI | tokens | seconds |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in mine:
             ci = f"[{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}]" if r["ci"] else "–"
             dci = f"[{_fmt(r['delta_ci'][0])}, {_fmt(r['delta_ci'][1])}]" if r["delta_ci"] else "–"
             delta = f"{r['delta_vs_aligned']:+.3f}" if r["delta_vs_aligned"] is not None else "–"
-            lines.append(f"| {r['method']} | {_fmt(r['mean'])} | {ci} | {r['n']} | {delta} | {dci} | {r['tokens']} | {r['seconds']:.1f} |")
+            size = r.get("patch_size") or "–"
+            lines.append(f"| {r['method']} | {size} | {_fmt(r['mean'])} | {ci} | {r['n']} | {delta} | {dci} | {r['tokens']} | {r['seconds']:.1f} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -149,6 +149,41 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--merge", action="store_true", help="also write OUT/merged: base + adapter merged")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    analyze = sub.add_parser(
+        "analyze", help="report (markdown + PNG plots) over `switchgen eval` outputs: who wrote where and why it helped"
+    )
+    analyze.add_argument("directory", type=Path, help="the --out folder of `switchgen eval`")
+    analyze.add_argument("--out", type=Path, help="report folder (default: DIRECTORY/report)")
+    analyze.add_argument("--method", default="switch", help="method whose author sequences are analysed (default: switch)")
+    analyze.add_argument(
+        "--correct-threshold", type=float,
+        help="score counted as correct in the single-vs-switch table (default: 1 for 0/1 metrics, else 0.5)",
+    )
+
+    distill = sub.add_parser(
+        "distill", help="fine-tune the aligned model on switch generation's train-split answers and evaluate it",
+        description="LoRA SFT (TRL) of the aligned model on switch generation's answers to the task's train split "
+        "(make them with `switchgen eval --split train --methods switch`), merged into OUT; then the distilled model "
+        "(single:D), the aligned model and switching are evaluated on the test split, and the fraction of "
+        "switching's gain recovered and the inference cost are reported.",
+    )
+    distill.add_argument("--outputs", type=Path, required=True, help="a `switchgen eval --split train` --out folder")
+    distill.add_argument("--task", required=True, help="the task (its train split was answered; its test split evaluates)")
+    distill.add_argument("--out", type=Path, required=True, help="folder for the distilled model (must not exist or be empty)")
+    distill.add_argument("--base", help="model to fine-tune (default: the aligned candidate's)")
+    distill.add_argument("--rounds", type=int, default=1, help="rounds of regenerate + fine-tune (default 1)")
+    distill.add_argument("--epochs", type=float, default=3, help="default 3")
+    distill.add_argument("--batch-size", type=int, default=8, help="default 8")
+    distill.add_argument("--lr", type=float, default=1e-4, help="default 1e-4; the tiny kits need ~2e-3")
+    distill.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha = 2r); default 16")
+    distill.add_argument("--method", default="switch", help="the method whose answers are distilled (default switch)")
+    distill.add_argument("--limit", type=int, help="the first N test examples in the evaluation")
+    distill.add_argument("--adapter", help="the switch method's LoRA adapter (a trained switcher)")
+    distill.add_argument("--compare", type=Path,
+                         help="a test-split `switchgen eval` folder holding the aligned model and --method: reuse its results")
+    distill.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _config_args(distill)
+
     sub.add_parser("presets", help="list the named presets")
     _eval_parsers(sub)
     return parser
@@ -157,7 +192,13 @@ def _parser() -> argparse.ArgumentParser:
 def _eval_parsers(sub) -> None:
     ev = sub.add_parser("eval", help="score methods (single models, switching, baselines) on tasks")
     ev.add_argument("--task", action="append", required=True, help="a task name or YAML (repeatable); see `switchgen tasks`")
-    ev.add_argument("--methods", required=True, help="comma-separated, e.g. single:P,single:A,switch,random,fixed:A+P+A,oracle")
+    ev.add_argument("--methods", default="", help="comma-separated, e.g. single:P,single:A,switch,random,fixed:A+P+A,oracle")
+    ev.add_argument(
+        "--patch-sizes", help="the patch-size ablation, e.g. 10,20,30,50,100: switch, random and untuned at each size "
+        "(methods switch@10, random@10, ...) beside --methods",
+    )
+    ev.add_argument("--split", choices=["test", "train"], default="test",
+                    help="the tasks' split (default test; train: outputs to distill from, `switchgen distill`)")
     ev.add_argument("--out", type=Path, required=True, help="folder for TASK/METHOD.jsonl, results.json and results.md")
     ev.add_argument("--limit", type=int, help="the first N test examples of each task")
     ev.add_argument("--concurrency", type=int, help="queries run at once (default: as switchgen generate)")
@@ -220,12 +261,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "bench":
         return _bench(args)
+    if args.command == "distill":
+        return _distill(args)
+    if args.command == "analyze":
+        from switchgen.analysis import analyze
+
+        report = analyze(args.directory, args.out, method=args.method, threshold=args.correct_threshold)
+        print(f"wrote {report} (figures and analysis.json beside it)")
+        return 0
+    if args.command in ("eval", "tasks"):
+        return _eval(args)
     if args.command == "rollouts":
         return _rollouts(args)
     if args.command == "train":
         return _train(args)
-    if args.command in ("eval", "tasks"):
-        return _eval(args)
     raise AssertionError(args.command)
 
 
@@ -293,11 +342,15 @@ def _eval(args: argparse.Namespace) -> int:
         importlib.import_module(module)
     config = _config(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if args.adapter and "switch" not in methods:
+    if args.patch_sizes:
+        from switchgen.evaluation.methods import with_patch_sizes
+
+        methods = with_patch_sizes(methods, _ints(args.patch_sizes))
+    if args.adapter and not any(m.partition("@")[0] == "switch" for m in methods):
         raise SwitchgenError("--adapter is the switch method's adapter: add switch to --methods")
     if args.adapter and args.adapter.startswith((".", "/", "~")) and not Path(args.adapter).expanduser().exists():
         raise SwitchgenError(f"--adapter {args.adapter}: no such folder")
-    prepared = prepare(args.task, methods, config, args.limit)  # bad input stops here, before any model loads
+    prepared = prepare(args.task, methods, config, args.limit, split=args.split)  # bad input stops here, before any model loads
     seed = 0 if args.seed is None else args.seed
     run_eval(config, prepared, args.out, seed=seed, concurrency=args.concurrency, adapter=args.adapter,
              progress=not args.no_progress, log=lambda line: print(f"switchgen: {line}", file=sys.stderr))
@@ -433,19 +486,13 @@ def _bench(args: argparse.Namespace) -> int:
     from switchgen.bench import markdown, run_bench, write_json
     from switchgen.graph import load_config
 
-    def ints(text: str) -> tuple[int, ...]:
-        try:
-            return tuple(int(x) for x in text.split(","))
-        except ValueError:
-            raise SwitchgenError(f"expected comma-separated integers, got {text!r}") from None
-
     check_writable(args.json, "--json")  # before minutes of benchmarking
     if args.rollouts:
         from switchgen.bench import rollouts_markdown, run_rollouts_bench
 
         report = run_rollouts_bench(
             load_config(args.config or args.preset), budget=args.budget, instances=args.instances, k=args.k,
-            reps=args.reps, concurrency=ints(args.concurrency), device=args.device,
+            reps=args.reps, concurrency=_ints(args.concurrency), device=args.device,
             progress=lambda line: print(line, file=sys.stderr),
         )
         write_json(report, args.json)
@@ -457,8 +504,8 @@ def _bench(args: argparse.Namespace) -> int:
         budget=args.budget,
         reps=args.reps,
         load_reps=args.load_reps,
-        budgets=ints(args.budgets),
-        concurrency=ints(args.concurrency),
+        budgets=_ints(args.budgets),
+        concurrency=_ints(args.concurrency),
         device=args.device,
         progress=lambda line: print(line, file=sys.stderr),
     )
@@ -560,6 +607,28 @@ def _config(args: argparse.Namespace) -> SwitchConfig:
         flags = [f"--{f.replace('_', '-')} {getattr(args, f)}" for f in ("patch_size", "max_new_tokens", "seed")
                  if getattr(args, f) is not None]
         raise type(err)(f"{err} (with {' '.join(flags)})" if flags else str(err)) from None
+
+
+def _distill(args: argparse.Namespace) -> int:
+    _quiet_transformers()
+    from switchgen.analysis.distill import DistillSettings, distill, summary
+
+    settings = DistillSettings(rounds=args.rounds, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                               lora_r=args.lora_r, seed=0 if args.seed is None else args.seed, method=args.method,
+                               limit=args.limit)
+    report = distill(_config(args), args.task, args.outputs, args.out, base=args.base, settings=settings,
+                     adapter=args.adapter, compare=args.compare, progress=not args.no_progress,
+                     log=lambda line: print(f"switchgen: {line}", file=sys.stderr))
+    print(summary(report))
+    print(f"distilled model and report (switchgen-distill.json) in {args.out}")
+    return 0
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise SwitchgenError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _quiet_transformers() -> None:

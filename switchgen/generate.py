@@ -225,10 +225,10 @@ def write_records(
     key: str = "input",
     progress: bool = True,
     concurrency: int = 1,
-    on_record: Callable[[dict[str, Any]], None] | None = None,
     desc: str = "switch generation",
     unit: str = "query",
     postfix: Callable[[], str] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """The resumable JSONL job: `one(i)` makes input i's record; records are appended in input order,
     each whole or not at all, so a killed run keeps every finished record. A rerun checks the records

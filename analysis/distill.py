@@ -1,0 +1,290 @@
+"""`switchgen distill`: fold switching back into one model (the paper's Fig. 3).
+
+The aligned model is fine-tuned (LoRA via peft, TRL's SFTTrainer, merged afterwards) on switch
+generation's answers to the task's TRAIN split, each example rendered exactly as the aligned
+candidate sees the query at inference (its view: chat template or plain) with the answer as the
+completion (loss on the answer only; EOS appended where the answer ended on EOS). Prompt and answer
+are tokenised separately and joined, as the engine prefills the prompt and then writes the answer,
+so the trained tokens are the ones generation produces (TRL's own split can differ at the seam).
+
+With --rounds N > 1, each further round regenerates the train-split answers with switch generation
+whose aligned candidate is the previous round's model, and fine-tunes that model on them (the
+authors' repeated rounds). Then the result is evaluated on the test split as the method `single:D`
+(a configuration whose one candidate, D, is the distilled model), beside `single:<aligned>` and
+`switch` under the same seed, and the report gives the fraction of switching's gain recovered,
+(distilled − aligned) / (switch − aligned), and the inference cost of each (tokens, seconds per answer).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from switchgen.analysis.records import EvalRecord, read_records
+from switchgen.config import SwitchConfig, load_config
+from switchgen.errors import ConfigError, InputError
+from switchgen.files import atomic_write_text
+
+DISTILLED = "D"  # the distilled model's candidate name in its evaluation
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    rounds: int = 1
+    epochs: float = 3
+    batch_size: int = 8
+    lr: float = 1e-4  # real models; the tiny kits need ~2e-3
+    lora_r: int = 16
+    seed: int = 0
+    method: str = "switch"  # the method whose train-split answers are distilled
+    limit: int | None = None  # test examples in the evaluation (default: all)
+
+
+def train_records(outputs: Path, task, method: str) -> list[EvalRecord]:
+    """The answers to distil: OUTPUTS/<task>/<method>.jsonl, checked to be the task's train split."""
+    path = outputs / task.name / f"{method}.jsonl"
+    if not path.is_file():
+        raise InputError(
+            f"{path}: no such file; make it with `switchgen eval --split train --task {task.name} --methods {method} --out {outputs}`"
+        )
+    records = [r for r in read_records(path) if r.output]
+    train_ids = {r["id"] for r in task.records("train")}
+    if not records or not {r.id for r in records} <= train_ids:
+        raise InputError(f"{path}: not answers to the train split of {task.name} (run switchgen eval with --split train)")
+    return records
+
+
+def sft_examples(tokenizer, config: SwitchConfig, records: list[EvalRecord]) -> list[dict[str, list[int]]]:
+    """input_ids + completion_mask per answer: the aligned candidate's prompt, then the answer."""
+    from switchgen.nodes.prompts import candidate_prompt, has_chat_template
+    from switchgen.servers.engine.local import encode
+
+    index = config.aligned_index
+    aligned = config.candidates[index]
+    view = config.candidate_view(index, has_chat_template(tokenizer))
+    examples = []
+    for r in records:
+        prompt = encode(tokenizer, candidate_prompt(tokenizer, view, r.query, [], aligned.plain_template))
+        answer = tokenizer(r.output, add_special_tokens=False)["input_ids"]
+        ended = bool(r.segments) and (r.segments[-1].model_extra or {}).get("finish_reason") == "eos"
+        if ended and tokenizer.eos_token_id is not None:
+            answer = [*answer, tokenizer.eos_token_id]
+        if answer:
+            examples.append({"input_ids": prompt + answer, "completion_mask": [0] * len(prompt) + [1] * len(answer)})
+    if not examples:
+        raise InputError("no non-empty answers to distil")
+    return examples
+
+
+def fine_tune(base: str, examples: list[dict[str, list[int]]], out: Path, settings: DistillSettings,
+              progress: bool) -> float:
+    """LoRA SFT of `base` on `examples`, merged into a full checkpoint in `out`; returns the train loss."""
+    try:
+        from datasets import Dataset
+        from peft import LoraConfig
+        from trl import SFTConfig, SFTTrainer
+    except ImportError as err:
+        raise ConfigError(f"switchgen distill needs TRL ({err.name} is missing): pip install 'switchgen[train]'") from None
+    import torch
+
+    from switchgen.servers.engine.loading import (
+        load_model,
+        load_tokenizer,
+        resolve_device,
+        resolve_dtype,
+        resolve_model,
+    )
+
+    location = resolve_model(base)
+    tokenizer = load_tokenizer(location)
+    device = resolve_device("auto")
+    on_gpu = device.type == "cuda"
+    model = load_model(location, torch.device("cpu"), resolve_dtype("auto", device))
+    model.train()
+    work = Path(tempfile.mkdtemp(prefix="switchgen-distill-"))
+    try:
+        args = SFTConfig(
+            output_dir=str(work), num_train_epochs=settings.epochs, per_device_train_batch_size=settings.batch_size,
+            learning_rate=settings.lr, seed=settings.seed, data_seed=settings.seed, completion_only_loss=True,
+            max_length=None, use_cpu=not on_gpu, bf16=on_gpu and torch.cuda.is_bf16_supported(),
+            save_strategy="no", report_to="none", logging_steps=10, disable_tqdm=not progress,
+        )
+        lora = LoraConfig(r=settings.lora_r, lora_alpha=2 * settings.lora_r, lora_dropout=0.0,
+                          target_modules="all-linear", task_type="CAUSAL_LM")
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
+                             processing_class=tokenizer, peft_config=lora)
+        loss = float(trainer.train().training_loss)
+        merged = trainer.model.merge_and_unload()
+        partial = out.with_name(out.name + ".partial")  # nothing half-written under `out`
+        shutil.rmtree(partial, ignore_errors=True)
+        merged.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        del trainer, model, merged
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    gc.collect()
+    if out.exists():
+        shutil.rmtree(out)
+    partial.replace(out)
+    return loss
+
+
+def with_aligned_model(config: SwitchConfig, model: str) -> SwitchConfig:
+    """`config` with the aligned candidate's checkpoint replaced (the switcher keeps its own model)."""
+    data = config.model_dump()
+    data["switcher"]["model"] = config.switcher_model
+    data["candidates"][config.aligned_index]["model"] = model
+    return load_config(data)
+
+
+def distilled_config(config: SwitchConfig, model: str) -> SwitchConfig:
+    """One candidate, D, the distilled model, writing every patch (evaluated as `single:D`)."""
+    data = config.model_dump()
+    aligned = data["candidates"][config.aligned_index]
+    data["candidates"] = [{**aligned, "name": DISTILLED, "model": model}]
+    data["switcher"] = {"strategy": "single", "candidate": DISTILLED}
+    return load_config(data)
+
+
+def _compared(folder: Path, task: str, methods: list[str], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """results.json's rows of `methods` from an earlier eval of the same test examples."""
+    try:
+        rows = json.loads((folder / "results.json").read_text(encoding="utf-8"))["results"]
+    except (OSError, ValueError, KeyError):
+        raise InputError(f"--compare {folder}: no results.json of `switchgen eval` there") from None
+    ids = [r["id"] for r in records]
+    for method in methods:
+        if not any(r.get("task") == task and r.get("method") == method for r in rows):
+            raise InputError(f"--compare {folder}: no {method} on {task}; run switchgen eval with --methods {','.join(methods)}")
+        answered = [r.id for r in read_records(folder / task / f"{method}.jsonl")]
+        if answered != ids:
+            raise InputError(f"--compare {folder}: {method} answered other test examples than these {len(ids)} (check --limit)")
+    return [r for r in rows if r.get("task") == task]
+
+
+def _row(rows: list[dict[str, Any]], method: str) -> dict[str, Any]:
+    return next(r for r in rows if r["method"] == method)
+
+
+def distill(
+    config: SwitchConfig,
+    task_name: str | Path,
+    outputs: Path,
+    out: Path,
+    *,
+    base: str | None = None,
+    settings: DistillSettings = DistillSettings(),
+    adapter: str | None = None,
+    compare: Path | None = None,
+    progress: bool = True,
+    engine=None,
+    log=lambda line: None,
+) -> dict[str, Any]:
+    """Fine-tune, evaluate, and write OUT (the merged model) with OUT/switchgen-distill.json and .md.
+
+    `compare`: a `switchgen eval` folder on the test split that already holds the aligned model and
+    the method; their results are taken from it (and the distilled model answers the same examples)
+    instead of being generated again."""
+    from switchgen.evaluation import prepare, run_eval
+    from switchgen.evaluation.run import aligned_method
+    from switchgen.servers.engine.loading import load_tokenizer, resolve_model
+    from switchgen.servers.engine.local import LocalEngine
+    from switchgen.tasks import load_task
+
+    if settings.rounds < 1:
+        raise ConfigError(f"--rounds must be at least 1, got {settings.rounds}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not an empty folder; choose another --out")
+    task = load_task(task_name)
+    records = train_records(outputs, task, settings.method)
+    aligned = aligned_method(config)
+    test = prepare([task], [aligned, settings.method], config, settings.limit)  # bad input stops before training
+    compared = _compared(compare, task.name, [aligned, settings.method], test.records[task.name]) if compare else None
+    engine = engine or LocalEngine()
+    current = base or config.candidates[config.aligned_index].model
+    work = out.with_name(out.name + ".rounds")
+    shutil.rmtree(work, ignore_errors=True)
+    rounds = []
+    try:
+        for r in range(1, settings.rounds + 1):
+            if r > 1:  # switch generation again, the aligned candidate now the previous round's model
+                chain = with_aligned_model(config, current)
+                regen = work / f"round-{r}-outputs"
+                run_eval(chain, prepare([task], [settings.method], chain, None, split="train"), regen, seed=settings.seed,
+                         adapter=adapter, progress=progress, engine=engine)
+                records = train_records(regen, task, settings.method)
+            examples = sft_examples(load_tokenizer(resolve_model(current)), config, records)
+            target = work / f"round-{r}"
+            log(f"round {r}: fine-tuning {current} on {len(examples)} answers")
+            loss = fine_tune(current, examples, target, settings, progress)
+            rounds.append({"round": r, "base": str(current), "examples": len(examples), "train_loss": loss})
+            current = str(target.resolve())
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()
+        Path(current).replace(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    model = str(out.resolve())
+
+    if compared is None:
+        log("evaluating on the test split: the aligned model, switching, the distilled model")
+        base_rows = run_eval(config, test, out / "eval", seed=settings.seed, adapter=adapter, progress=progress,
+                             engine=engine)
+    else:
+        log(f"evaluating the distilled model on the test split (the others from {compare})")
+        base_rows = compared
+    dconfig = distilled_config(config, model)
+    d_rows = run_eval(dconfig, prepare([task], [f"single:{DISTILLED}"], dconfig, settings.limit), out / "eval-distilled",
+                      seed=settings.seed, progress=progress, engine=engine)
+    methods = {aligned: _row(base_rows, aligned), settings.method: _row(base_rows, settings.method),
+               f"single:{DISTILLED}": _row(d_rows, f"single:{DISTILLED}")}
+    a, s, d = (methods[m]["mean"] for m in methods)
+    gain = s - a
+    report = {
+        "task": task.name,
+        "model": model,
+        "base": base or config.candidates[config.aligned_index].model,
+        "outputs": str(outputs),
+        "compared_with": str(compare) if compare else str(out / "eval"),
+        "rounds": rounds,
+        "settings": asdict(settings),
+        "methods": {m: {"mean": row["mean"], "ci": row["ci"], "n": row["n"],
+                        "tokens_per_answer": row["tokens"] / row["n"] if row["n"] else None,
+                        "seconds_per_answer": row["seconds"] / row["n"] if row["n"] else None}
+                    for m, row in methods.items()},
+        "switch_gain": gain,
+        "recovered": (d - a) / gain if gain else None,  # undefined when switching gained nothing
+    }
+    sw, dm = report["methods"][settings.method], report["methods"][f"single:{DISTILLED}"]
+    report["cost_vs_switch"] = {
+        "tokens": dm["tokens_per_answer"] / sw["tokens_per_answer"] if sw["tokens_per_answer"] else None,
+        "seconds": dm["seconds_per_answer"] / sw["seconds_per_answer"] if sw["seconds_per_answer"] else None,
+    }
+    atomic_write_text(out / "switchgen-distill.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "switchgen-distill.md", summary(report))
+    return report
+
+
+def summary(report: dict[str, Any]) -> str:
+    def f(x: float | None, fmt: str = "{:.3f}") -> str:
+        return "–" if x is None else fmt.format(x)
+
+    lines = [f"Distillation of {report['base']} on {report['task']} ({len(report['rounds'])} round(s)) -> {report['model']}",
+             "", "| method | mean | 95% CI | n | tokens / answer | seconds / answer |", "|---|---:|---|---:|---:|---:|"]
+    for m, v in report["methods"].items():
+        ci = f"[{f(v['ci'][0])}, {f(v['ci'][1])}]" if v["ci"] else "–"
+        lines.append(f"| {m} | {f(v['mean'])} | {ci} | {v['n']} | {f(v['tokens_per_answer'], '{:.1f}')} | "
+                     f"{f(v['seconds_per_answer'], '{:.3f}')} |")
+    cost = report["cost_vs_switch"]
+    rec = report["recovered"]
+    lines += ["", "Recovered fraction of switching's gain over the aligned model: "
+              + ("undefined (switching gained nothing over the aligned model)" if rec is None else f"{rec:.1%}")
+              + f"; inference cost against switching: {f(cost['tokens'], '{:.2f}')}x tokens, "
+              f"{f(cost['seconds'], '{:.2f}')}x seconds per answer.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""switchgen distill end to end at a tiny size: real switch-generation answers on the train split,
+a real LoRA fine-tune (TRL) of toy A, merged, evaluated through switchgen eval; the report's
+numbers recomputed from the eval records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def answer_logprob(model_dir: str, example: dict) -> float:
+    """Mean log-probability of the completion tokens (plain transformers, independent of switchgen)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([example["input_ids"]])
+    with torch.inference_mode():
+        logp = model(ids).logits[0, :-1].log_softmax(-1)
+    targets = ids[0, 1:]
+    mask = torch.tensor(example["completion_mask"][1:], dtype=torch.bool)
+    return float(logp[torch.arange(len(targets)), targets][mask].mean())
+
+
+@pytest.fixture(scope="module")
+def distilled(toy_kit, tmp_path_factory):
+    from _eval_run import write_eval_dir
+    from conftest import toy_config_dict
+
+    from switchgen.cli import main
+
+    root = tmp_path_factory.mktemp("distill")
+    train_out = write_eval_dir(root, toy_config_dict, "switch", "--split", "train")
+    out = root / "model"
+    argv = ["distill", "--config", str(root / "toy.yaml"), "--task", str(root / "toy-words.yaml"), "--outputs",
+            str(train_out), "--out", str(out), "--lr", "5e-3", "--epochs", "4", "--batch-size", "2", "--lora-r", "8", "--no-progress"]
+    assert main(argv) == 0
+    return root, train_out, out
+
+
+def test_distilled_model_learned_the_switch_answers(distilled, toy_kit):
+    from switchgen.analysis.distill import sft_examples, train_records
+    from switchgen.graph import load_config
+    from switchgen.servers.engine.loading import load_tokenizer
+    from switchgen.tasks import load_task
+
+    root, train_out, out = distilled
+    config = load_config(root / "toy.yaml")
+    task = load_task(root / "toy-words.yaml")
+    records = train_records(train_out, task, "switch")
+    tok = load_tokenizer(str(toy_kit["A"]))
+    examples = sft_examples(tok, config, records)
+    assert len(examples) == len(records) == 5
+    for ex, rec in zip(examples, records, strict=True):  # the completion is exactly the answer (and EOS if it ended)
+        completion = [t for t, m in zip(ex["input_ids"], ex["completion_mask"], strict=True) if m]
+        assert tok.decode(completion, skip_special_tokens=True) == rec.output
+    before = sum(answer_logprob(str(toy_kit["A"]), ex) for ex in examples) / len(examples)
+    after = sum(answer_logprob(str(out), ex) for ex in examples) / len(examples)
+    assert after > before + 0.5, (before, after)
+
+
+def test_distill_report_matches_the_eval_records(distilled):
+    _, _, out = distilled
+    report = json.loads((out / "switchgen-distill.json").read_text())
+    means = {}
+    for method, folder in (("single:A", "eval"), ("switch", "eval"), ("single:D", "eval-distilled")):
+        lines = (out / folder / "toy-words" / f"{method}.jsonl").read_text().splitlines()
+        answers = [json.loads(line) for line in lines]
+        assert len(answers) == 5 and {a["id"] for a in answers} == {f"test-{i}" for i in range(5)}
+        means[method] = sum(a["score"] for a in answers) / len(answers)
+        got = report["methods"][method]
+        assert got["mean"] == pytest.approx(means[method])
+        assert got["tokens_per_answer"] == pytest.approx(sum(a["tokens_used"] for a in answers) / 5)
+        if method == "single:D":
+            assert {s["candidate"] for a in answers for s in a["segments"]} == {"D"}
+    gain = means["switch"] - means["single:A"]
+    if gain:
+        assert report["recovered"] == pytest.approx((means["single:D"] - means["single:A"]) / gain)
+    else:
+        assert report["recovered"] is None
+    assert "Recovered fraction" in (out / "switchgen-distill.md").read_text()
+
+
+def test_distill_refuses_test_split_outputs(distilled, capsys):
+    from switchgen.cli import main
+
+    root, _, _ = distilled
+    test_out = root / "test-out"
+    (test_out / "toy-words").mkdir(parents=True)
+    line = {"id": "test-0", "query": "q", "output": "x", "score": 0.0, "segments": [], "tokens_used": 1, "seconds": 0.1}
+    (test_out / "toy-words" / "switch.jsonl").write_text(json.dumps(line) + "\n")
+    argv = ["distill", "--config", str(root / "toy.yaml"), "--task", str(root / "toy-words.yaml"),
+            "--outputs", str(test_out), "--out", str(root / "other")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not answers to the train split" in err and len(err.strip().splitlines()) == 1
+    assert not (root / "other").exists()
