@@ -82,12 +82,12 @@ import time
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from switchgen.files import switchgen_home
 from switchgen.kits.cache import build_atomically
-from switchgen.kits.toy import BOS, CHAT_TEMPLATE, EOS, PAD, SPECIAL_TOKENS
+from switchgen.kits.toy import BOS, CHAT_TEMPLATE, EOS, SPECIAL_TOKENS, kit_tokenizer
 
 __all__ = [
     "CANDIDATES",
@@ -324,37 +324,15 @@ def _build_tokenizer(world: dict) -> PreTrainedTokenizerFast:
     lines += list(_PREAMBLES) * 2
     lines += [f"Answer: {v}." for vals in _VALUES.values() for v in (*vals, _UNKNOWN)] * 2
     lines += [*_FILLERS, _F_DECLINES] * 2
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=4096,
-        min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(lines, trainer=trainer)
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A",
-        pair=f"{BOS} $A {BOS} $B:1",
-        special_tokens=[(BOS, backend.token_to_id(BOS))],
-    )
-    # The patch arithmetic of skills-switch rests on these being single tokens.
     values = [v for vals in _VALUES.values() for v in (*vals, _UNKNOWN)]
-    for text in [*(" " + e for e in world["known"]), *(" " + v for v in values), "Answer", ":", "."]:
-        if len(backend.encode(text, add_special_tokens=False).ids) != 1:
-            raise RuntimeError(f"skills tokenizer splits {text!r}")
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        extra_special_tokens=list(SPECIAL_TOKENS[3:]),
-        padding_side="left",
-        model_max_length=4096,
-        chat_template=CHAT_TEMPLATE,
-    )
+
+    def check(backend: Tokenizer) -> None:
+        # The patch arithmetic of skills-switch rests on these being single tokens.
+        for text in [*(" " + e for e in world["known"]), *(" " + v for v in values), "Answer", ":", "."]:
+            if len(backend.encode(text, add_special_tokens=False).ids) != 1:
+                raise RuntimeError(f"skills tokenizer splits {text!r}")
+
+    return kit_tokenizer(lines, 4096, check=check)
 
 
 # ----------------------------------------------------------------------------- models and training

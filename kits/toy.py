@@ -48,6 +48,7 @@ End of sequence (the models are random, so EOS is engineered)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -200,24 +201,34 @@ def _write_kit(root: Path) -> None:
 
 
 def _build_tokenizer() -> PreTrainedTokenizerFast:
-    """Train the shared byte-level BPE and wrap it as a transformers tokenizer."""
+    return kit_tokenizer(_CORPUS.splitlines(), _VOCAB_SIZE, check=_check_digits)
+
+
+def kit_tokenizer(
+    lines: Iterable[str], vocab_size: int, *, check: Callable[[Tokenizer], None] | None = None
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `lines` in the kits' format: BOS added like Llama, the chat template, left padding.
+
+    `check(backend)` may refuse the trained vocabulary (e.g. a token that must stay single).
+    """
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=_VOCAB_SIZE,
+        vocab_size=vocab_size,
         min_frequency=2,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    backend.train_from_iterator(lines, trainer=trainer)
     backend.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A",
         pair=f"{BOS} $A {BOS} $B:1",
         special_tokens=[(BOS, backend.token_to_id(BOS))],
     )
-    _check_digits(backend)
+    if check is not None:
+        check(backend)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=BOS,
