@@ -24,7 +24,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from switchgen.errors import InputError
+from switchgen.errors import InputError, UnsupportedError
 
 DEFAULT_BUDGET = 256
 
@@ -95,12 +95,12 @@ class SwitchgenLM(LM):
         return answers
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        raise NotImplementedError(
+        raise UnsupportedError(
             "switchgen generates (several checkpoints write one answer); it cannot score given continuations: "
             "use generative tasks (output_type: generate_until), e.g. gsm8k, bbh_cot_zeroshot, mmlu_pro"
         )
 
     def loglikelihood_rolling(self, requests) -> list[float]:
-        raise NotImplementedError(
+        raise UnsupportedError(
             "switchgen generates; it cannot compute rolling log-likelihoods (perplexity tasks): use generative tasks"
         )

@@ -15,6 +15,7 @@ import json
 import queue
 import random
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -229,7 +230,7 @@ def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
 # -- the backend ---------------------------------------------------------------------------
 
 
-class RemoteBackend:
+class RemoteBackend(ABC):
     """The `Backend` surface over one inference server; the tokenizer (from `model`) renders prompts.
 
     Subclasses build a request from a prompt (`_request`) and implement one plain call
@@ -268,8 +269,9 @@ class RemoteBackend:
 
         return run_streaming(stream, on_text)
 
+    @abstractmethod
     def choice_distribution(self, prompt: str, choices: Sequence[str]) -> ChoiceScores:
-        raise NotImplementedError
+        """The switcher's distribution over `choices` from one one-token request."""
 
     def choice_ids(self, choices: Sequence[str]) -> list[list[int]]:
         """The token ids that spell each choice (cached per choice list)."""
@@ -280,14 +282,17 @@ class RemoteBackend:
 
     # -- what a subclass supplies -----------------------------------------------------------
 
+    @abstractmethod
     def _request(self, prompt: str, params: GenerationParams) -> dict[str, Any]:
-        raise NotImplementedError
+        """The server's request body for one patch."""
 
+    @abstractmethod
     async def _generate(self, request: dict[str, Any], stop: Sequence[str]) -> Patch:
-        raise NotImplementedError
+        """One plain call, with its own retries."""
 
+    @abstractmethod
     async def _stream_once(self, request: dict[str, Any], stop: Sequence[str], holdback: StopHoldback) -> Patch:
-        raise NotImplementedError
+        """One streamed attempt, its text fed through `holdback`."""
 
 
 # -- health --------------------------------------------------------------------------------
