@@ -12,9 +12,9 @@ With an API key (`switchgen serve --api-key`), every route but /health needs
 `Authorization: Bearer <key>` (vLLM's --api-key); otherwise 401. `typical_p`, which
 langchain-huggingface's HuggingFaceEndpoint sends by default (0.95), is accepted and not applied.
 
-Model work runs in a thread pool so the event loop keeps serving; requests to one checkpoint
-take turns on its lock (no batching: this server is for development, tests and CPU boxes;
-deploy TGI or vLLM on GPUs, see docs/serving.md). Bad requests get TGI's 422
+Model work runs in a thread pool so the event loop keeps serving; concurrent requests to one
+checkpoint are decoded in one batch by the engine's decode worker (this server is for
+development, tests and CPU boxes; deploy TGI or vLLM on GPUs, see docs/serving.md). Bad requests get TGI's 422
 {"error", "error_type": "validation"}; limits (payload size, input and total tokens) are TGI's
 (servers/serve/limits.py). Every server of one `switchgen serve` process shares one event loop,
 so nothing heavy runs on it: reading a body is bounded by the payload limit, and parsing and
