@@ -52,7 +52,7 @@ def make_generator(config: SwitchConfig, index: int, backend: Backend) -> Callab
             greedy=sampling.greedy,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
-            seed=derive_seed(config.seed, "patch", len(segments)),
+            seed=derive_seed(config.seed, "patch", state["query"], len(segments)),  # per query: a seeded batch is not one sample repeated
             stop=stops,
             ignore_eos=sampling.ignore_eos,
         )

@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 
     roll = sub.add_parser(
         "rollouts", help="a switcher's training data: the paper's rollouts on a task's train split",
-        description="For each train query: a trace by random switching cut at 10-90%% of the budget, one patch "
+        description="For each train query: a trace by random switching cut at 10-90% of the budget, one patch "
         "by each candidate, K random-switching continuations per candidate scored by the task metric; the "
         "label is the best mean (ties: the aligned candidate, else the lowest index). Resumable; --seed "
         "(default 0) makes the file reproducible.",

@@ -196,6 +196,20 @@ def test_budget_other_strategies(make_graph, strategy):
         check_run(config, result)
 
 
+def test_a_seed_gives_each_query_its_own_draws(make_graph):
+    """One seeded run over many queries (switchgen generate --seed, a batch through the graph) is not
+    one random draw repeated: the author sequence and the sampled text depend on the query too, and
+    the same query under the same seed repeats exactly."""
+    _, graph = make_graph(seed=5, max_new_tokens=40, patch_size=4, switcher={"strategy": "random"},
+                          aligned_model="toy:F")  # toy:F never ends: every run has 10 patches
+    runs = {q: graph.invoke({"query": q}) for q in QUERIES[:3]}
+    authors = {q: [s["candidate"] for s in r["segments"]] for q, r in runs.items()}
+    assert len({tuple(a) for a in authors.values()}) == 3, authors
+    again = graph.invoke({"query": QUERIES[0]})
+    assert [s["candidate"] for s in again["segments"]] == authors[QUERIES[0]]
+    assert again["output"] == runs[QUERIES[0]]["output"]
+
+
 # -- segments are the decoded patches -------------------------------------------------------
 
 
