@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from switchgen.analysis.records import EvalRecord, read_records
+from switchgen.analysis.stats import method_cost
 from switchgen.config import SwitchConfig, load_config
 from switchgen.errors import ConfigError, InputError
 from switchgen.files import atomic_write_text
@@ -38,11 +39,12 @@ class DistillSettings:
     rounds: int = 1
     epochs: float = 3
     batch_size: int = 8
-    lr: float = 1e-4  # real models; the tiny kits need ~2e-3
+    lr: float = 1e-4  # real models; the skills kit: 5e-4 for 20 epochs
     lora_r: int = 16
     seed: int = 0
     method: str = "switch"  # the method whose train-split answers are distilled
     limit: int | None = None  # test examples in the evaluation (default: all)
+    concurrency: int | None = None  # queries in flight (default: the --compare run's, else as switchgen eval)
 
 
 def train_records(outputs: Path, task, method: str) -> list[EvalRecord]:
@@ -120,6 +122,7 @@ def fine_tune(base: str, examples: list[dict[str, list[int]]], out: Path, settin
                              processing_class=tokenizer, peft_config=lora)
         loss = float(trainer.train().training_loss)
         merged = trainer.model.merge_and_unload()
+        merged.config.use_cache = True  # training switched the KV cache off; the checkpoint is for inference
         partial = out.with_name(out.name + ".partial")  # nothing half-written under `out`
         shutil.rmtree(partial, ignore_errors=True)
         merged.save_pretrained(partial)
@@ -151,11 +154,13 @@ def distilled_config(config: SwitchConfig, model: str) -> SwitchConfig:
     return load_config(data)
 
 
-def _compared(folder: Path, task: str, methods: list[str], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """results.json's rows of `methods` from an earlier eval of the same test examples."""
+def _compared(folder: Path, task: str, methods: list[str], records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int | None]:
+    """results.json's rows of `methods` from an earlier eval of the same test examples, and the
+    concurrency it ran at (None from a results.json written before it was recorded)."""
     try:
-        rows = json.loads((folder / "results.json").read_text(encoding="utf-8"))["results"]
-    except (OSError, ValueError, KeyError):
+        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        rows = results["results"]
+    except (OSError, ValueError, KeyError, TypeError):
         raise InputError(f"--compare {folder}: no results.json of `switchgen eval` there") from None
     ids = [r["id"] for r in records]
     for method in methods:
@@ -164,7 +169,16 @@ def _compared(folder: Path, task: str, methods: list[str], records: list[dict[st
         answered = [r.id for r in read_records(folder / task / f"{method}.jsonl")]
         if answered != ids:
             raise InputError(f"--compare {folder}: {method} answered other test examples than these {len(ids)} (check --limit)")
-    return [r for r in rows if r.get("task") == task]
+    return [r for r in rows if r.get("task") == task], results.get("concurrency")
+
+
+def _concurrency(asked: int | None, compared: int | None, compare: Path | None) -> int | None:
+    """The distilled model answers with as many queries in flight as the run it is compared with:
+    a record's seconds are its latency, which grows with the queries beside it."""
+    if asked is not None and compared is not None and asked != compared:
+        raise ConfigError(f"--concurrency {asked}: the --compare run {compare} ran {compared} queries at once, and "
+                          f"seconds per answer compare only at the same concurrency; drop --concurrency or pass {compared}")
+    return asked if asked is not None else compared
 
 
 def _row(rows: list[dict[str, Any]], method: str) -> dict[str, Any]:
@@ -192,19 +206,25 @@ def distill(
     instead of being generated again."""
     from switchgen.evaluation import prepare, run_eval
     from switchgen.evaluation.run import aligned_method
+    from switchgen.generate import default_concurrency
     from switchgen.servers.engine.loading import load_tokenizer, resolve_model
     from switchgen.servers.engine.local import LocalEngine
     from switchgen.tasks import load_task
 
     if settings.rounds < 1:
         raise ConfigError(f"--rounds must be at least 1, got {settings.rounds}")
+    if settings.concurrency is not None and settings.concurrency < 1:
+        raise ConfigError(f"--concurrency must be at least 1, got {settings.concurrency}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not an empty folder; choose another --out")
     task = load_task(task_name)
     records = train_records(outputs, task, settings.method)
     aligned = aligned_method(config)
     test = prepare([task], [aligned, settings.method], config, settings.limit)  # bad input stops before training
-    compared = _compared(compare, task.name, [aligned, settings.method], test.records[task.name]) if compare else None
+    compared, compared_at = (_compared(compare, task.name, [aligned, settings.method], test.records[task.name])
+                             if compare else (None, None))
+    concurrency = _concurrency(settings.concurrency, compared_at, compare) or default_concurrency(config)
+    same_concurrency = compare is None or compared_at is not None  # an older results.json did not record it
     engine = engine or LocalEngine()
     current = base or config.candidates[config.aligned_index].model
     work = out.with_name(out.name + ".rounds")
@@ -216,7 +236,7 @@ def distill(
                 chain = with_aligned_model(config, current)
                 regen = work / f"round-{r}-outputs"
                 run_eval(chain, prepare([task], [settings.method], chain, None, split="train"), regen, seed=settings.seed,
-                         adapter=adapter, progress=progress, engine=engine)
+                         concurrency=concurrency, adapter=adapter, progress=progress, engine=engine)
                 records = train_records(regen, task, settings.method)
             examples = sft_examples(load_tokenizer(resolve_model(current)), config, records)
             target = work / f"round-{r}"
@@ -234,16 +254,20 @@ def distill(
 
     if compared is None:
         log("evaluating on the test split: the aligned model, switching, the distilled model")
-        base_rows = run_eval(config, test, out / "eval", seed=settings.seed, adapter=adapter, progress=progress,
-                             engine=engine)
+        base_rows = run_eval(config, test, out / "eval", seed=settings.seed, concurrency=concurrency, adapter=adapter,
+                             progress=progress, engine=engine)
+        base_dir = out / "eval"
     else:
         log(f"evaluating the distilled model on the test split (the others from {compare})")
-        base_rows = compared
+        base_rows, base_dir = compared, compare
     dconfig = distilled_config(config, model)
     d_rows = run_eval(dconfig, prepare([task], [f"single:{DISTILLED}"], dconfig, settings.limit), out / "eval-distilled",
-                      seed=settings.seed, progress=progress, engine=engine)
+                      seed=settings.seed, concurrency=concurrency, progress=progress, engine=engine)
+    distilled_method = f"single:{DISTILLED}"
     methods = {aligned: _row(base_rows, aligned), settings.method: _row(base_rows, settings.method),
-               f"single:{DISTILLED}": _row(d_rows, f"single:{DISTILLED}")}
+               distilled_method: _row(d_rows, distilled_method)}
+    folders = {aligned: base_dir, settings.method: base_dir, distilled_method: out / "eval-distilled"}
+    costs = {m: method_cost(m, read_records(folders[m] / task.name / f"{m}.jsonl")) for m in methods}
     a, s, d = (methods[m]["mean"] for m in methods)
     gain = s - a
     report = {
@@ -254,14 +278,15 @@ def distill(
         "compared_with": str(compare) if compare else str(out / "eval"),
         "rounds": rounds,
         "settings": asdict(settings),
+        "concurrency": concurrency if same_concurrency else None,  # None: the --compare run's is unknown
         "methods": {m: {"mean": row["mean"], "ci": row["ci"], "n": row["n"],
-                        "tokens_per_answer": row["tokens"] / row["n"] if row["n"] else None,
-                        "seconds_per_answer": row["seconds"] / row["n"] if row["n"] else None}
+                        "tokens_per_answer": costs[m].tokens, "seconds_per_answer": costs[m].seconds,
+                        "switcher_calls_per_answer": costs[m].switcher_calls}
                     for m, row in methods.items()},
         "switch_gain": gain,
         "recovered": (d - a) / gain if gain else None,  # undefined when switching gained nothing
     }
-    sw, dm = report["methods"][settings.method], report["methods"][f"single:{DISTILLED}"]
+    sw, dm = report["methods"][settings.method], report["methods"][distilled_method]
     report["cost_vs_switch"] = {
         "tokens": dm["tokens_per_answer"] / sw["tokens_per_answer"] if sw["tokens_per_answer"] else None,
         "seconds": dm["seconds_per_answer"] / sw["seconds_per_answer"] if sw["seconds_per_answer"] else None,
@@ -276,15 +301,18 @@ def summary(report: dict[str, Any]) -> str:
         return "–" if x is None else fmt.format(x)
 
     lines = [f"Distillation of {report['base']} on {report['task']} ({len(report['rounds'])} round(s)) -> {report['model']}",
-             "", "| method | mean | 95% CI | n | tokens / answer | seconds / answer |", "|---|---:|---|---:|---:|---:|"]
+             "", "| method | mean | 95% CI | n | tokens / answer | switcher calls / answer | seconds / answer |",
+             "|---|---:|---|---:|---:|---:|---:|"]
     for m, v in report["methods"].items():
         ci = f"[{f(v['ci'][0])}, {f(v['ci'][1])}]" if v["ci"] else "–"
         lines.append(f"| {m} | {f(v['mean'])} | {ci} | {v['n']} | {f(v['tokens_per_answer'], '{:.1f}')} | "
-                     f"{f(v['seconds_per_answer'], '{:.3f}')} |")
+                     f"{f(v.get('switcher_calls_per_answer'), '{:.1f}')} | {f(v['seconds_per_answer'], '{:.3f}')} |")
     cost = report["cost_vs_switch"]
     rec = report["recovered"]
+    at = report.get("concurrency")
     lines += ["", "Recovered fraction of switching's gain over the aligned model: "
               + ("undefined (switching gained nothing over the aligned model)" if rec is None else f"{rec:.1%}")
               + f"; inference cost against switching: {f(cost['tokens'], '{:.2f}')}x tokens, "
-              f"{f(cost['seconds'], '{:.2f}')}x seconds per answer.", ""]
+              f"{f(cost['seconds'], '{:.2f}')}x seconds per answer"
+              + (f" ({at} queries in flight in both)." if at else "."), ""]
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import matplotlib
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from switchgen.analysis.stats import MethodCost, PositionShares, SequenceStat
 
@@ -87,7 +88,8 @@ def sequence_scatter(
 
 
 def token_shares(task: str, tokens: dict[str, dict[str, int]], candidates: Sequence[str], path: Path) -> None:
-    """Per switching method, the share of tokens each candidate wrote (stacked horizontal bars)."""
+    """Per switching method, the share of tokens each candidate wrote (stacked horizontal bars; the
+    legend lists every candidate in the configuration's order, written or not)."""
     methods = list(tokens)
     colour = colours(candidates)
     fig = _figure(7.5, 0.9 + 0.55 * len(methods))
@@ -98,8 +100,7 @@ def token_shares(task: str, tokens: dict[str, dict[str, int]], candidates: Seque
         for c in candidates:
             share = tokens[method].get(c, 0) / total
             if share:
-                ax.barh(y, share, left=left, color=colour[c], edgecolor="white",
-                        label=c if y == 0 or c not in ax.get_legend_handles_labels()[1] else None)
+                ax.barh(y, share, left=left, color=colour[c], edgecolor="white")
                 if share >= 0.07:
                     ax.text(left + share / 2, y, f"{share:.0%}", ha="center", va="center", fontsize=8, color="white")
                 left += share
@@ -108,7 +109,8 @@ def token_shares(task: str, tokens: dict[str, dict[str, int]], candidates: Seque
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of tokens written")
     ax.set_title(f"{task}: tokens written per candidate", fontsize=11)
-    ax.legend(title="author", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(handles=[Patch(color=colour[c], label=c) for c in candidates], title="author", fontsize=8,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(fig, path)
 
 

@@ -175,11 +175,15 @@ def tokens_by_candidate(records: Iterable[EvalRecord]) -> Counter[str]:
 
 @dataclass(frozen=True)
 class MethodCost:
+    """Per answer: tokens written, wall seconds (latency at the run's concurrency) and switcher LM
+    calls (decisions a switcher model scored; a single model, random or fixed switching makes none)."""
+
     method: str
     n: int
     mean_score: float
-    tokens: float  # per answer
-    seconds: float  # per answer
+    tokens: float
+    seconds: float
+    switcher_calls: float = 0.0
 
 
 def method_cost(method: str, records: Sequence[EvalRecord]) -> MethodCost:
@@ -190,6 +194,7 @@ def method_cost(method: str, records: Sequence[EvalRecord]) -> MethodCost:
         sum(float(r.score) for r in records) / n,
         sum(r.tokens_used for r in records) / n,
         sum(r.seconds for r in records) / n,
+        sum(d.get("digit_mass") is not None for r in records for d in r.decisions) / n,  # set only when the LM ran
     )
 
 

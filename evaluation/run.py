@@ -125,7 +125,7 @@ def run_eval(
         if ORACLE in prepared.methods:
             _write_oracle(out, task.name, generating, records)
     rows = summarise(config, prepared, out)
-    write_results(out, rows, prepared, config)
+    write_results(out, rows, prepared, config, concurrency)
     return rows
 
 
@@ -256,9 +256,14 @@ def markdown(rows: list[dict[str, Any]], baseline: str) -> str:
     return "\n".join(lines)
 
 
-def write_results(out: Path, rows: list[dict[str, Any]], prepared: Prepared, config: SwitchConfig) -> None:
+def write_results(out: Path, rows: list[dict[str, Any]], prepared: Prepared, config: SwitchConfig,
+                  concurrency: int) -> None:
+    """results.json and results.md. `concurrency` is recorded because a record's seconds are its latency
+    with that many queries in flight: seconds compare between runs only at the same concurrency."""
     baseline = aligned_method(config)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps({"baseline": baseline, "results": rows}, indent=2) + "\n")
+    payload = {"baseline": baseline, "concurrency": concurrency, "results": rows}
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
     note = "" if baseline in prepared.methods else f"\n(Add {baseline} to the methods for paired differences.)\n"
-    atomic_write_text(out / "results.md", markdown(rows, baseline) + note)
+    timing = f"\nSeconds: each answer's latency, summed, with {concurrency} queries in flight.\n"
+    atomic_write_text(out / "results.md", markdown(rows, baseline) + note + timing)

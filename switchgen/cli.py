@@ -174,13 +174,15 @@ def _parser() -> argparse.ArgumentParser:
     distill.add_argument("--rounds", type=int, default=1, help="rounds of regenerate + fine-tune (default 1)")
     distill.add_argument("--epochs", type=float, default=3, help="default 3")
     distill.add_argument("--batch-size", type=int, default=8, help="default 8")
-    distill.add_argument("--lr", type=float, default=1e-4, help="default 1e-4; the tiny kits need ~2e-3")
+    distill.add_argument("--lr", type=float, default=1e-4, help="default 1e-4; the skills kit: 5e-4 with --epochs 20")
     distill.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha = 2r); default 16")
     distill.add_argument("--method", default="switch", help="the method whose answers are distilled (default switch)")
     distill.add_argument("--limit", type=int, help="the first N test examples in the evaluation")
     distill.add_argument("--adapter", help="the switch method's LoRA adapter (a trained switcher)")
     distill.add_argument("--compare", type=Path,
                          help="a test-split `switchgen eval` folder holding the aligned model and --method: reuse its results")
+    distill.add_argument("--concurrency", type=int,
+                         help="queries in flight while evaluating (default: the --compare run's, else as switchgen eval)")
     distill.add_argument("--no-progress", action="store_true", help="no progress bars")
     _config_args(distill)
 
@@ -615,7 +617,7 @@ def _distill(args: argparse.Namespace) -> int:
 
     settings = DistillSettings(rounds=args.rounds, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                lora_r=args.lora_r, seed=0 if args.seed is None else args.seed, method=args.method,
-                               limit=args.limit)
+                               limit=args.limit, concurrency=args.concurrency)
     report = distill(_config(args), args.task, args.outputs, args.out, base=args.base, settings=settings,
                      adapter=args.adapter, compare=args.compare, progress=not args.no_progress,
                      log=lambda line: print(f"switchgen: {line}", file=sys.stderr))

@@ -80,6 +80,55 @@ def test_distill_report_matches_the_eval_records(distilled):
     else:
         assert report["recovered"] is None
     assert "Recovered fraction" in (out / "switchgen-distill.md").read_text()
+    # Cost: the distilled model and the methods it is compared with answered at one concurrency, and only
+    # switching called a switcher LM (the toy switcher, each decision after the anchor).
+    from switchgen.generate import IN_PROCESS_BATCH
+
+    assert report["concurrency"] == IN_PROCESS_BATCH
+    assert report["methods"]["single:D"]["switcher_calls_per_answer"] == 0
+    assert report["methods"]["single:A"]["switcher_calls_per_answer"] == 0
+    assert report["methods"]["switch"]["switcher_calls_per_answer"] > 0
+    assert json.loads((out / "config.json").read_text())["use_cache"] is True  # saved for inference
+
+
+def test_distill_rounds_refine_the_previous_rounds_model(toy_kit, tmp_path):
+    """--rounds 2: round 2 regenerates the train answers with round 1's model as the aligned candidate
+    and fine-tunes that model; the intermediate checkpoints are cleaned up."""
+    from _eval_run import write_eval_dir
+    from conftest import toy_config_dict
+
+    from switchgen.cli import main
+
+    train_out = write_eval_dir(tmp_path, toy_config_dict, "switch", "--split", "train")
+    out = tmp_path / "model"
+    argv = ["distill", "--config", str(tmp_path / "toy.yaml"), "--task", str(tmp_path / "toy-words.yaml"), "--outputs",
+            str(train_out), "--out", str(out), "--rounds", "2", "--lr", "5e-3", "--epochs", "1", "--batch-size", "2",
+            "--lora-r", "4", "--no-progress"]
+    assert main(argv) == 0
+    report = json.loads((out / "switchgen-distill.json").read_text())
+    first, second = report["rounds"]
+    assert first["base"] == "toy:A" and second["base"].endswith("model.rounds/round-1")
+    assert first["examples"] == second["examples"] == 5
+    assert not (tmp_path / "model.rounds").exists()
+    assert (out / "config.json").is_file() and report["model"] == str(out.resolve())
+
+
+def test_distill_refuses_a_concurrency_other_than_the_compared_runs(distilled, toy_kit, capsys):
+    """Seconds per answer are latencies: compared at different concurrencies they would mislead."""
+    from _eval_run import write_eval_dir
+    from conftest import toy_config_dict
+
+    from switchgen.cli import main
+
+    root, train_out, _ = distilled
+    compare = write_eval_dir(root / "cmp", toy_config_dict, "single:A,switch", "--concurrency", "2")
+    assert json.loads((compare / "results.json").read_text())["concurrency"] == 2
+    argv = ["distill", "--config", str(root / "toy.yaml"), "--task", str(root / "toy-words.yaml"), "--outputs",
+            str(train_out), "--compare", str(compare), "--concurrency", "4", "--out", str(root / "other2")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "ran 2 queries at once" in err and len(err.strip().splitlines()) == 1
+    assert not (root / "other2").exists()
 
 
 def test_distill_refuses_test_split_outputs(distilled, capsys):
