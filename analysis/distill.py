@@ -101,6 +101,7 @@ def fine_tune(base: str, examples: list[dict[str, list[int]]], out: Path, settin
         resolve_dtype,
         resolve_model,
     )
+    from switchgen.training.train import quiet_when_asked
 
     location = resolve_model(base)
     tokenizer = load_tokenizer(location)
@@ -120,6 +121,7 @@ def fine_tune(base: str, examples: list[dict[str, list[int]]], out: Path, settin
                           target_modules="all-linear", task_type="CAUSAL_LM")
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                              processing_class=tokenizer, peft_config=lora)
+        quiet_when_asked(trainer, progress)
         loss = float(trainer.train().training_loss)
         merged = trainer.model.merge_and_unload()
         merged.config.use_cache = True  # training switched the KV cache off; the checkpoint is for inference

@@ -72,8 +72,7 @@ def sequence_scatter(
         label = f"length {n} ({len(points)} sequences, r = {rn:.2f})" if rn is not None else f"length {n} ({len(points)} sequences, r undefined)"
         ax.scatter([s.frequency for s in points], [s.effect for s in points], marker=marker, color=colour,
                    alpha=0.75, label=label, edgecolors="black", linewidths=0.4)
-        for s in sorted(points, key=lambda s: -s.frequency)[:4]:  # name the most used ones
-            ax.annotate(s.label, (s.frequency, s.effect), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    _name_points(ax, [s for stats in by_length.values() for s in stats if s.effect is not None])
     if not any(s.effect is not None for stats in by_length.values() for s in stats):
         ax.text(0.5, 0.75, "no sequence with a defined effect:\nevery answer uses the same sequences",
                 transform=ax.transAxes, ha="center", va="center", fontsize=10, color="dimgrey")
@@ -85,6 +84,27 @@ def sequence_scatter(
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def _name_points(ax, points: Sequence[SequenceStat], most: int = 8) -> None:
+    """Label the sequences a reader looks for (the largest effects either way, then the most used).
+    A point close to labelled ones gets its label on another side of it; with no side free it stays
+    unlabelled, so labels never pile up."""
+    if not points:
+        return
+    span = (max(s.effect for s in points) - min(s.effect for s in points)) or 1.0
+    sides = [((4, 4), "left"), ((4, -10), "left"), ((-4, 4), "right"), ((-4, -10), "right")]
+    placed: list[tuple[SequenceStat, int]] = []
+    for s in sorted(points, key=lambda s: (-abs(s.effect), -s.frequency)):
+        if len(placed) == most:
+            break
+        near = {side for p, side in placed if abs(s.frequency - p.frequency) < 0.08 and abs(s.effect - p.effect) < 0.06 * span}
+        free = [i for i in range(len(sides)) if i not in near]
+        if len(near) >= 2 or not free:  # a crowd: leave it to the legend
+            continue
+        (dx, dy), align = sides[free[0]]
+        placed.append((s, free[0]))
+        ax.annotate(s.label, (s.frequency, s.effect), textcoords="offset points", xytext=(dx, dy), ha=align, fontsize=7)
 
 
 def token_shares(task: str, tokens: dict[str, dict[str, int]], candidates: Sequence[str], path: Path) -> None:

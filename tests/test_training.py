@@ -1,7 +1,7 @@
 """Switcher training on the toy kit: rollouts (structure, determinism, a kill and resume), the
 one-token tokenisation boundary, and an adapter trained by `switchgen train` that `switchgen
 generate` and `switchgen serve` use. The toy models' text is noise, so the labels are too; every
-code path still runs real forward passes (the skills kit's fidelity test is in test_fidelity.py).
+code path still runs real forward passes (the skills kit's fidelity test is the train_and_evaluate notebook's, tests/test_notebook.py).
 """
 
 from __future__ import annotations

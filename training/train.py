@@ -79,6 +79,15 @@ def _trainer(base: type) -> type:
     return SwitcherTrainer
 
 
+def quiet_when_asked(trainer, progress: bool) -> None:
+    """With progress off (`--no-progress`, a notebook) the trainer prints nothing per step: transformers
+    swaps its bar for a printer of every log dict. The final loss is in the command's summary."""
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not an empty folder; choose another --out")
@@ -155,6 +164,7 @@ def train_switcher(
         )
         trainer = _trainer(SFTTrainer)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=lora)
+        quiet_when_asked(trainer, progress)
         result = trainer.train()
         if not trainer.is_world_process_zero():
             return {}
