@@ -280,3 +280,14 @@ def test_several_data_files_mix_into_one_switch_global_set(rollouts, tmp_path):
     chain.write_text(json.dumps({**json.loads(rollouts.read_text().splitlines()[0]), "candidates": ["X", "Y"]}) + "\n")
     with pytest.raises(InputError, match="differ"):
         read_rollouts([rollouts, chain])
+
+
+def test_summary_names_the_label_split_and_warns_when_one_candidate_dominates():
+    """The skills kit at a 32-token budget gave 57 of 61 labels to A and a switcher that always picked A:
+    the summary says so before anyone trusts the adapter."""
+    from switchgen.training.train import label_line
+
+    balanced = label_line({"candidates": ["P", "F", "A"], "label_counts": {"0": 18, "1": 7, "2": 75}})
+    assert balanced == "labels: P 18, F 7, A 75"
+    skewed = label_line({"candidates": ["P", "F", "A"], "label_counts": {"0": 3, "1": 1, "2": 57}})
+    assert skewed.startswith("labels: P 3, F 1, A 57 (warning: 93% are one candidate")

@@ -233,4 +233,21 @@ def summary(report: dict[str, Any]) -> str:
         f"| before (untuned {report['base']}) | {pct(b['accuracy'])} | {pct(b['digit_mass'])} |",
         f"| after (adapter) | {pct(a['accuracy'])} | {pct(a['digit_mass'])} |",
         f"| majority label of the training set | {pct(report['majority_accuracy'])} | |",
+        label_line(report),
     ])
+
+
+def label_line(report: dict[str, Any]) -> str:
+    """How the examples' labels split between the candidates, with a warning when one dominates: a
+    switcher trained on that mostly learns to always pick it (collect more rollouts, or cut the
+    traces where the decisions are; see the README on the skills kit)."""
+    names = report.get("candidates") or []
+    counts = {int(k): v for k, v in report["label_counts"].items()}
+    total = sum(counts.values()) or 1
+    parts = ", ".join(f"{names[i] if i < len(names) else i} {n}" for i, n in sorted(counts.items()))
+    line = f"labels: {parts}"
+    top = max(counts.values(), default=0)
+    if top / total > 0.9:
+        line += (f" (warning: {top / total:.0%} are one candidate; the switcher may learn to always pick it:"
+                 " collect more rollouts (--instances, --k) and check where the traces are cut)")
+    return line
