@@ -38,6 +38,19 @@ def scratch_engine(toy_kit):
     return LocalEngine(reuse_cache=False)
 
 
+@pytest.fixture(scope="module")
+def engine(toy_kit):
+    """This module's own reuse engine, so that it and `scratch_engine` serve the same history.
+
+    Seen once: on the session's shared engine, after the other test files, the toy preset's run below
+    diverged from recompute (A's fourth patch wrote 11 junk tokens where the fresh engine ended at
+    once); alone, or on this fixture, it matches. The likely cause is the engine's memory of the ids
+    each model wrote for a text (LocalBackend.encode): toy models write invalid UTF-8 ("\ufffd"),
+    which re-tokenises to other ids, so history can change the ids a later prompt gets. Real text
+    round-trips. Not settled; the comparison here is reuse against recompute with equal histories."""
+    return LocalEngine()
+
+
 def strip_floats(decisions):
     return [{k: v for k, v in d.items() if k not in ("probabilities", "digit_mass")} for d in decisions]
 
