@@ -269,7 +269,8 @@ def distill(
     methods = {aligned: _row(base_rows, aligned), settings.method: _row(base_rows, settings.method),
                distilled_method: _row(d_rows, distilled_method)}
     folders = {aligned: base_dir, settings.method: base_dir, distilled_method: out / "eval-distilled"}
-    costs = {m: method_cost(m, read_records(folders[m] / task.name / f"{m}.jsonl")) for m in methods}
+    answered = {m: read_records(folders[m] / task.name / f"{m}.jsonl") for m in methods}
+    costs = {m: method_cost(m, recs) for m, recs in answered.items() if recs}  # none when every answer failed
     a, s, d = (methods[m]["mean"] for m in methods)
     gain = s - a
     report = {
@@ -282,16 +283,18 @@ def distill(
         "settings": asdict(settings),
         "concurrency": concurrency if same_concurrency else None,  # None: the --compare run's is unknown
         "methods": {m: {"mean": row["mean"], "ci": row["ci"], "n": row["n"],
-                        "tokens_per_answer": costs[m].tokens, "seconds_per_answer": costs[m].seconds,
-                        "switcher_calls_per_answer": costs[m].switcher_calls}
+                        "tokens_per_answer": costs[m].tokens if m in costs else None,
+                        "seconds_per_answer": costs[m].seconds if m in costs else None,
+                        "switcher_calls_per_answer": costs[m].switcher_calls if m in costs else None}
                     for m, row in methods.items()},
         "switch_gain": gain,
         "recovered": (d - a) / gain if gain else None,  # undefined when switching gained nothing
     }
     sw, dm = report["methods"][settings.method], report["methods"][distilled_method]
     report["cost_vs_switch"] = {
-        "tokens": dm["tokens_per_answer"] / sw["tokens_per_answer"] if sw["tokens_per_answer"] else None,
-        "seconds": dm["seconds_per_answer"] / sw["seconds_per_answer"] if sw["seconds_per_answer"] else None,
+        key: dm[f"{key}_per_answer"] / sw[f"{key}_per_answer"]
+        if dm[f"{key}_per_answer"] is not None and sw[f"{key}_per_answer"] else None
+        for key in ("tokens", "seconds")
     }
     atomic_write_text(out / "switchgen-distill.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out / "switchgen-distill.md", summary(report))

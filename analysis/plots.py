@@ -99,11 +99,11 @@ def _name_points(ax, points: Sequence[SequenceStat], most: int = 8) -> None:
         if len(placed) == most:
             break
         near = {side for p, side in placed if abs(s.frequency - p.frequency) < 0.08 and abs(s.effect - p.effect) < 0.06 * span}
-        free = [i for i in range(len(sides)) if i not in near]
-        if len(near) >= 2 or not free:  # a crowd: leave it to the legend
+        if len(near) >= 2:  # a crowd: leave it unlabelled
             continue
-        (dx, dy), align = sides[free[0]]
-        placed.append((s, free[0]))
+        side = min(set(range(len(sides))) - near)
+        (dx, dy), align = sides[side]
+        placed.append((s, side))
         ax.annotate(s.label, (s.frequency, s.effect), textcoords="offset points", xytext=(dx, dy), ha=align, fontsize=7)
 
 

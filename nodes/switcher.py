@@ -70,7 +70,7 @@ def make_switcher(
 
     def decide(state: TurnState, segments: list[Segment], remaining: int) -> tuple[Decision, dict]:
         step = len(segments)
-        rng = random.Random(derive_seed(config.seed, "switch", state.get("query"), step))  # per query, as the patches
+        rng = random.Random(derive_seed(config.seed, "switch", state["query"], step))  # per query, as the patches
         forced = list(state.get("forced") or [])
         extra: dict = {}
         probs: list[float] | None = None
