@@ -11,23 +11,31 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+import torch
 from transformers import DynamicCache
 
 
 @dataclass
 class CacheEntry:
-    ids: list[int] = field(default_factory=list)  # tokens whose keys and values `cache` holds
+    """The keys and values of `ids`, in one of two forms: the stacked path's one tensor
+    ([layers, 2 (keys, values), kv_heads, tokens, head_dim], see fused.py), or transformers' cache."""
+
+    ids: list[int] = field(default_factory=list)  # tokens whose keys and values the entry holds
     cache: DynamicCache = field(default_factory=DynamicCache)
+    kv: torch.Tensor | None = None
 
     def truncate(self, keep: int) -> None:
         """Keep the first `keep` tokens (start over where the cache cannot be cropped)."""
         drop = len(self.ids) - keep
         if drop <= 0:
             return
-        if keep == 0 or not self.cache.is_croppable:
-            self.ids, self.cache = [], DynamicCache()
+        if keep == 0 or (self.kv is None and not self.cache.is_croppable):
+            self.ids, self.cache, self.kv = [], DynamicCache(), None
             return
-        self.cache.crop(-drop)
+        if self.kv is not None:
+            self.kv = self.kv[:, :, :, :keep]
+        else:
+            self.cache.crop(-drop)
         del self.ids[keep:]
 
 

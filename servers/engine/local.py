@@ -23,8 +23,7 @@ from switchgen.errors import InputTooLong
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.choices import choice_probabilities, choice_token_ids
 from switchgen.servers.engine.batching import DecodeWorker, Request, to_patch
-from switchgen.servers.engine.fused import StackedModels
-from switchgen.servers.engine.kvcache import CacheEntry, PrefixCachePool
+from switchgen.servers.engine.kvcache import PrefixCachePool
 from switchgen.servers.engine.loading import (
     attach_adapter,
     load_model,
@@ -150,33 +149,15 @@ class LocalBackend:
         choice_ids = self._choice_ids[key]
         ids = self.encode(prompt)
         self.check_length(len(ids), 1)
-        done = self.worker.run(self, Request(ids, None))
-        logits, prefilled = done.logits, done.prefilled
+        done = self.worker.run(self, Request(ids, None, choices=choice_ids))  # scored on the device, with others
         if not all(choice_ids):
-            return ChoiceScores(probs=None, mass=0.0, prefilled=prefilled)
-        full = torch.softmax(logits.float(), dim=-1)
-        probs, mass = choice_probabilities([float(full[ids].sum()) for ids in choice_ids], True)
-        return ChoiceScores(probs=probs, mass=mass, prefilled=prefilled)
+            return ChoiceScores(probs=None, mass=0.0, prefilled=done.prefilled)
+        assert done.scores is not None
+        probs, mass = choice_probabilities(done.scores, True)
+        return ChoiceScores(probs=probs, mass=mass, prefilled=done.prefilled)
 
     # -- used by the decode worker, on its thread ------------------------------------------
 
-    def prefill(self, ids: list[int], fused: tuple[StackedModels, int] | None = None) -> tuple[CacheEntry, torch.Tensor, int]:
-        """A cache holding `ids` and the logits after them; only tokens not already cached are run.
-
-        `fused` (stacked weights and this model's index there) runs the pass in batching's fused layout.
-        """
-        entry, shared = self.pool.checkout(ids)
-        keep = min(shared, len(ids) - 1)  # feed at least one token to get fresh logits
-        entry.truncate(keep)
-        new = ids[keep:]
-        if fused is not None:
-            entry.cache, last = fused[0].prefill(fused[1], entry.cache, new, len(entry.ids))
-        else:
-            last = self.forward(torch.tensor([new], device=self.device), entry.cache, None, None)[0]
-        entry.ids.extend(new)
-        return entry, last, len(new)
-
-    @torch.inference_mode()
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -185,6 +166,18 @@ class LocalBackend:
         position_ids: torch.Tensor | None,
     ) -> torch.Tensor:
         """Last-position logits for a batch; `cache` is extended in place."""
+        return self.forward_logits(input_ids, cache, attention_mask, position_ids, 1)[:, -1]
+
+    @torch.inference_mode()
+    def forward_logits(
+        self,
+        input_ids: torch.Tensor,
+        cache: DynamicCache,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        keep: int | torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits [rows, positions, vocab] at the last `keep` positions (or the positions a tensor lists)."""
         model = self.loaded.model
         out = model(
             input_ids=input_ids,
@@ -192,9 +185,9 @@ class LocalBackend:
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=keep,
         )
-        return out.logits[:, -1]
+        return out.logits
 
     def decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
