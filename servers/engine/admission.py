@@ -41,24 +41,39 @@ def admit(worker: DecodeWorker, reqs: list[Request]) -> None:
         except Exception as err:  # this request's settings: it fails alone
             req.events.put(("error", err))
             continue
-        groups.setdefault(fused[0] if fused is not None else backend, []).append(req)
+        # One pass per stacked model (a pass over several would pad each model to the same rows), or per checkpoint.
+        groups.setdefault((fused[0], fused[2]) if fused is not None else backend, []).append(req)
     for group in groups.values():
-        for chunk in _chunks(group):
-            _prefill(worker, chunk)
+        taken = [_checkout(req) for req in group]
+        for chunk in _chunks(list(zip(group, taken, strict=True)), group[0].backend.loaded.model):
+            _prefill(worker, [req for req, _ in chunk], [t for _, t in chunk])
 
 
-def _chunks(group: list[Request]) -> list[list[Request]]:
-    """Consecutive runs of requests whose padded prompts fit one pass (MAX_PREFILL_POSITIONS)."""
-    chunks: list[list[Request]] = []
-    widest = 0
-    for req in group:
-        widest_with = max(widest, len(req.ids))
-        if chunks and widest_with * (len(chunks[-1]) + 1) <= MAX_PREFILL_POSITIONS:
-            chunks[-1].append(req)
-            widest = widest_with
-        else:
-            chunks.append([req])
-            widest = len(req.ids)
+def _cost(rows: int, cached: int, new: int, hidden: int) -> int:
+    """A prefill's work in units of one token attending to one key: attention, plus the linear layers
+    (~12 hidden^2 multiply-adds a token, against 2 hidden per key)."""
+    return rows * new * (cached + new + 6 * hidden)
+
+
+def _chunks(items: list[tuple[Request, tuple[CacheEntry, list[int]]]], model: torch.nn.Module) -> list[list]:
+    """Runs of requests sharing a pass: sorted by what they still have to read, cut where padding every
+    row to the chunk's longest would waste more than a quarter of the work, or the pass would exceed
+    MAX_PREFILL_POSITIONS."""
+    hidden = getattr(getattr(model, "config", None), "hidden_size", 0) or 0
+    items = sorted(items, key=lambda it: (len(it[1][1]), len(it[1][0].ids)), reverse=True)
+    chunks: list[list] = []
+    exact = cached = new = 0
+    for item in items:
+        c, n = len(item[1][0].ids), len(item[1][1])
+        if chunks:
+            rows = len(chunks[-1]) + 1
+            padded = _cost(rows, max(cached, c), max(new, n), hidden)
+            if padded <= 1.25 * (exact + _cost(1, c, n, hidden)) and rows * max(new, n) <= MAX_PREFILL_POSITIONS:
+                chunks[-1].append(item)
+                exact, cached, new = exact + _cost(1, c, n, hidden), max(cached, c), max(new, n)
+                continue
+        chunks.append([item])
+        exact, cached, new = _cost(1, c, n, hidden), c, n
     return chunks
 
 
@@ -70,30 +85,26 @@ def _checkout(req: Request) -> tuple[CacheEntry, list[int]]:
     return entry, req.ids[keep:]
 
 
-def _prefill(worker: DecodeWorker, chunk: list[Request]) -> None:
+def _prefill(worker: DecodeWorker, chunk: list[Request], taken: list[tuple[CacheEntry, list[int]]]) -> None:
     first = chunk[0].backend
     fused = worker.fused_for(first)
-    taken = [_checkout(req) for req in chunk]
     try:
         worker.size_threads(first.loaded.model, sum(len(new) for _, new in taken))
         if fused is not None:
-            stack = fused[0]
-            rows = [PrefillRow(worker.fused_for(r.backend)[2], e.kv, new) for r, (e, new) in zip(chunk, taken, strict=True)]
+            rows = [PrefillRow(fused[2], e.kv, new) for e, new in taken]
             with first.loaded.lock:
-                kvs, logits = stack.prefill_rows(rows)
+                kvs, logits = fused[0].prefill_rows(rows)
             for (entry, _), kv in zip(taken, kvs, strict=True):
                 entry.kv = kv
         else:
             with first.active():
                 logits = hf_batch.prefill(first, [e for e, _ in taken], [new for _, new in taken])
     except Exception as err:
-        for req, (entry, _) in zip(chunk, taken, strict=True):
-            req.backend.pool.checkin(entry)  # still valid for the prefix it kept
-        if len(chunk) == 1:
+        if len(chunk) == 1:  # its cache may be half extended: dropped
             chunk[0].events.put(("error", err))
-        else:  # whose input failed the pass? one at a time, so only that one fails
-            for req in chunk:
-                _prefill(worker, [req])
+        else:  # whose input failed the pass? one at a time (the caches are untouched), so only that one fails
+            for req, t in zip(chunk, taken, strict=True):
+                _prefill(worker, [req], [t])
         return
     for req, (entry, new) in zip(chunk, taken, strict=True):
         entry.ids.extend(new)
@@ -154,6 +165,7 @@ def _start(
         for req in reqs:
             req.events.put(("error", err))
         return
+    joining = []
     for i, (req, token) in enumerate(zip(reqs, tokens, strict=True)):
         if req.details:
             req.logits = logits[i]
@@ -165,7 +177,12 @@ def _start(
         if req.finish is not None:
             _own(req.entry)
             worker.finish(req)
-        elif fused is not None:
+        else:
+            joining.append(req)
+    if fused is not None and joining:
+        fused[1].reserve({fused[2]: len(joining)}, max(len(r.entry.ids) for r in joining))
+    for req in joining:
+        if fused is not None:
             _join_fused(worker, req)
         else:
             batch = worker.batches.setdefault(req.backend, HFBatch())

@@ -19,6 +19,7 @@ adapter attached, keeps the transformers forward (hf_batch.py).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import torch
@@ -93,17 +94,25 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def attention_bias(mask: torch.Tensor, heads: int, kv_heads: int, dtype: torch.dtype) -> torch.Tensor:
+    """The additive bias `attention` takes, from a boolean mask [rows, 1, L, keys] (True: visible):
+    built once per pass, not once per layer, and laid out for the folded query heads."""
+    rows, _, length, keys = mask.shape
+    group = heads // kv_heads
+    if group > 1 and length > 1:
+        mask = mask[:, :, None].expand(rows, 1, group, length, keys).reshape(rows, 1, group * length, keys)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, -math.inf)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
     """Grouped-query attention without repeating keys: the query heads sharing a key head are folded
-    into its query length. q [rows, heads, L, hd], k and v [rows, kv_heads, keys, hd], mask [rows, 1, L, keys]."""
+    into its query length. q [rows, heads, L, hd], k and v [rows, kv_heads, keys, hd], `bias` from
+    `attention_bias`."""
     rows, heads, length, head_dim = q.shape
     kv_heads = k.shape[1]
-    group = heads // kv_heads
-    if group > 1:
-        q = q.reshape(rows, kv_heads, group * length, head_dim)
-        if mask.shape[2] > 1:
-            mask = mask[:, :, None].expand(rows, 1, group, length, mask.shape[-1]).reshape(rows, 1, group * length, -1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if heads > kv_heads:
+        q = q.reshape(rows, kv_heads, heads // kv_heads * length, head_dim)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
     return out.reshape(rows, heads, length, head_dim)
 
 
@@ -235,14 +244,12 @@ class StackedModels:
             for j, i in enumerate(group):
                 slot[i] = m * width + j
         layout = _PrefillLayout(self, rows, slot, len(members) * width)
-        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        c, kv, bias = layout.cached_width, layout.kv, layout.bias
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            if layout.cached is not None:
-                k = torch.cat([layout.cached[i, 0], k], dim=2)
-                v = torch.cat([layout.cached[i, 1], v], dim=2)
-            kept.append((k, v))
-            return attention(q, k, v, layout.mask, self.scale)
+            kv[i, 0, :, :, c:] = k
+            kv[i, 1, :, :, c:] = v
+            return attention(q, kv[i, 0], kv[i, 1], bias, self.scale)
 
         models = slice(lo, lo + len(members))
         shape = (len(members), width * layout.length)
@@ -250,8 +257,6 @@ class StackedModels:
         index = layout.last.view(len(members), width, 1, 1).expand(-1, -1, 1, self.hidden)
         last = h.view(len(members), width, layout.length, -1).gather(2, index).squeeze(2)  # [M, width, d]
         logits = self.logits(last, models).view(len(members) * width, -1)[torch.tensor(slot, device=self.device)]
-        kv = torch.stack([torch.stack(pair) for pair in kept])  # [layers, 2, slots, kv_heads, cached + L, hd]
-        c = layout.cached_width
         return [kv[:, :, s, :, c - r.start : c + len(r.new)] for s, r in zip(slot, rows, strict=True)], logits
 
 
@@ -273,12 +278,11 @@ class _PrefillLayout:
         self.tokens = torch.tensor(tokens, device=device)
         self.positions = torch.tensor(positions, device=device)
         self.last = torch.tensor([n - 1 for n in news], device=device)  # per slot: the position of its last new token
-        self.cached = None
-        if c:
-            self.cached = torch.zeros(
-                len(stack.layers), 2, slots, stack.kv_heads, c, stack.head_dim, dtype=stack.dtype, device=device
-            )
-            for s, r in zip(slot, rows, strict=True):
-                if r.cached is not None and r.start:
-                    self.cached[:, :, s, :, c - r.start :] = r.cached
-        self.mask = prefill_mask(starts, self.length, device)
+        # Every row's keys and values, cached then new: what the pass attends over and what it returns.
+        self.kv = torch.zeros(
+            len(stack.layers), 2, slots, stack.kv_heads, c + self.length, stack.head_dim, dtype=stack.dtype, device=device
+        )
+        for s, r in zip(slot, rows, strict=True):
+            if r.cached is not None and r.start:
+                self.kv[:, :, s, :, c - r.start : c] = r.cached
+        self.bias = attention_bias(prefill_mask(starts, self.length, device), stack.heads, stack.kv_heads, stack.dtype)

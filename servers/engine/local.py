@@ -36,7 +36,7 @@ from switchgen.servers.engine.loading import (
 _WRITTEN_CAPACITY = 128  # remembered (prompt + patch) texts per backend
 # Warm caches kept per backend: one per conversation in flight between its patches, so at least
 # the number of queries run at once (switchgen generate keeps 16 in flight by default).
-CACHE_CAPACITY = 32
+CACHE_CAPACITY = 64
 
 
 @dataclass
