@@ -15,8 +15,8 @@ import pytest
 from _serving import hub_online  # noqa: F401 - fixture
 
 from switchgen.cli import main
-from switchgen.errors import InputError
-from switchgen.jsonl import dumps_record, loads_record, split_lines
+from switchgen.core.errors import InputError
+from switchgen.core.jsonl import dumps_record, loads_record, split_lines
 
 SMALL_YAML = """\
 candidates:
@@ -376,7 +376,7 @@ def _overlong_run(tmp_path: Path, config: Path, capsys) -> None:
 
 
 def test_overlong_input_in_process_is_refused_and_recorded_once(tmp_path: Path, small_config: Path, capsys, engine):
-    from switchgen.errors import InputTooLong
+    from switchgen.core.errors import InputTooLong
     from switchgen.graph import build_graph, load_config
 
     graph = build_graph(load_config(small_config), engine=engine)
@@ -598,7 +598,7 @@ def test_no_patch_ends_in_half_a_character(engine, toy_config, query):
 
 
 def test_plain_view_labels_the_current_turn_and_each_patch_extends_the_last(engine):
-    from switchgen.nodes.prompts import PLAIN_TURN_STOP, candidate_prompt
+    from switchgen.core.prompts import PLAIN_TURN_STOP, candidate_prompt
 
     tokenizer = engine.backend("toy:P", device="cpu").tokenizer
     history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]

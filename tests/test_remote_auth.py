@@ -12,7 +12,7 @@ import pytest
 from _serving import hub_online, served_dict, start_toy_servers  # noqa: F401 - fixture
 from conftest import chat_prompt
 
-from switchgen.errors import ServerError, ServerUnreachable
+from switchgen.core.errors import ServerError, ServerUnreachable
 
 KEY = "s3cret-key"
 GREEDY = {"sampling": {"greedy": True}, "seed": 1, "max_new_tokens": 40, "patch_size": 20}
@@ -62,7 +62,7 @@ def test_remote_candidates_send_the_api_key_from_the_environment(keyed, engine, 
 
 
 def test_headers_are_sent_and_bad_fields_are_refused(keyed, monkeypatch):
-    from switchgen.errors import ConfigError
+    from switchgen.core.errors import ConfigError
     from switchgen.graph import load_config
     from switchgen.servers.clients.openai import OpenAIBackend
     from switchgen.servers.clients.remote import Endpoint

@@ -18,7 +18,7 @@ from huggingface_hub import AsyncInferenceClient, constants
 from huggingface_hub.errors import HfHubHTTPError, TextGenerationError
 from transformers import PreTrainedTokenizerBase
 
-from switchgen.errors import ConfigError, ServerError
+from switchgen.core.errors import ConfigError, ServerError
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch
 from switchgen.servers.choices import choice_probabilities
 from switchgen.servers.clients.remote import (
