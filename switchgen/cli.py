@@ -547,7 +547,7 @@ def _rollouts(args: argparse.Namespace) -> int:
     graph = build_graph(rollout_config(config))
     pool = ThreadPoolExecutor(args.concurrency, thread_name_prefix="switchgen-rollout") if args.concurrency > 1 else None
     try:
-        rollouts = Rollouts(graph, config, scorer, settings, task=task.name, pool=pool)
+        rollouts = Rollouts(graph, config, scorer, settings, task=task, pool=pool)
         result = run_rollouts(rollouts, records, args.out, concurrency=args.concurrency, progress=not args.no_progress)
     finally:
         if pool is not None:

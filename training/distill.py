@@ -18,6 +18,7 @@ authors' repeated rounds). Then the result is evaluated on the test split as the
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import shutil
 import tempfile
@@ -29,6 +30,7 @@ from switchgen.analysis.stats import method_cost
 from switchgen.core.config import SwitchConfig, load_config
 from switchgen.core.errors import ConfigError, InputError
 from switchgen.core.files import atomic_write_text
+from switchgen.core.fingerprint import check_fingerprint, config_fingerprint, write_fingerprint
 from switchgen.core.records import EvalRecord, read_eval_records
 
 DISTILLED = "D"  # the distilled model's candidate name in its evaluation
@@ -187,48 +189,42 @@ def _row(rows: list[dict[str, Any]], method: str) -> dict[str, Any]:
     return next(r for r in rows if r["method"] == method)
 
 
-def distill(
-    config: SwitchConfig,
-    task_name: str | Path,
-    outputs: Path,
-    out: Path,
-    *,
-    base: str | None = None,
-    settings: DistillSettings = DistillSettings(),
-    adapter: str | None = None,
-    compare: Path | None = None,
-    progress: bool = True,
-    engine=None,
-    log=lambda line: None,
-) -> dict[str, Any]:
-    """Fine-tune, evaluate, and write OUT (the merged model) with OUT/switchgen-distill.json and .md.
+DISTILL_FINGERPRINT = "switchgen-distill.fingerprint.json"  # in OUT, with the model: what made it
+ROUNDS_FILE = "switchgen-distill-rounds.json"  # in OUT, with the model: each round's base, examples and loss
 
-    `compare`: a `switchgen eval` folder on the test split that already holds the aligned model and
-    the method; their results are taken from it (and the distilled model answers the same examples)
-    instead of being generated again."""
-    from switchgen.core.jobs import default_concurrency
+
+def fingerprint(config: SwitchConfig, task, outputs: Path, *, base: str | None, settings: DistillSettings,
+                adapter: str | None, compare: Path | None) -> dict[str, Any]:
+    """What shapes a distilled model and its evaluation (core/fingerprint.py): the configuration,
+    the models' revisions, the task, the train answers' bytes, the base, adapter and settings (not the
+    concurrency: it changes seconds, not answers), and the run compared with."""
+    from switchgen.servers.engine.loading import model_revisions
+
+    answers = outputs / task.name / f"{settings.method}.jsonl"
+    digest = hashlib.sha256(answers.read_bytes()).hexdigest() if answers.is_file() else None
+    return {"command": "distill", "config": config_fingerprint(config), "revisions": model_revisions(config, (base, adapter)),
+            "task": task.fingerprint(), "answers": digest, "base": base, "adapter": adapter,
+            "settings": {k: v for k, v in asdict(settings).items() if k != "concurrency"},
+            "compare": str(compare.resolve()) if compare else None}
+
+
+def trained_already(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> bool:
+    """Whether OUT holds this very run's distilled model (a rerun then resumes with the evaluation).
+    An OUT that holds anything else is refused, naming the difference, unless `overwrite`."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder; choose another --out")
+    if overwrite or not out.exists() or not any(out.iterdir()):
+        return False
+    check_fingerprint(out / DISTILL_FINGERPRINT, fingerprint, output=out, flag="--out")
+    return True
+
+
+def _train(config: SwitchConfig, task, records: list[EvalRecord], out: Path, *, current: str, settings: DistillSettings,
+           fingerprint: dict[str, Any], concurrency: int, adapter: str | None, progress: bool, engine, log) -> None:
+    """The rounds of fine-tuning; the model lands in OUT at once, with its fingerprint and rounds."""
     from switchgen.evaluation import prepare, run_eval
-    from switchgen.evaluation.run import aligned_method
     from switchgen.servers.engine.loading import load_tokenizer, resolve_model
-    from switchgen.servers.engine.local import LocalEngine
-    from switchgen.tasks import load_task
 
-    if settings.rounds < 1:
-        raise ConfigError(f"--rounds must be at least 1, got {settings.rounds}")
-    if settings.concurrency is not None and settings.concurrency < 1:
-        raise ConfigError(f"--concurrency must be at least 1, got {settings.concurrency}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists and is not an empty folder; choose another --out")
-    task = load_task(task_name)
-    records = train_records(outputs, task, settings.method)
-    aligned = aligned_method(config)
-    test = prepare([task], [aligned, settings.method], config, settings.limit)  # bad input stops before training
-    compared, compared_at = (_compared(compare, task.name, [aligned, settings.method], test.records[task.name])
-                             if compare else (None, None))
-    concurrency = _concurrency(settings.concurrency, compared_at, compare) or default_concurrency(config)
-    same_concurrency = compare is None or compared_at is not None  # an older results.json did not record it
-    engine = engine or LocalEngine()
-    current = base or config.candidates[config.aligned_index].model
     work = out.with_name(out.name + ".rounds")
     shutil.rmtree(work, ignore_errors=True)
     rounds = []
@@ -246,14 +242,79 @@ def distill(
             loss = fine_tune(current, examples, target, settings, progress)
             rounds.append({"round": r, "base": str(current), "examples": len(examples), "train_loss": loss})
             current = str(target.resolve())
+        write_fingerprint(Path(current) / DISTILL_FINGERPRINT, fingerprint)  # moved into OUT with the model
+        atomic_write_text(Path(current) / ROUNDS_FILE, json.dumps(rounds, indent=1) + "\n")
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
-            out.rmdir()
+            shutil.rmtree(out)  # empty, or --overwrite
         Path(current).replace(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    model = str(out.resolve())
 
+
+def distill(
+    config: SwitchConfig,
+    task_name: str | Path,
+    outputs: Path,
+    out: Path,
+    *,
+    base: str | None = None,
+    settings: DistillSettings = DistillSettings(),
+    adapter: str | None = None,
+    compare: Path | None = None,
+    progress: bool = True,
+    engine=None,
+    log=lambda line: None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Fine-tune, evaluate, and write OUT (the merged model) with OUT/switchgen-distill.json and .md.
+
+    `compare`: a `switchgen eval` folder on the test split that already holds the aligned model and
+    the method; their results are taken from it (and the distilled model answers the same examples)
+    instead of being generated again. A rerun into an OUT that holds this run's model (same
+    fingerprint) resumes with the evaluation; `overwrite` replaces whatever OUT holds."""
+    from switchgen.core.jobs import default_concurrency
+    from switchgen.evaluation import prepare
+    from switchgen.evaluation.run import aligned_method
+    from switchgen.servers.engine.local import LocalEngine
+    from switchgen.tasks import load_task
+
+    if settings.rounds < 1:
+        raise ConfigError(f"--rounds must be at least 1, got {settings.rounds}")
+    if settings.concurrency is not None and settings.concurrency < 1:
+        raise ConfigError(f"--concurrency must be at least 1, got {settings.concurrency}")
+    task = load_task(task_name)
+    records = train_records(outputs, task, settings.method)
+    aligned = aligned_method(config)
+    test = prepare([task], [aligned, settings.method], config, settings.limit)  # bad input stops before training
+    compared, compared_at = (_compared(compare, task.name, [aligned, settings.method], test.records[task.name])
+                             if compare else (None, None))
+    concurrency = _concurrency(settings.concurrency, compared_at, compare) or default_concurrency(config)
+    prints = fingerprint(config, task, outputs, base=base, settings=settings, adapter=adapter, compare=compare)
+    engine = engine or LocalEngine()
+    if trained_already(out, prints, overwrite):
+        log(f"{out} holds this run's distilled model: resuming with its evaluation")
+    else:
+        _train(config, task, records, out, current=base or config.candidates[config.aligned_index].model,
+               settings=settings, fingerprint=prints, concurrency=concurrency, adapter=adapter, progress=progress,
+               engine=engine, log=log)
+    rows, folders = _evaluate(config, task, test, out, compared=compared, compare=compare, settings=settings,
+                              concurrency=concurrency, adapter=adapter, progress=progress, engine=engine, log=log)
+    report = _report(config, task, out, rows, folders, base=base, outputs=outputs, compare=compare, settings=settings,
+                     concurrency=concurrency if compare is None or compared_at is not None else None)
+    atomic_write_text(out / "switchgen-distill.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "switchgen-distill.md", summary(report))
+    return report
+
+
+def _evaluate(config: SwitchConfig, task, test, out: Path, *, compared, compare: Path | None, settings: DistillSettings,
+              concurrency: int, adapter: str | None, progress: bool, engine, log) -> tuple[dict[str, dict], dict[str, Path]]:
+    """The aligned model, the method and the distilled model on the test split (the first two from
+    `compare` when given): each method's results.json row and the folder of its records."""
+    from switchgen.evaluation import prepare, run_eval
+    from switchgen.evaluation.run import aligned_method
+
+    aligned, distilled = aligned_method(config), f"single:{DISTILLED}"
     if compared is None:
         log("evaluating on the test split: the aligned model, switching, the distilled model")
         base_rows = run_eval(config, test, out / "eval", seed=settings.seed, concurrency=concurrency, adapter=adapter,
@@ -262,42 +323,45 @@ def distill(
     else:
         log(f"evaluating the distilled model on the test split (the others from {compare})")
         base_rows, base_dir = compared, compare
-    dconfig = distilled_config(config, model)
-    d_rows = run_eval(dconfig, prepare([task], [f"single:{DISTILLED}"], dconfig, settings.limit), out / "eval-distilled",
+    dconfig = distilled_config(config, str(out.resolve()))
+    d_rows = run_eval(dconfig, prepare([task], [distilled], dconfig, settings.limit), out / "eval-distilled",
                       seed=settings.seed, concurrency=concurrency, progress=progress, engine=engine)
-    distilled_method = f"single:{DISTILLED}"
-    methods = {aligned: _row(base_rows, aligned), settings.method: _row(base_rows, settings.method),
-               distilled_method: _row(d_rows, distilled_method)}
-    folders = {aligned: base_dir, settings.method: base_dir, distilled_method: out / "eval-distilled"}
-    answered = {m: read_eval_records(folders[m] / task.name / f"{m}.jsonl") for m in methods}
+    rows = {aligned: _row(base_rows, aligned), settings.method: _row(base_rows, settings.method),
+            distilled: _row(d_rows, distilled)}
+    return rows, {aligned: base_dir, settings.method: base_dir, distilled: out / "eval-distilled"}
+
+
+def _report(config: SwitchConfig, task, out: Path, rows: dict[str, dict], folders: dict[str, Path], *, base: str | None,
+            outputs: Path, compare: Path | None, settings: DistillSettings, concurrency: int | None) -> dict[str, Any]:
+    """switchgen-distill.json: each method's mean, interval and cost, the recovered fraction of the gain."""
+    answered = {m: read_eval_records(folders[m] / task.name / f"{m}.jsonl") for m in rows}
     costs = {m: method_cost(m, recs) for m, recs in answered.items() if recs}  # none when every answer failed
-    a, s, d = (methods[m]["mean"] for m in methods)
+    a, s, d = (row["mean"] for row in rows.values())
     gain = s - a
+    rounds_file = out / ROUNDS_FILE
     report = {
         "task": task.name,
-        "model": model,
+        "model": str(out.resolve()),
         "base": base or config.candidates[config.aligned_index].model,
         "outputs": str(outputs),
         "compared_with": str(compare) if compare else str(out / "eval"),
-        "rounds": rounds,
+        "rounds": json.loads(rounds_file.read_text(encoding="utf-8")) if rounds_file.is_file() else [],
         "settings": asdict(settings),
-        "concurrency": concurrency if same_concurrency else None,  # None: the --compare run's is unknown
+        "concurrency": concurrency,  # None: the --compare run's is unknown
         "methods": {m: {"mean": row["mean"], "ci": row["ci"], "n": row["n"],
                         "tokens_per_answer": costs[m].tokens if m in costs else None,
                         "seconds_per_answer": costs[m].seconds if m in costs else None,
                         "switcher_calls_per_answer": costs[m].switcher_calls if m in costs else None}
-                    for m, row in methods.items()},
+                    for m, row in rows.items()},
         "switch_gain": gain,
         "recovered": (d - a) / gain if gain else None,  # undefined when switching gained nothing
     }
-    sw, dm = report["methods"][settings.method], report["methods"][distilled_method]
+    sw, dm = report["methods"][settings.method], report["methods"][f"single:{DISTILLED}"]
     report["cost_vs_switch"] = {
         key: dm[f"{key}_per_answer"] / sw[f"{key}_per_answer"]
         if dm[f"{key}_per_answer"] is not None and sw[f"{key}_per_answer"] else None
         for key in ("tokens", "seconds")
     }
-    atomic_write_text(out / "switchgen-distill.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out / "switchgen-distill.md", summary(report))
     return report
 
 
