@@ -114,7 +114,9 @@ def test_round_trip_default_output_name(tmp_path: Path, config_file: Path, capsy
     assert generate("--input", inputs, "--config", config_file) == 0
     output = tmp_path / "queries_switch_generation.jsonl"
     assert output.is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["queries.jsonl", "queries_switch_generation.jsonl", "toy-small.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "queries.jsonl", "queries_switch_generation.jsonl", "queries_switch_generation.jsonl.fingerprint.json", "toy-small.yaml"
+    ]
     check_records(read_records(output))
     assert output.read_bytes().endswith(b"\n")
     assert f"{len(QUERIES)} records in {output}" in capsys.readouterr().out
