@@ -132,7 +132,7 @@ class _Recorder:
         seen = self.headers = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_POST(self) -> None:
                 seen.append({k.lower(): v for k, v in self.headers.items()})
                 self.rfile.read(int(self.headers.get("content-length") or 0))
                 self.send_response(503)
