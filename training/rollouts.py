@@ -39,11 +39,10 @@ from switchgen.core.jobs import write_records
 from switchgen.core.jsonl import loads_record
 from switchgen.core.records import complete_lines
 from switchgen.core.seeds import derive_seed
-from switchgen.core.trace import Segment
+from switchgen.core.trace import ENDED, Segment
 from switchgen.training.settings import RolloutSettings
 
 TIE = 1e-9
-ENDED = ("eos", "stop", "budget")
 
 # outputs and their task record -> one score per output (a task metric's `score`, batched)
 Scorer = Callable[[list[str], dict[str, Any]], list[float]]
