@@ -78,10 +78,16 @@ def in_order(items: Iterable[T], fn: Callable[[T], R], concurrency: int) -> Iter
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def check_resumable(output: Path, fingerprint: dict[str, Any], *, overwrite: bool = False, flag: str = "--out") -> None:
-    """Refuse, before any model loads, an output whose records another run made (OutputError naming
-    the difference): one that holds records is resumed only by a run of the same fingerprint."""
-    if not overwrite and complete_lines(output):
+def check_resumable(output: Path, fingerprint: dict[str, Any], *, inputs: list[dict[str, Any]] | None = None,
+                    key: str = "input", overwrite: bool = False, flag: str = "--out") -> None:
+    """Refuse, before any model loads, an output that this run cannot add to, leaving it as it is: records
+    for other `inputs` (checked first, on `key`, when given: the more specific mistake), or records another
+    run made (OutputError naming the difference: they are resumed only by a run of the same fingerprint)."""
+    if overwrite:
+        return
+    if inputs is not None:
+        _check_records(output, inputs, key, flag)
+    if complete_lines(output):
         check_fingerprint(fingerprint_path(output), fingerprint, output=output, flag=flag)
 
 
@@ -157,7 +163,7 @@ def _resume(output: Path, inputs: list[dict[str, Any]], key: str, fingerprint: d
     the file over instead (`flag` names the output's option in messages)."""
     if overwrite:
         discard(output)
-    check_resumable(output, fingerprint, flag=flag)
+    check_resumable(output, fingerprint, inputs=inputs, key=key, flag=flag)
     start = records_done(output, inputs, key, flag)
     if not start:  # a new file (or one without a whole record): this run's fingerprint goes first
         write_fingerprint(fingerprint_path(output), fingerprint)
@@ -197,8 +203,17 @@ def records_done(output: Path, inputs: list[dict[str, Any]], key: str = "input",
     The records are checked against the inputs first; only then is a torn last line (a run
     killed mid-write) cut off, so a file that is refused is left exactly as it was.
     """
+    done, complete, size = _check_records(output, inputs, key, flag)
+    if complete != size:
+        with output.open("rb+") as f:
+            f.truncate(complete)
+    return done
+
+
+def _check_records(output: Path, inputs: list[dict[str, Any]], key: str, flag: str) -> tuple[int, int, int]:
+    """(whole records, their bytes, the file's bytes) of `output`, each record checked to be for its input."""
     if not output.exists():
-        return 0
+        return 0, 0, 0
     data = output.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
     lines = split_lines(complete)
@@ -212,9 +227,4 @@ def records_done(output: Path, inputs: list[dict[str, Any]], key: str = "input",
             raise InputError(f"{output}:{lineno}: not a JSON record; {fix}") from None
         if not isinstance(done, dict) or done.get(key) != source[key]:
             raise InputError(f"{output}:{lineno}: this record is for another input; {fix}")
-    if len(complete) != len(data):
-        with output.open("rb+") as f:
-            f.truncate(len(complete))
-    return len(lines)
-
-
+    return len(lines), len(complete), len(data)

@@ -33,7 +33,7 @@ from switchgen.core.fingerprint import (
     fingerprint_path,
     read_fingerprint,
 )
-from switchgen.core.jobs import check_resumable, default_concurrency, discard, records_done, write_records
+from switchgen.core.jobs import check_resumable, default_concurrency, discard, write_records
 from switchgen.core.jsonl import dumps_record
 from switchgen.core.records import complete_lines, is_failed, method_name, read_jsonl
 from switchgen.core.seeds import derive_seed
@@ -118,13 +118,12 @@ def check_outputs(out: Path, prepared: Prepared, prints: dict[tuple[str, str], d
         mine = [m for m in prepared.methods if m != ORACLE]
         for method in mine:
             path = method_file(out, task.name, method)
-            check_resumable(path, prints[task.name, method], overwrite=overwrite)
             if overwrite:
                 continue
             if len(complete_lines(path)) > len(records):  # a file of another split or task stops the run now
                 raise ConfigError(f"{path} holds more records than this run's {len(records)} examples (a larger "
                                   "--limit?): use the same --limit, pass --overwrite to start over, or choose another --out")
-            records_done(path, records, key="id")
+            check_resumable(path, prints[task.name, method], inputs=records, key="id")
         run = prints[task.name, mine[0]]["run"] if mine else None
         for path in sorted((out / task.name).glob("*.jsonl")):
             if run is not None and method_name(path) not in prepared.methods and complete_lines(path):

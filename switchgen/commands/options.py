@@ -76,6 +76,12 @@ def add_config_args(parser: argparse.ArgumentParser, *, preset_default: str | No
     parser.add_argument("--patch-size", type=positive_int, help="tokens per patch")
 
 
+def add_overwrite(parser: argparse.ArgumentParser, what: str) -> None:
+    """--overwrite: start an output over instead of resuming it (one made with other settings is refused)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"start {what} over (default: resume it; an output made with other settings is refused)")
+
+
 def load_command_config(args: argparse.Namespace) -> SwitchConfig:
     """The configuration the command names (--preset or --config) with add_config_args's flags applied."""
     from switchgen.core.config import load_config
