@@ -46,7 +46,7 @@ from switchgen.evaluation.methods import (
     split_patch_size,
     variant,
 )
-from switchgen.evaluation.stats import bootstrap_ci, paired_difference
+from switchgen.evaluation.stats import mean_interval, paired_difference
 from switchgen.tasks import Task, load_task
 
 
@@ -268,13 +268,15 @@ def summarise(config: SwitchConfig, prepared: Prepared, out: Path) -> list[dict[
         for m in prepared.methods:
             recs = read_jsonl(method_file(out, task.name, m))
             values = list(scores[m].values())
+            ci, ci_method = mean_interval(values) if values else (None, None)
             row: dict[str, Any] = {
                 "task": task.name,
                 "method": m,
                 "patch_size": None if m == ORACLE else patch_size_of(m, config),
                 "metric": task.metric_name,
                 "mean": sum(values) / len(values) if values else None,
-                "ci": list(bootstrap_ci(values)) if values else None,
+                "ci": list(ci) if ci else None,
+                "ci_method": ci_method,  # wilson (0/1 scores) or bootstrap
                 "n": len(values),
                 "delta_vs_aligned": None,
                 "delta_ci": None,
@@ -328,4 +330,6 @@ def write_results(out: Path, rows: list[dict[str, Any]], prepared: Prepared, con
     atomic_write_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
     note = "" if baseline in prepared.methods else f"\n(Add {baseline} to the methods for paired differences.)\n"
     timing = f"\nSeconds: each answer's latency, summed, with {concurrency} queries in flight.\n"
-    atomic_write_text(out / "results.md", markdown(rows, baseline) + note + timing)
+    intervals = ("\n95% CI of a mean: Wilson's score interval when every score is 0 or 1, else the percentile "
+                 "bootstrap; of a Δ: the paired bootstrap over the examples both methods answered.\n")
+    atomic_write_text(out / "results.md", markdown(rows, baseline) + note + timing + intervals)

@@ -64,6 +64,6 @@ def run(args: argparse.Namespace) -> int:
     report = distill(load_command_config(args), args.task, args.outputs, args.out, base=args.base, settings=settings,
                      adapter=args.adapter, compare=args.compare, progress=not args.no_progress, log=log,
                      overwrite=args.overwrite)
-    print(summary(report))
+    print(summary({**report, "model": str(args.out)}))  # the path as given (switchgen-distill.json holds it resolved)
     print(f"distilled model and report (switchgen-distill.json) in {args.out}")
     return 0
