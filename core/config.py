@@ -17,6 +17,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from switchgen.core.errors import ConfigError, describe
 
 PRESET_DIR = Path(__file__).parent / "presets"
+# No model holds more tokens; a larger number (10**40) could not even be stored in a thread's checkpoint.
+MAX_TOKENS = 2**31 - 1
 DEFAULT_PRESET = "olmo2-1b"
 RESERVED_NAMES = {"switcher", "__start__", "__end__"}
 
@@ -215,8 +217,12 @@ class SwitchConfig(_Model):
 
     candidates: list[CandidateConfig] = Field(min_length=1)
     switcher: SwitcherConfig = Field(default_factory=SwitcherConfig)
-    patch_size: int = Field(50, gt=0, description="Tokens per patch.")
-    max_new_tokens: int = Field(512, gt=0, description="Token budget of the whole response.")
+    patch_size: int = Field(50, gt=0, le=MAX_TOKENS, description="Tokens per patch.")
+    max_new_tokens: int = Field(
+        512, gt=0, le=MAX_TOKENS,
+        description="Token budget of the whole response. A budget beyond what a model can hold ends the answer "
+        "where its context is full (finish reason budget), the text kept.",
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     seed: int | None = Field(
         None, ge=0, le=2**64 - 1, description="Seed (0 <= seed < 2**64) for switcher and generator sampling; None: fresh randomness."

@@ -730,3 +730,65 @@ def test_toy_models_never_replace_what_is_not_a_kit(tmp_path: Path, capsys):
     empty.mkdir()
     assert cli(capsys, "toy-models", empty)[0] == 0 and (empty / "A").is_dir()
     assert cli(capsys, "toy-models", empty, "--overwrite")[0] == 0  # a kit is ours to replace
+
+
+def _short_context_copy(tmp_path: Path, toy_kit, context: int) -> Path:
+    """toy:F (never ends on its own) declaring a context of `context` tokens: a real model that fills up fast."""
+    import shutil
+
+    folder = tmp_path / f"F-{context}"
+    shutil.copytree(toy_kit["F"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["max_position_embeddings"] = context
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_budget_beyond_the_models_context_keeps_the_answer(tmp_path: Path, toy_kit, capsys):
+    """max_new_tokens 100000 on a model holding 160 tokens: the answer ends where the context is full
+    (finish reason budget), its text kept; not a permanent "input too long" record without output."""
+    model = _short_context_copy(tmp_path, toy_kit, 160)
+    config = tmp_path / "long.yaml"
+    config.write_text(f"candidates:\n  - {{name: F, role: aligned, model: '{model}', device: cpu}}\n"
+                      "switcher: {strategy: single, candidate: F}\npatch_size: 50\nmax_new_tokens: 100000\nseed: 0\n")
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"input": "Why is the sky blue?"}\n')
+    out = tmp_path / "out.jsonl"
+    code, err = cli(capsys, "generate", "--input", inputs, "--config", config, "--output", out, "--no-progress")
+    assert code == 0, err
+    record = loads_record(out.read_bytes())
+    log = record["generation_log"]
+    assert record["output"] and "error" not in record
+    assert log["finish_reasons"][-1] == "budget" and log["finish_reasons"][:-1] == ["length"] * (len(log["finish_reasons"]) - 1)
+    assert 60 < log["tokens_used"] < 160  # the context (160) less the prompt
+
+
+def test_a_too_large_budget_is_a_one_line_error_and_leaves_the_thread(capsys, thread_graph):
+    """10**40 tokens cannot even be stored in a checkpoint: refused before the thread is written."""
+    code, err = cli(capsys, "chat", "--preset", "toy", "--max-new-tokens", 2**70)
+    assert code == 2
+    one_line_error(err, "max_new_tokens", "2147483647")
+    thread = {"configurable": {"thread_id": "a-too-large-budget"}}
+    with pytest.raises(InputError, match="max_new_tokens"):
+        thread_graph.invoke({"query": "Hi"}, thread, context={"max_new_tokens": 10**40})
+    assert not thread_graph.get_state(thread).values.get("messages")
+
+
+@pytest.mark.usefixtures("hub_online")
+def test_a_budget_beyond_a_servers_context_keeps_the_answer(toy_kit):
+    """A TGI-protocol server refuses the patch that no longer fits (its max_total_tokens): the answer
+    written so far is kept and ends there, not an "input too long" error for the whole query."""
+    from _serving import served_dict, start_toy_servers
+    from conftest import toy_config_dict
+
+    from switchgen.graph import build_graph, load_config
+    from switchgen.servers.engine.local import LocalEngine
+
+    single = {"switcher": {"strategy": "single", "candidate": "F"}, "max_new_tokens": 100000, "patch_size": 50,
+              "sampling": {"greedy": True}}
+    with start_toy_servers(LocalEngine(), toy_config_dict(**single), max_total_tokens=200) as servers:
+        data = served_dict(servers.urls, "tgi", switcher="local", **{k: v for k, v in single.items() if k != "switcher"})
+        config = load_config({**data, "switcher": single["switcher"]})
+        result = build_graph(config).invoke({"query": "Why is the sky blue?"})
+    assert result["done"] and result["segments"] and result["output"] == "".join(s["text"] for s in result["segments"])
+    assert 100 <= result["tokens_used"] < 200
