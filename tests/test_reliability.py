@@ -792,3 +792,22 @@ def test_a_budget_beyond_a_servers_context_keeps_the_answer(toy_kit):
         result = build_graph(config).invoke({"query": "Why is the sky blue?"})
     assert result["done"] and result["segments"] and result["output"] == "".join(s["text"] for s in result["segments"])
     assert 100 <= result["tokens_used"] < 200
+
+
+def test_printed_and_written_configs_never_hold_a_secret(tmp_path: Path, toy_kit, capsys, monkeypatch):
+    """serve --print-config (stdout and --output) shows a key as written, ${VAR}; one written out is <redacted>."""
+    monkeypatch.setenv("SWITCHGEN_TEST_SECRET", "s3cr3t-value")
+    config = tmp_path / "keys.yaml"
+    config.write_text(
+        "candidates:\n"
+        "  - {name: P, role: pretrained, model: 'toy:P', backend: tgi, url: 'http://127.0.0.1:9', api_key: '${SWITCHGEN_TEST_SECRET}'}\n"
+        "  - {name: A, role: aligned, model: 'toy:A', backend: tgi, url: 'http://127.0.0.1:9', api_key: written-out-key,\n"
+        "     headers: {X-Token: '${SWITCHGEN_TEST_SECRET}'}}\n"
+        "switcher: {strategy: random}\n")
+    out = tmp_path / "served.yaml"
+    assert main(["serve", "--config", str(config), "--port", "8100", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert cli(capsys, "serve", "--config", config, "--port", 8100, "--print-config", "--output", out)[0] == 0
+    for text in (printed, out.read_text()):
+        assert "s3cr3t-value" not in text and "written-out-key" not in text
+        assert text.count("${SWITCHGEN_TEST_SECRET}") == 2 and "<redacted>" in text
