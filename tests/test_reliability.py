@@ -811,3 +811,36 @@ def test_printed_and_written_configs_never_hold_a_secret(tmp_path: Path, toy_kit
     for text in (printed, out.read_text()):
         assert "s3cr3t-value" not in text and "written-out-key" not in text
         assert text.count("${SWITCHGEN_TEST_SECRET}") == 2 and "<redacted>" in text
+
+
+def _rollout(**changes) -> dict:
+    record = {"id": "1", "query": "q", "candidates": ["P", "F", "A"], "base": "toy:A",
+              "trace": [{"candidate": "P", "text": "x", "index": 0}],
+              "patches": [{"candidate": c, "scores": [s], "mean": s} for c, s in zip("PFA", (1.0, 0.0, 0.0), strict=True)],
+              "label": 0, "margin": 1.0}
+    record.update(changes)
+    return {k: v for k, v in record.items() if v is not _rollout}
+
+
+BAD_ROLLOUTS = {
+    "no-candidates": ({"candidates": _rollout}, "candidates"),
+    "no-trace": ({"trace": _rollout}, "trace"),
+    "no-base": ({"base": _rollout}, "base"),
+    "no-index": ({"trace": [{"candidate": "P", "text": "x"}]}, "index"),
+    "label-not-a-number": ({"label": "x"}, "label"),
+    "margin-not-a-number": ({"margin": "big"}, "margin"),
+    "query-not-text": ({"query": 5}, "query"),
+    "patches-not-a-list": ({"patches": "nope"}, "patches"),
+    "label-beyond-the-candidates": ({"label": 9}, "label 9"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROLLOUTS))
+def test_train_refuses_a_bad_rollouts_record_in_one_line(tmp_path: Path, capsys, case: str):
+    changes, words = BAD_ROLLOUTS[case]
+    data = tmp_path / "rollouts.jsonl"
+    data.write_text(dumps_record(_rollout()) + "\n" + dumps_record(_rollout(id="2", **changes)) + "\n")
+    code, err = cli(capsys, "train", "--data", data, "--out", tmp_path / "adapter", "--no-progress")
+    assert code == 2
+    one_line_error(err, f"{data}:2", words)
+    assert not (tmp_path / "adapter").exists()
