@@ -844,3 +844,23 @@ def test_train_refuses_a_bad_rollouts_record_in_one_line(tmp_path: Path, capsys,
     assert code == 2
     one_line_error(err, f"{data}:2", words)
     assert not (tmp_path / "adapter").exists()
+
+
+def test_chat_refuses_a_locked_database_at_once(tmp_path: Path, small_config: Path, capsys):
+    """Another process holding the chat database: a one-line error before any model loads, not ~30 s
+    later at the first question (a read-only file fails the same write probe; as root it cannot be made here)."""
+    import sqlite3
+    import time
+
+    db = tmp_path / "chat.sqlite"
+    holder = sqlite3.connect(db)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        began = time.monotonic()
+        code, err = cli(capsys, "chat", "--config", small_config, "--db", db)
+        assert code == 2 and time.monotonic() - began < 10
+        one_line_error(err, f"--db {db}", "locked")
+    finally:
+        holder.rollback()
+        holder.close()
