@@ -864,3 +864,48 @@ def test_chat_refuses_a_locked_database_at_once(tmp_path: Path, small_config: Pa
     finally:
         holder.rollback()
         holder.close()
+
+
+BAD_FLAGS = [
+    (["train", "--data", "r.jsonl", "--out", "o", "--epochs", "nan"], "--epochs"),
+    (["train", "--data", "r.jsonl", "--out", "o", "--epochs", "inf"], "--epochs"),
+    (["train", "--data", "r.jsonl", "--out", "o", "--lr", "inf"], "--lr"),
+    (["train", "--data", "r.jsonl", "--out", "o", "--eval-fraction", "1.5"], "--eval-fraction"),
+    (["distill", "--outputs", "d", "--task", "t", "--out", "o", "--lr", "-0.1"], "--lr"),
+    (["distill", "--outputs", "d", "--task", "t", "--out", "o", "--batch-size", "0"], "--batch-size"),
+    (["distill", "--outputs", "d", "--task", "t", "--out", "o", "--lora-r", "0"], "--lora-r"),
+    (["distill", "--outputs", "d", "--task", "t", "--out", "o", "--epochs", "0"], "--epochs"),
+    (["bench", "--reps", "0"], "--reps"),
+    (["bench", "--budget", "0"], "--budget"),
+    (["bench", "--concurrency", "0"], "--concurrency"),
+    (["eval", "--task", "t", "--out", "o", "--limit", "-1"], "--limit"),
+    (["rollouts", "--task", "t", "--out", "o", "--k", "0"], "--k"),
+    (["chat", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["generate", "--input", "i.jsonl", "--concurrency", "x"], "--concurrency"),
+]
+
+
+@pytest.mark.parametrize("args, flag", BAD_FLAGS, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_FLAGS])
+def test_every_bad_number_is_a_one_line_error(tmp_path: Path, capsys, monkeypatch, args: list[str], flag: str):
+    monkeypatch.chdir(tmp_path)
+    code, err = cli(capsys, *args)
+    assert code == 2
+    one_line_error(err, flag)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_eval_and_analyze_bad_inputs_are_one_line_errors(tmp_path: Path, capsys):
+    code, err = cli(capsys, "eval", "--task", "toy-qa", "--out", tmp_path / "o", "--import", "no_such_module_here")
+    assert code == 2
+    one_line_error(err, "--import no_such_module_here")
+    run = tmp_path / "run"
+    (run / "task").mkdir(parents=True)
+    (run / "task" / "switch.jsonl").write_bytes(b'{"id": "1", "score": 1, "query": "caf\xe9"}\n')
+    code, err = cli(capsys, "analyze", run)
+    assert code == 2
+    one_line_error(err, "switch.jsonl:1", "UTF-8")
+    (run / "task" / "switch.jsonl").write_text('{"id": "1", "score": 1, "query": "a\u2028b"}\n', encoding="utf-8")
+    (run / "results.json").write_text('{"results": 5}')
+    code, err = cli(capsys, "analyze", run)
+    assert code == 2
+    one_line_error(err, "results.json")
