@@ -3,9 +3,9 @@
 `write_records` appends one record per input, in input order, each whole or not at all, so a
 killed run keeps every finished record; a rerun checks the records against the inputs and the
 run's fingerprint against the one recorded beside them (core/fingerprint.py: no rerun with other
-settings adds to them), retries the failed ones first, then resumes after the last. `in_order` keeps N queries in flight while
-the records still come out in order; by default the in-process engine gets enough queries at
-once to fill its batches (`default_concurrency`).
+settings adds to them), retries the failed ones first, then resumes after the last. `in_order`
+keeps N queries in flight while the records still come out in order; by default the in-process
+engine gets enough queries at once to fill its batches (`default_concurrency`).
 """
 
 from __future__ import annotations
