@@ -37,6 +37,14 @@ def fingerprint_path(records: Path) -> Path:
     return records.with_name(records.name + SUFFIX)
 
 
+def location(spec: str | None) -> str | None:
+    """A model or adapter as a fingerprint names it: a local path resolved (`./a` and `a` are one
+    folder), anything else (a hub id, `toy:A`) as written."""
+    if spec is None or not Path(spec).expanduser().exists():
+        return spec
+    return str(Path(spec).expanduser().resolve())
+
+
 def config_fingerprint(config: SwitchConfig) -> dict[str, Any]:
     """The configuration's settings that shape an answer (the operational ones dropped)."""
     data = config.model_dump(mode="json")

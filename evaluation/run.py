@@ -31,6 +31,7 @@ from switchgen.core.fingerprint import (
     config_fingerprint,
     differences,
     fingerprint_path,
+    location,
     read_fingerprint,
 )
 from switchgen.core.jobs import check_resumable, default_concurrency, discard, write_records
@@ -101,7 +102,7 @@ def fingerprints(config: SwitchConfig, prepared: Prepared, seed: int | None,
     for task in prepared.tasks:
         run = {**shared, "task": task.fingerprint()}
         for method in prepared.methods:
-            own = adapter if split_patch_size(method)[0] == "switch" else None  # only switch runs --adapter
+            own = location(adapter) if split_patch_size(method)[0] == "switch" else None  # only switch runs --adapter
             out[task.name, method] = {"command": "eval", "run": run, "method": {
                 "name": method, "patch_size": patch_size_of(method, config), "adapter": own,
                 "revisions": {own: model_revision(own)} if own else {}}}

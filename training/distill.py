@@ -28,7 +28,7 @@ from switchgen.analysis.stats import method_cost
 from switchgen.core.config import SwitchConfig, load_config
 from switchgen.core.errors import ConfigError, InputError
 from switchgen.core.files import atomic_write_text
-from switchgen.core.fingerprint import check_fingerprint, config_fingerprint, write_fingerprint
+from switchgen.core.fingerprint import check_fingerprint, config_fingerprint, location, write_fingerprint
 from switchgen.core.records import EvalRecord, read_eval_records, read_results
 from switchgen.training.settings import DistillSettings
 from switchgen.training.sft import SFTJob, check_out, fine_tune, require_trl
@@ -188,8 +188,8 @@ def fingerprint(config: SwitchConfig, task, outputs: Path, *, base: str | None, 
 
     answers = outputs / task.name / f"{settings.method}.jsonl"
     return {"command": "distill", "config": config_fingerprint(config), "revisions": model_revisions(config, (base, adapter)),
-            "task": task.fingerprint(), "answers": hashlib.sha256(answers.read_bytes()).hexdigest(), "base": base,
-            "adapter": adapter, "settings": {k: v for k, v in asdict(settings).items() if k != "concurrency"},
+            "task": task.fingerprint(), "answers": hashlib.sha256(answers.read_bytes()).hexdigest(), "base": location(base),
+            "adapter": location(adapter), "settings": {k: v for k, v in asdict(settings).items() if k != "concurrency"},
             "compare": str(compare.resolve()) if compare else None}
 
 
