@@ -495,8 +495,8 @@ def test_devices_ports_and_flags_are_one_line_errors(tmp_path: Path, small_confi
         (["generate", "--input", inputs, "--config", small_config, "--output", out, "--patch-size", 50],
          ["--patch-size 50", "exceeds max_new_tokens"]),
         (["generate", "--input", inputs, "--config", small_config, "--output", out, "--seed", 2**64], ["--seed"]),
-        (["serve", "--config", small_config, "--port", 70000], ["--port 70000", "0..65535"]),
-        (["serve", "--config", small_config, "--port", -1], ["--port -1"]),
+        (["serve", "--config", small_config, "--port", 70000], ["--port", "70000", "0..65535"]),
+        (["serve", "--config", small_config, "--port", -1], ["--port", "-1"]),
         (["serve", "--config", small_config, "--port", 0, "--max-total-tokens", 10**6], ["--max-total-tokens"]),
         (["serve", "--config", small_config, "--compose", "--output", inputs / "x.yaml"], ["--output", "cannot write"]),
         (["bench", "--config", small_config, "--json", tmp_path], ["--json", "is a folder"]),
@@ -705,3 +705,28 @@ def test_chat_says_a_question_was_not_answered_and_goes_on(tmp_path: Path, toy_c
     text = out.getvalue()
     assert text.count("(not answered: ") == 1 and "too long" in text
     assert text.count("tokens |") == 2  # the two other questions were answered
+
+
+# -- second pass (issue 19) ------------------------------------------------------------------------------
+
+
+def test_toy_models_never_replace_what_is_not_a_kit(tmp_path: Path, capsys):
+    """A folder with a user's files in it, or a plain file, is refused and left exactly as it was."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "f").write_text("x")
+    code, err = cli(capsys, "toy-models", folder)
+    assert code == 2
+    one_line_error(err, str(folder), "not empty")
+    assert (folder / "f").read_text() == "x" and sorted(p.name for p in folder.iterdir()) == ["f"]
+    plain = tmp_path / "plain"
+    plain.write_text("keep me")
+    code, err = cli(capsys, "toy-models", plain, "--overwrite")
+    assert code == 2
+    one_line_error(err, str(plain), "is a file")
+    assert plain.read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli(capsys, "toy-models", empty)[0] == 0 and (empty / "A").is_dir()
+    assert cli(capsys, "toy-models", empty, "--overwrite")[0] == 0  # a kit is ours to replace
