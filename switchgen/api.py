@@ -51,9 +51,9 @@ from switchgen.servers.serve.bridge import Work, bridged
 from switchgen.servers.serve.chat import ChatMessage, TextOnly
 from switchgen.servers.serve.http import HttpError, HttpService, allowed_hosts, openai_shape, sse
 from switchgen.servers.serve.metrics import Metrics
+from switchgen.servers.serve.settings import ServiceSettings
 from switchgen.servers.stops import StopHoldback, cut_at_stop
 
-DEFAULT_PAYLOAD_LIMIT = 4 * 1024 * 1024
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's and vLLM's default for /v1/completions
 MAX_BUDGET = 2**31 - 1  # with no in-process model to tell the context
 MAX_SEED = 2**64 - 1
@@ -77,7 +77,7 @@ class _Request(TextOnly):
     model: str = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1, le=MAX_BUDGET)
+    max_tokens: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     n: int = Field(1, ge=1, le=128)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -108,7 +108,7 @@ class ChatRequest(_Request):
     """OpenAI's chat completion request."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_BUDGET)
+    max_completion_tokens: int | None = Field(None, ge=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
@@ -139,7 +139,7 @@ class CompletionRequest(_Request):
     """OpenAI's (legacy) completions request: the prompt is the query the candidates answer."""
 
     prompt: str | list[str]
-    max_tokens: int | None = Field(DEFAULT_COMPLETION_TOKENS, ge=1, le=MAX_BUDGET)
+    max_tokens: int | None = Field(DEFAULT_COMPLETION_TOKENS, ge=1)
     echo: bool = False
     suffix: str | None = None
 
@@ -252,8 +252,8 @@ def api_error(err: BaseException) -> HttpError:
     if isinstance(err, HttpError):
         return err
     if isinstance(err, TimeoutError):
-        return HttpError(504, "the answer took longer than the server's --request-timeout", "server_error",
-                         code="timeout")
+        return HttpError(504, "the answer took longer than the server's --request-timeout; it was stopped",
+                         "server_error", code="timeout")
     if isinstance(err, ServerError):
         return HttpError(502, f"a checkpoint's server failed: {err}", "server_error")
     if isinstance(err, (InputError, SwitchgenError)):
@@ -295,28 +295,14 @@ CHAT, COMPLETION = _Format(chat=True), _Format(chat=False)
 # -- the app ------------------------------------------------------------------------------------
 
 
-@dataclass
-class ApiSettings:
-    """How `switchgen api` serves: its limits, its key, who may call it, what it logs."""
-
-    max_concurrent_requests: int = 32  # graph runs at once (a request with n choices takes n)
-    max_queued_requests: int = 64  # requests waiting for a slot; more: 429
-    request_timeout: float = 600.0  # seconds from arrival to the last byte; queued past it: 503
-    api_key: str | None = None
-    host: str = "127.0.0.1"  # where it listens: a loopback server without a key checks Host/Origin
-    allowed_hosts: list[str] | None = None
-    payload_limit: int = DEFAULT_PAYLOAD_LIMIT
-    access_log: bool = True
-
-
 class ChatAPI:
     """The switch graph behind OpenAI's routes: a method per route."""
 
     def __init__(
         self, config: SwitchConfig, model_id: str, *, engine: LocalEngine | None = None,
-        settings: ApiSettings | None = None,
+        settings: ServiceSettings | None = None,
     ) -> None:
-        self.settings = s = settings or ApiSettings()
+        self.settings = s = settings or ServiceSettings()
         self.config, self.model_id = config, model_id
         self.variants = GraphVariants(config, engine)
         self.graph = self.variants.get()  # every checkpoint loads now, not at the first request
@@ -373,11 +359,12 @@ class ChatAPI:
         """The graph runs a request asks for, or a 4xx before any work."""
         if req.model != self.model_id:
             raise self._unknown_model(req.model)
-        budget = req.budget
-        if budget is not None and self.context is not None and budget > self.context:
+        budget, limit = req.budget, self.context or MAX_BUDGET
+        if budget is not None and budget > limit:
             param = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
-            raise HttpError(400, f"{param} is {budget}, more than the model's context of {self.context} tokens",
-                            param=param, code="context_length_exceeded")
+            shown = f"{budget}" if budget < 10**12 else f"a number of {len(str(budget))} digits"
+            what = f"the model's context of {limit} tokens" if self.context else f"the largest budget, {limit} tokens"
+            raise HttpError(400, f"{param} is {shown}, more than {what}", param=param, code="context_length_exceeded")
         context = run_context(req, self.config)
         try:
             graph = self.variants.get(tuple(req.stop or ()), sampling_of(req))
@@ -389,10 +376,10 @@ class ChatAPI:
 
     async def _complete(self, request: Request, model: type[_Request], fmt: _Format) -> Response:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.request_timeout
         req = await self.http.parsed(request, model)
         run = await self.http.off_loop(self.plan, req)  # a new stop set or sampling builds a graph
-        slot = await self.admission.enter(req.n, deadline)
+        slot = await self.admission.enter(req.n, loop.time() + self.settings.queue_timeout)
+        deadline = loop.time() + self.settings.request_timeout
         head = {"id": f"{fmt.prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_id,
                 "system_fingerprint": "switchgen"}
         if req.stream:
@@ -501,7 +488,7 @@ def model_id_for(source: str | None, served_name: str | None = None) -> str:
 
 
 def create_api_app(
-    config: SwitchConfig, model_id: str, *, engine: LocalEngine | None = None, settings: ApiSettings | None = None
+    config: SwitchConfig, model_id: str, *, engine: LocalEngine | None = None, settings: ServiceSettings | None = None
 ) -> ASGIApp:
     """The ASGI app serving the switch graph of `config` (every checkpoint loaded on `engine` now)."""
     return ChatAPI(config, model_id, engine=engine, settings=settings).app()

@@ -2,7 +2,8 @@
 
 A request takes its slots before its response starts (a stream holds them until its last event)
 so the limit holds for streams too. Past the limit a request waits in a bounded queue, first come
-first served; a full queue is a 429 and a wait past the deadline a 503, both with `Retry-After`.
+first served; a full queue is a 429 and a wait past its deadline (--queue-timeout) a 503, both
+with `Retry-After`.
 `switchgen serve` keeps TGI's behaviour (no queue: 429 at once); `switchgen api` queues.
 """
 
@@ -88,7 +89,7 @@ class Admission:
             if granted:
                 self._release(n)
             if isinstance(err, TimeoutError):
-                raise HttpError(503, "no slot came free within the request timeout; retry", self.kind,
+                raise HttpError(503, "no slot came free within the server's --queue-timeout; retry", self.kind,
                                 code="queue_timeout", headers=_retry()) from None
             raise
         return Slot(self, n)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from switchgen.commands.options import (
     add_config_args,
+    host_names,
     load_command_config,
     non_negative_int,
     port,
@@ -40,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--api-key", default=os.environ.get("SWITCHGEN_API_KEY"),
         help="require `Authorization: Bearer KEY` on every route but /health (default: $SWITCHGEN_API_KEY; none)",
     )
+    serve.add_argument("--allowed-hosts", type=host_names,
+                       help="names accepted in Host and Origin, comma-separated, * for any (default: a loopback "
+                       "server without a key answers only localhost, 127.0.0.1 and ::1)")
+    serve.add_argument("--access-log", action="store_true", help="an access line per request on stderr")
     serve.add_argument("--print-config", action="store_true", help="print a config pointing at the servers, and exit")
     serve.add_argument("--compose", action="store_true", help="print a Docker Compose file for GPUs instead of serving")
     serve.add_argument(
@@ -88,6 +93,8 @@ def _serve(plan, args: argparse.Namespace) -> int:
         max_total_tokens=args.max_total_tokens,
         payload_limit=args.payload_limit,
         api_key=args.api_key or None,
+        allowed_hosts=args.allowed_hosts,
+        access_log=args.access_log,
     )
 
     def ready() -> None:
