@@ -259,7 +259,7 @@ def test_bad_requests_get_openai_errors(api, body, status, param):
 
 def test_huge_budgets_are_clean_400s(api):
     for raw in ("1e12", str(10**4000)):
-        body = '{"model": "toy", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": %s}' % raw
+        body = json.dumps({"model": "toy", "messages": [USER], "max_tokens": 0}).replace('"max_tokens": 0', f'"max_tokens": {raw}')
         r = httpx.post(f"{api.url}/v1/chat/completions", content=body, timeout=30)
         assert r.status_code == 400 and "context of 4096 tokens" in r.json()["error"]["message"]
         assert len(r.json()["error"]["message"]) < 200
