@@ -136,15 +136,33 @@ def load_eval_run(root: Path) -> EvalRun:
             tasks[run.task] = run
     if not tasks:
         raise InputError(f"{root}: no <task>/<method>.jsonl records found (is it a `switchgen eval --out` folder?)")
-    return EvalRun(root, tasks, read_results(root / "results.json"))
+    return EvalRun(root, tasks, read_results(root / "results.json").rows())
 
 
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """The rows of a results.json of `switchgen eval` (none when it is missing)."""
+class ResultRow(BaseModel):
+    """One (task, method) row of results.json: mean, interval, n, costs (kept as written)."""
+
+    model_config = ConfigDict(extra="allow")
+    task: str
+    method: str
+
+
+class EvalResults(BaseModel):
+    """results.json of `switchgen eval`: the rows, and the concurrency the answers were timed at."""
+
+    model_config = ConfigDict(extra="allow")
+    concurrency: int | None = None
+    results: list[ResultRow] = Field(default_factory=list)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [row.model_dump() for row in self.results]
+
+
+def read_results(path: Path) -> EvalResults:
+    """A results.json of `switchgen eval` (empty when it is missing); InputError naming what is wrong."""
     if not path.is_file():
-        return []
-    data = loads_record(path.read_bytes(), str(path))
-    rows = data.get("results", []) if isinstance(data, dict) else None
-    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-        raise InputError(f"{path}: not a results.json of `switchgen eval` (expected {{\"results\": [...rows]}})")
-    return rows
+        return EvalResults()
+    try:
+        return EvalResults.model_validate(loads_record(path.read_bytes(), str(path)))
+    except ValidationError as err:
+        raise InputError(f"{path}: not a results.json of `switchgen eval`: {describe(err, 'results.json')}") from None

@@ -535,20 +535,15 @@ class BackgroundAPI:
 def serve_api(app: ASGIApp, host: str, port: int, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve until Ctrl-C / SIGTERM (a clean exit, status 0); access lines go to stderr."""
     import contextlib
-    import logging
     import signal
 
-    from switchgen.servers.serve.http import ACCESS_LOG
+    from switchgen.servers.serve.http import access_log_to_stderr
     from switchgen.servers.serve.run import bind, quiet_server
 
     sock = bind(host, port)  # a taken port is a clear error
     url = f"http://{host}:{sock.getsockname()[1]}"
     server = quiet_server(app)
-    if not ACCESS_LOG.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        ACCESS_LOG.addHandler(handler)
-        ACCESS_LOG.setLevel(logging.INFO)
+    access_log_to_stderr()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

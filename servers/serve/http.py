@@ -179,6 +179,15 @@ def request_id(headers: Headers) -> str:
     return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
+def access_log_to_stderr() -> None:
+    """Access lines on stderr, for the CLI's servers (an application embedding an app configures logging itself)."""
+    if not ACCESS_LOG.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        ACCESS_LOG.addHandler(handler)
+        ACCESS_LOG.setLevel(logging.INFO)
+
+
 # -- the service -------------------------------------------------------------------------------
 
 Endpoint = Callable[[Request], Awaitable[Response]]

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 from switchgen.core.errors import ConfigError
 from switchgen.servers.engine.local import LocalEngine
 from switchgen.servers.serve.app import ServedModel, create_app
+from switchgen.servers.serve.http import access_log_to_stderr
 from switchgen.servers.serve.http import allowed_hosts as allowed_hosts_for
 from switchgen.servers.serve.limits import Limits
 from switchgen.servers.serve.plan import PlannedServer
@@ -156,6 +157,8 @@ async def _serve(
 
 def serve_forever(running: list[RunningServer], *, on_ready: Callable[[], None] | None = None) -> None:
     """Serve until SIGINT/SIGTERM; `on_ready` runs once every server accepts connections."""
+    if any(r.served.access_log for r in running):
+        access_log_to_stderr()
     try:
         asyncio.run(_serve(_uvicorn_servers(running), running, on_ready, signals=True))
     finally:

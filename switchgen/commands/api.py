@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from switchgen.commands.options import (
     add_config_args,
-    host_names,
+    add_listen_args,
     load_command_config,
     non_negative_int,
-    port,
     positive_float,
     positive_int,
     quiet_transformers,
@@ -27,8 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "`model` in requests is --served-model-name, else the preset name or the config file's stem.",
     )
     add_config_args(api)
-    api.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    api.add_argument("--port", type=port, default=8000, help="port (default 8000; 0: any free)")
+    add_listen_args(api, default_port=8000, port_help="port (default 8000; 0: any free)")
     api.add_argument("--served-model-name", help="the model name clients ask for (default: the preset or file stem)")
     api.add_argument("--max-concurrent-requests", type=positive_int, default=defaults.max_concurrent_requests,
                      help=f"graph runs at once; a request with n choices takes n (default {defaults.max_concurrent_requests})")
@@ -40,13 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help=f"seconds an admitted request may run; longer: stopped, 504 (default {defaults.request_timeout:g})")
     api.add_argument("--payload-limit", type=positive_int, default=defaults.payload_limit,
                      help=f"largest request body in bytes (default {defaults.payload_limit})")
-    api.add_argument(
-        "--api-key", default=os.environ.get("SWITCHGEN_API_KEY"),
-        help="require `Authorization: Bearer KEY` on every route but /health (default: $SWITCHGEN_API_KEY; none)",
-    )
-    api.add_argument("--allowed-hosts", type=host_names,
-                     help="names accepted in Host and Origin, comma-separated, * for any (default: a loopback server "
-                     "without a key answers only localhost, 127.0.0.1 and ::1)")
     api.add_argument("--no-access-log", dest="access_log", action="store_false",
                      help="no access line per request on stderr")
     api.set_defaults(func=run)
