@@ -382,6 +382,22 @@ def test_the_limit_counts_streams_when_they_are_admitted(api_engine):
         server.stop()
 
 
+def test_a_run_past_the_request_timeout_is_stopped(api_engine):
+    server = start_api(api_engine, toy_config_dict(sampling={"ignore_eos": True}), request_timeout=0.5,
+                       access_log=False)
+    body = {"model": "toy", "messages": HI, "max_tokens": 3000}
+    try:
+        t0 = time.perf_counter()
+        r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        assert time.perf_counter() - t0 < 3  # 3000 tokens take several seconds
+        events = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "stream": True}, timeout=60).text
+        assert '"code": "timeout"' in events and "[DONE]" not in events
+        assert httpx.get(f"{server.url}/health").json()["running"] == 0
+    finally:
+        server.stop()
+
+
 def test_cli_serves_a_preset(toy_kit, tmp_path):
     """`switchgen api --preset toy --port 0 --served-model-name sg` (key from $SWITCHGEN_API_KEY) starts,
     answers chat and completions, logs each request with its id, and stops on SIGTERM."""

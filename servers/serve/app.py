@@ -19,6 +19,8 @@ development, tests and CPU boxes; deploy TGI or vLLM on GPUs, see docs/serving.m
 (servers/serve/limits.py). Every server of one `switchgen serve` process shares one event loop,
 so nothing heavy runs on it: reading a body is bounded by the payload limit, and parsing and
 tokenising run on a small validation pool (TGI's validation workers), generation on another.
+The HTTP ground (bounded bodies, error shapes, the key, Host/Origin, request ids, admission, the
+thread bridge) is servers/serve/http.py, admission.py and bridge.py, shared with `switchgen api`.
 """
 from __future__ import annotations
 
