@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from switchgen.core.errors import InputError, InputTooLong, describe
 from switchgen.core.jsonl import loads_record, split_lines
@@ -51,6 +51,69 @@ def error_record(source: dict[str, Any], err: Exception) -> dict[str, Any]:
     if isinstance(err, InputTooLong):
         record["permanent"] = True  # no rerun can fix it: shorten the input
     return record
+
+
+# -- `switchgen rollouts` output: one record per train query, read back by `switchgen train` --------------
+
+
+class TraceStep(BaseModel):
+    """A patch of the trace a rollout decision was taken after."""
+
+    model_config = ConfigDict(extra="allow")
+    candidate: str
+    text: str
+    index: int = Field(ge=0)
+
+
+class Outcome(BaseModel):
+    """What one candidate's next patch led to: its continuations' scores and their mean."""
+
+    model_config = ConfigDict(extra="allow")
+    candidate: str
+    scores: list[float]
+    mean: float = Field(allow_inf_nan=False)
+
+
+class RolloutRecord(BaseModel):
+    """A finished rollouts record: the decision's context (query, trace) and its label."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    query: str
+    candidates: list[str] = Field(min_length=1)
+    base: str
+    trace: list[TraceStep]
+    patches: list[Outcome]
+    label: int = Field(ge=0)
+    margin: float = Field(ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _indices_in_range(self) -> RolloutRecord:
+        n = len(self.candidates)
+        if self.label >= n:
+            raise ValueError(f"label {self.label} is not one of the {n} candidates (0..{n - 1})")
+        if any(step.index >= n for step in self.trace):
+            raise ValueError(f"a trace step's index is not one of the {n} candidates (0..{n - 1})")
+        if len(self.patches) != n:
+            raise ValueError(f"{len(self.patches)} patches for {n} candidates")
+        return self
+
+
+def read_rollouts_file(path: Path) -> list[dict[str, Any]]:
+    """The finished records of a rollouts file (failed ones, holding "error", skipped), each checked."""
+    records = []
+    for lineno, line in enumerate(complete_lines(path), 1):
+        if not line.strip():
+            continue
+        value = loads_record(line, f"{path}:{lineno}")
+        if isinstance(value, dict) and "error" in value and "label" not in value:
+            continue
+        try:
+            records.append(RolloutRecord.model_validate(value).model_dump())
+        except ValidationError as err:
+            raise InputError(f"{path}:{lineno}: not a rollouts record of `switchgen rollouts`: "
+                             f"{describe(err, 'record')}") from None
+    return records
 
 
 # -- `switchgen eval` output: DIR/<task>/<method>.jsonl and DIR/results.json --------------------------------

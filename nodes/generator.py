@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from switchgen.core.config import SwitchConfig
+from switchgen.core.errors import InputTooLong
 from switchgen.core.prompts import PLAIN_TURN_STOP, candidate_prompt, has_chat_template
 from switchgen.core.seeds import derive_seed
 from switchgen.core.trace import Segment
@@ -49,11 +50,17 @@ class Generator:
         stream.emit(cue)
         try:
             patch = self.backend.generate(prompt, params, on_text=stream.emit)
+        except InputTooLong as err:
+            run.error(err)
+            if not segments:
+                raise  # the question itself does not fit: nothing to keep
+            return finish_update({"done": True}) if finish_update else {"done": True}  # a server's context is full
         except BaseException as err:
             run.error(err)
             raise
         stream.complete(cue + patch.text)
-        update = self.update(state, cue + patch.text, patch.tokens, patch.finish_reason)
+        finish = "budget" if patch.context_full else patch.finish_reason  # the model holds no more: the answer ends
+        update = self.update(state, cue + patch.text, patch.tokens, finish)
         if finish_update is not None:
             update = finish_update(update)
         for message in update.get("messages", []):
