@@ -18,13 +18,17 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import ensure_config
+
+# Private, and on purpose: LangGraph sets this key when a parent graph resumes this one as its
+# subgraph, and exports it nowhere public (langgraph.constants warns that it is private). Without
+# it a resumed subgraph's input would be taken for a new turn and its trace started afresh.
 from langgraph._internal._constants import CONFIG_KEY_RESUMING
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 
-from switchgen.config import SwitchConfig
-from switchgen.graph.context import resolve_config
+from switchgen.core.config import SwitchConfig
 from switchgen.graph.inputs import admit_turn
+from switchgen.nodes.context import resolve_config
 from switchgen.nodes.turn import TURN_KEY
 
 # Runs that continue a turn (resume, replay) may carry on with the turn's stored budget, which

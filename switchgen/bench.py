@@ -30,12 +30,11 @@ from pathlib import Path
 
 import torch
 
-from switchgen.config import SwitchConfig
-from switchgen.files import atomic_write_text
+from switchgen.core.config import SwitchConfig
+from switchgen.core.files import atomic_write_text
+from switchgen.core.prompts import candidate_prompt, has_chat_template, switcher_prompt, user_turn
 from switchgen.graph.backends import connect
 from switchgen.graph.builder import build_graph
-from switchgen.nodes.prompts import candidate_prompt, has_chat_template, user_turn
-from switchgen.nodes.switcher import switcher_prompt
 from switchgen.servers.base import Backend, GenerationParams
 from switchgen.servers.engine.local import LocalEngine
 
@@ -473,7 +472,8 @@ def run_rollouts_bench(
     as independent generations do). At concurrency c, c runs of an instance are in flight at once
     (the engine batches them). Scoring is left out: it times generation.
     """
-    from switchgen.training.rollouts import Rollouts, RolloutSettings, rollout_config
+    from switchgen.training.rollouts import Rollouts, rollout_config
+    from switchgen.training.settings import RolloutSettings
 
     torch.manual_seed(0)
     engine = LocalEngine()

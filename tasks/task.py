@@ -12,9 +12,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from switchgen.errors import ConfigError, InputError, describe
+from switchgen.core.errors import ConfigError, InputError, describe
 from switchgen.tasks.loading import load_rows
-from switchgen.tasks.metrics import Metric, last_boxed, make_metric
+from switchgen.tasks.metric_factory import make_metric
+from switchgen.tasks.metrics import Metric, last_boxed
 from switchgen.tasks.spec import Source, TaskSpec
 
 SPLITS = ("train", "test")
@@ -126,6 +127,11 @@ class Task:
 
     def describe(self) -> str:
         return " ".join(f"{s}={self.source(s).describe()}" for s in self.splits)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What of the task shapes a run's records (core/fingerprint.py): sources, query template,
+        reference, metric. Its description does not, nor its row limit (records are matched by id)."""
+        return self.spec.model_dump(mode="json", exclude={"description", "limit"})
 
     def _get(self, row: dict[str, Any], path: str, split: str, index: int) -> Any:
         try:

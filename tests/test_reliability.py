@@ -8,15 +8,17 @@ afterwards. Every model call is a real forward pass on the toy kit.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 from pathlib import Path
 
 import pytest
 from _serving import hub_online  # noqa: F401 - fixture
 
 from switchgen.cli import main
-from switchgen.errors import InputError
-from switchgen.jsonl import dumps_record, loads_record, split_lines
+from switchgen.core.errors import InputError
+from switchgen.core.jsonl import dumps_record, loads_record, split_lines
 
 SMALL_YAML = """\
 candidates:
@@ -301,6 +303,149 @@ def test_tokenising_a_large_body_does_not_hold_the_other_servers(attacked):
     all_answer(urls, expected)
 
 
+# -- issue 19, 5/7/11: the HTTP base under both servers (switchgen serve, switchgen api) ------------
+
+
+@pytest.fixture(scope="module")
+def api_server(engine):
+    """`switchgen api` for the toy config on the session's engine, with the same 200 kB payload limit."""
+    from conftest import toy_config_dict
+
+    from switchgen.api import BackgroundAPI, create_api_app
+    from switchgen.graph import load_config
+    from switchgen.servers.serve.settings import ServiceSettings
+
+    config = load_config(toy_config_dict(max_new_tokens=8, patch_size=4))
+    app = create_api_app(config, "toy", engine=engine, settings=ServiceSettings(payload_limit=200_000))
+    with BackgroundAPI(app) as server:
+        yield server.url
+
+
+@pytest.fixture(params=["serve", "api"])
+def http_server(request, attacked, api_server):
+    """(url, route taking a JSON body, the status of a bad body, a function reading the error message)."""
+    if request.param == "serve":
+        return attacked[1][0], "/generate", 422, lambda r: r.json()["error"]
+    return api_server, "/v1/chat/completions", 400, lambda r: r.json()["error"]["message"]
+
+
+def rss_mb() -> float:
+    return int(next(line for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+def test_a_huge_chunked_body_is_refused_without_being_buffered(http_server):
+    """300 MB posted in chunks (no Content-Length): 413 in the server's shape, and this process (the
+    server runs in it) does not grow by the body: it is never buffered whole."""
+    import httpx
+
+    url, route, _, message = http_server
+    before, peak = rss_mb(), [0.0]
+
+    def body():
+        chunk = b"x" * (1 << 20)
+        for i in range(300):
+            if i % 10 == 0:
+                peak[0] = max(peak[0], rss_mb())
+            yield chunk
+
+    r = httpx.post(f"{url}{route}", content=body(), headers={"content-type": "application/json"}, timeout=120)
+    assert r.status_code == 413 and "Payload too large" in message(r)
+    assert max(peak[0], rss_mb()) - before < 100, (before, peak)  # 300 MB would be buffered, ~2x with the join
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+
+
+def test_deeply_nested_json_is_a_clean_error(http_server):
+    import httpx
+
+    url, route, bad, message = http_server
+    nested = b"[" * 200_000 + b"]" * 200_000  # 400 kB: over the payload limit, so under it as well
+    for body in (nested, b"[" * 90_000 + b"]" * 90_000):
+        r = httpx.post(f"{url}{route}", content=body, headers={"content-type": "application/json"}, timeout=60)
+        assert r.status_code in (413, bad) and r.headers["content-type"] == "application/json"
+    assert "nested too deeply" in message(r)
+
+
+def test_a_client_that_leaves_mid_body_leaves_no_traceback(http_server, caplog):
+    import socket
+
+    import httpx
+
+    url, route, _, _ = http_server
+    host, port = url.removeprefix("http://").split(":")
+    uvicorn_log = logging.getLogger("uvicorn.error")  # uvicorn's loggers do not propagate to the root
+    uvicorn_log.addHandler(caplog.handler)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 100000\r\n\r\n{\"inputs\": ".encode())
+        time.sleep(0.2)
+    time.sleep(0.3)
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+    uvicorn_log.removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
+
+
+@pytest.mark.parametrize("headers", [
+    {"Host": "attacker.example"},  # DNS rebinding: the page's origin resolves to 127.0.0.1
+    {"Host": "attacker.example:8080"},
+    {"Origin": "http://attacker.example"},  # a cross-origin post from a web page
+    {"Origin": "null"},
+])
+def test_loopback_servers_without_a_key_answer_only_loopback_names(http_server, headers):
+    import httpx
+
+    url, route, _, message = http_server
+    body = b'{"inputs": "hi", "model": "toy", "messages": [{"role": "user", "content": "hi"}]}'
+    r = httpx.post(f"{url}{route}", content=body, headers={"content-type": "text/plain", **headers}, timeout=30)
+    assert r.status_code == 403 and "not allowed here" in message(r) and "--allowed-hosts" in message(r)
+    assert httpx.get(f"{url}/health", headers=headers).status_code == 403
+    port = url.rsplit(":", 1)[1]
+    for host in ("localhost", "127.0.0.1", "[::1]"):
+        same = {"Host": f"{host}:{port}", "Origin": f"http://{host}:{port}"}
+        assert httpx.get(f"{url}/health", headers=same).status_code == 200
+
+
+def test_allowed_hosts_follow_the_flag_and_the_key():
+    from switchgen.servers.serve.http import allowed_hosts
+
+    assert allowed_hosts("127.0.0.1", None) == {"localhost", "127.0.0.1", "::1"}
+    assert allowed_hosts("::1", None) == {"localhost", "127.0.0.1", "::1"}
+    assert allowed_hosts("127.0.0.1", "key") is None  # the key guards it
+    assert allowed_hosts("0.0.0.0", None) is None  # for other machines: whatever name they use
+    assert allowed_hosts("127.0.0.1", None, ["Box.lan", "localhost"]) == {"box.lan", "localhost"}
+    assert allowed_hosts("127.0.0.1", "key", ["*"]) is None
+
+
+def test_allowed_hosts_flag_reaches_both_servers(tmp_path: Path, capsys):
+    from switchgen.cli import parser
+
+    for command in ("serve", "api"):
+        args = parser().parse_args([command, "--preset", "toy", "--allowed-hosts", "box.lan, localhost"])
+        assert args.allowed_hosts == ["box.lan", "localhost"]
+    code, err = cli(capsys, "api", "--preset", "toy", "--allowed-hosts", "a b")
+    assert code == 2 and "--allowed-hosts" in err and "Traceback" not in err
+
+
+SERVE_CHAT_ATTACKS = [
+    ({"messages": [{"role": "user", "content": "hi"}], "seed": 2**64, "max_tokens": 3}, "seed"),
+    ({"messages": [{"role": "assistant", "content": "x", "tool_calls": "nope"}, {"role": "user", "content": "hi"}]},
+     "tool_calls"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,x"}}]}]},
+     "only text parts"),
+    ({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 3}}, "logit_bias is not supported"),
+]
+
+
+@pytest.mark.parametrize(("body", "words"), SERVE_CHAT_ATTACKS)
+def test_serve_chat_refuses_what_it_cannot_do(attacked, body, words):
+    import httpx
+
+    servers, urls, expected = attacked
+    r = httpx.post(f"{urls[-1]}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 422 and r.json()["error_type"] == "validation" and words in r.json()["error"], r.text
+    all_answer(urls, expected)
+
+
 def test_decode_worker_fails_bad_rows_alone_in_a_batch(engine):
     """Straight at the worker (no HTTP validation in front): a request that cannot be seeded or sampled
     (NaN temperature) fails alone, while good requests decoded in the same batch finish."""
@@ -376,7 +521,7 @@ def _overlong_run(tmp_path: Path, config: Path, capsys) -> None:
 
 
 def test_overlong_input_in_process_is_refused_and_recorded_once(tmp_path: Path, small_config: Path, capsys, engine):
-    from switchgen.errors import InputTooLong
+    from switchgen.core.errors import InputTooLong
     from switchgen.graph import build_graph, load_config
 
     graph = build_graph(load_config(small_config), engine=engine)
@@ -495,8 +640,8 @@ def test_devices_ports_and_flags_are_one_line_errors(tmp_path: Path, small_confi
         (["generate", "--input", inputs, "--config", small_config, "--output", out, "--patch-size", 50],
          ["--patch-size 50", "exceeds max_new_tokens"]),
         (["generate", "--input", inputs, "--config", small_config, "--output", out, "--seed", 2**64], ["--seed"]),
-        (["serve", "--config", small_config, "--port", 70000], ["--port 70000", "0..65535"]),
-        (["serve", "--config", small_config, "--port", -1], ["--port -1"]),
+        (["serve", "--config", small_config, "--port", 70000], ["--port", "70000", "0..65535"]),
+        (["serve", "--config", small_config, "--port", -1], ["--port", "-1"]),
         (["serve", "--config", small_config, "--port", 0, "--max-total-tokens", 10**6], ["--max-total-tokens"]),
         (["serve", "--config", small_config, "--compose", "--output", inputs / "x.yaml"], ["--output", "cannot write"]),
         (["bench", "--config", small_config, "--json", tmp_path], ["--json", "is a folder"]),
@@ -598,7 +743,7 @@ def test_no_patch_ends_in_half_a_character(engine, toy_config, query):
 
 
 def test_plain_view_labels_the_current_turn_and_each_patch_extends_the_last(engine):
-    from switchgen.nodes.prompts import PLAIN_TURN_STOP, candidate_prompt
+    from switchgen.core.prompts import PLAIN_TURN_STOP, candidate_prompt
 
     tokenizer = engine.backend("toy:P", device="cpu").tokenizer
     history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
@@ -705,3 +850,207 @@ def test_chat_says_a_question_was_not_answered_and_goes_on(tmp_path: Path, toy_c
     text = out.getvalue()
     assert text.count("(not answered: ") == 1 and "too long" in text
     assert text.count("tokens |") == 2  # the two other questions were answered
+
+
+# -- second pass (issue 19) ------------------------------------------------------------------------------
+
+
+def test_toy_models_never_replace_what_is_not_a_kit(tmp_path: Path, capsys):
+    """A folder with a user's files in it, or a plain file, is refused and left exactly as it was."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "f").write_text("x")
+    code, err = cli(capsys, "toy-models", folder)
+    assert code == 2
+    one_line_error(err, str(folder), "not empty")
+    assert (folder / "f").read_text() == "x" and sorted(p.name for p in folder.iterdir()) == ["f"]
+    plain = tmp_path / "plain"
+    plain.write_text("keep me")
+    code, err = cli(capsys, "toy-models", plain, "--overwrite")
+    assert code == 2
+    one_line_error(err, str(plain), "is a file")
+    assert plain.read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli(capsys, "toy-models", empty)[0] == 0 and (empty / "A").is_dir()
+    assert cli(capsys, "toy-models", empty, "--overwrite")[0] == 0  # a kit is ours to replace
+
+
+def _short_context_copy(tmp_path: Path, toy_kit, context: int) -> Path:
+    """toy:F (never ends on its own) declaring a context of `context` tokens: a real model that fills up fast."""
+    import shutil
+
+    folder = tmp_path / f"F-{context}"
+    shutil.copytree(toy_kit["F"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["max_position_embeddings"] = context
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_budget_beyond_the_models_context_keeps_the_answer(tmp_path: Path, toy_kit, capsys):
+    """max_new_tokens 100000 on a model holding 160 tokens: the answer ends where the context is full
+    (finish reason budget), its text kept; not a permanent "input too long" record without output."""
+    model = _short_context_copy(tmp_path, toy_kit, 160)
+    config = tmp_path / "long.yaml"
+    config.write_text(f"candidates:\n  - {{name: F, role: aligned, model: '{model}', device: cpu}}\n"
+                      "switcher: {strategy: single, candidate: F}\npatch_size: 50\nmax_new_tokens: 100000\nseed: 0\n")
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"input": "Why is the sky blue?"}\n')
+    out = tmp_path / "out.jsonl"
+    code, err = cli(capsys, "generate", "--input", inputs, "--config", config, "--output", out, "--no-progress")
+    assert code == 0, err
+    record = loads_record(out.read_bytes())
+    log = record["generation_log"]
+    assert record["output"] and "error" not in record
+    assert log["finish_reasons"][-1] == "budget" and log["finish_reasons"][:-1] == ["length"] * (len(log["finish_reasons"]) - 1)
+    assert 60 < log["tokens_used"] < 160  # the context (160) less the prompt
+
+
+def test_a_too_large_budget_is_a_one_line_error_and_leaves_the_thread(capsys, thread_graph):
+    """10**40 tokens cannot even be stored in a checkpoint: refused before the thread is written."""
+    code, err = cli(capsys, "chat", "--preset", "toy", "--max-new-tokens", 2**70)
+    assert code == 2
+    one_line_error(err, "max_new_tokens", "2147483647")
+    thread = {"configurable": {"thread_id": "a-too-large-budget"}}
+    with pytest.raises(InputError, match="max_new_tokens"):
+        thread_graph.invoke({"query": "Hi"}, thread, context={"max_new_tokens": 10**40})
+    assert not thread_graph.get_state(thread).values.get("messages")
+
+
+@pytest.mark.usefixtures("hub_online")
+def test_a_budget_beyond_a_servers_context_keeps_the_answer(toy_kit):
+    """A TGI-protocol server refuses the patch that no longer fits (its max_total_tokens): the answer
+    written so far is kept and ends there, not an "input too long" error for the whole query."""
+    from _serving import served_dict, start_toy_servers
+    from conftest import toy_config_dict
+
+    from switchgen.graph import build_graph, load_config
+    from switchgen.servers.engine.local import LocalEngine
+
+    single = {"switcher": {"strategy": "single", "candidate": "F"}, "max_new_tokens": 100000, "patch_size": 50,
+              "sampling": {"greedy": True}}
+    with start_toy_servers(LocalEngine(), toy_config_dict(**single), max_total_tokens=200) as servers:
+        data = served_dict(servers.urls, "tgi", switcher="local", **{k: v for k, v in single.items() if k != "switcher"})
+        config = load_config({**data, "switcher": single["switcher"]})
+        result = build_graph(config).invoke({"query": "Why is the sky blue?"})
+    assert result["done"] and result["segments"] and result["output"] == "".join(s["text"] for s in result["segments"])
+    assert 100 <= result["tokens_used"] < 200
+
+
+def test_printed_and_written_configs_never_hold_a_secret(tmp_path: Path, toy_kit, capsys, monkeypatch):
+    """serve --print-config (stdout and --output) shows a key as written, ${VAR}; one written out is <redacted>."""
+    monkeypatch.setenv("SWITCHGEN_TEST_SECRET", "s3cr3t-value")
+    config = tmp_path / "keys.yaml"
+    config.write_text(
+        "candidates:\n"
+        "  - {name: P, role: pretrained, model: 'toy:P', backend: tgi, url: 'http://127.0.0.1:9', api_key: '${SWITCHGEN_TEST_SECRET}'}\n"
+        "  - {name: A, role: aligned, model: 'toy:A', backend: tgi, url: 'http://127.0.0.1:9', api_key: written-out-key,\n"
+        "     headers: {X-Token: '${SWITCHGEN_TEST_SECRET}'}}\n"
+        "switcher: {strategy: random}\n")
+    out = tmp_path / "served.yaml"
+    assert main(["serve", "--config", str(config), "--port", "8100", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert cli(capsys, "serve", "--config", config, "--port", 8100, "--print-config", "--output", out)[0] == 0
+    for text in (printed, out.read_text()):
+        assert "s3cr3t-value" not in text and "written-out-key" not in text
+        assert text.count("${SWITCHGEN_TEST_SECRET}") == 2 and "<redacted>" in text
+
+
+def _rollout(**changes) -> dict:
+    record = {"id": "1", "query": "q", "candidates": ["P", "F", "A"], "base": "toy:A",
+              "trace": [{"candidate": "P", "text": "x", "index": 0}],
+              "patches": [{"candidate": c, "scores": [s], "mean": s} for c, s in zip("PFA", (1.0, 0.0, 0.0), strict=True)],
+              "label": 0, "margin": 1.0}
+    record.update(changes)
+    return {k: v for k, v in record.items() if v is not _rollout}
+
+
+BAD_ROLLOUTS = {
+    "no-candidates": ({"candidates": _rollout}, "candidates"),
+    "no-trace": ({"trace": _rollout}, "trace"),
+    "no-base": ({"base": _rollout}, "base"),
+    "no-index": ({"trace": [{"candidate": "P", "text": "x"}]}, "index"),
+    "label-not-a-number": ({"label": "x"}, "label"),
+    "margin-not-a-number": ({"margin": "big"}, "margin"),
+    "query-not-text": ({"query": 5}, "query"),
+    "patches-not-a-list": ({"patches": "nope"}, "patches"),
+    "label-beyond-the-candidates": ({"label": 9}, "label 9"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROLLOUTS))
+def test_train_refuses_a_bad_rollouts_record_in_one_line(tmp_path: Path, capsys, case: str):
+    changes, words = BAD_ROLLOUTS[case]
+    data = tmp_path / "rollouts.jsonl"
+    data.write_text(dumps_record(_rollout()) + "\n" + dumps_record(_rollout(id="2", **changes)) + "\n")
+    code, err = cli(capsys, "train", "--data", data, "--out", tmp_path / "adapter", "--no-progress")
+    assert code == 2
+    one_line_error(err, f"{data}:2", words)
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_chat_refuses_a_locked_database_at_once(tmp_path: Path, small_config: Path, capsys):
+    """Another process holding the chat database: a one-line error before any model loads, not ~30 s
+    later at the first question (a read-only file fails the same write probe; as root it cannot be made here)."""
+    import sqlite3
+    import time
+
+    db = tmp_path / "chat.sqlite"
+    holder = sqlite3.connect(db)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        began = time.monotonic()
+        code, err = cli(capsys, "chat", "--config", small_config, "--db", db)
+        assert code == 2 and time.monotonic() - began < 10
+        one_line_error(err, f"--db {db}", "locked")
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+BAD_FLAGS = [
+    (["train", "--data", "r.jsonl", "--out", "o", "--epochs", "nan"], "--epochs"),
+    (["train", "--data", "r.jsonl", "--out", "o", "--epochs", "inf"], "--epochs"),
+    (["train", "--data", "r.jsonl", "--out", "o", "--lr", "inf"], "--lr"),
+    (["train", "--data", "r.jsonl", "--out", "o", "--eval-fraction", "1.5"], "--eval-fraction"),
+    (["distill", "--outputs", "d", "--task", "t", "--out", "o", "--lr", "-0.1"], "--lr"),
+    (["distill", "--outputs", "d", "--task", "t", "--out", "o", "--batch-size", "0"], "--batch-size"),
+    (["distill", "--outputs", "d", "--task", "t", "--out", "o", "--lora-r", "0"], "--lora-r"),
+    (["distill", "--outputs", "d", "--task", "t", "--out", "o", "--epochs", "0"], "--epochs"),
+    (["bench", "--reps", "0"], "--reps"),
+    (["bench", "--budget", "0"], "--budget"),
+    (["bench", "--concurrency", "0"], "--concurrency"),
+    (["eval", "--task", "t", "--out", "o", "--limit", "-1"], "--limit"),
+    (["rollouts", "--task", "t", "--out", "o", "--k", "0"], "--k"),
+    (["chat", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["generate", "--input", "i.jsonl", "--concurrency", "x"], "--concurrency"),
+]
+
+
+@pytest.mark.parametrize("args, flag", BAD_FLAGS, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_FLAGS])
+def test_every_bad_number_is_a_one_line_error(tmp_path: Path, capsys, monkeypatch, args: list[str], flag: str):
+    monkeypatch.chdir(tmp_path)
+    code, err = cli(capsys, *args)
+    assert code == 2
+    one_line_error(err, flag)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_eval_and_analyze_bad_inputs_are_one_line_errors(tmp_path: Path, capsys):
+    code, err = cli(capsys, "eval", "--task", "toy-qa", "--out", tmp_path / "o", "--import", "no_such_module_here")
+    assert code == 2
+    one_line_error(err, "--import no_such_module_here")
+    run = tmp_path / "run"
+    (run / "task").mkdir(parents=True)
+    (run / "task" / "switch.jsonl").write_bytes(b'{"id": "1", "score": 1, "query": "caf\xe9"}\n')
+    code, err = cli(capsys, "analyze", run)
+    assert code == 2
+    one_line_error(err, "switch.jsonl:1", "UTF-8")
+    (run / "task" / "switch.jsonl").write_text('{"id": "1", "score": 1, "query": "a\u2028b"}\n', encoding="utf-8")
+    (run / "results.json").write_text('{"results": 5}')
+    code, err = cli(capsys, "analyze", run)
+    assert code == 2
+    one_line_error(err, "results.json")

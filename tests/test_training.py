@@ -20,21 +20,14 @@ from _serving import hub_online, served_dict, start_toy_servers  # noqa: F401 - 
 from conftest import toy_config_dict
 
 from switchgen.cli import main
+from switchgen.core.prompts import switcher_prompt, user_turn
 from switchgen.graph import build_graph, load_config
-from switchgen.nodes.prompts import user_turn
-from switchgen.nodes.switcher import switcher_prompt
 from switchgen.servers.choices import choice_token_ids
 from switchgen.servers.engine.local import LocalEngine
 from switchgen.tasks import load_task
 from switchgen.training.examples import make_example, read_rollouts
-from switchgen.training.rollouts import (
-    Rollouts,
-    RolloutSettings,
-    pick_label,
-    rollout_config,
-    run_rollouts,
-    task_scorer,
-)
+from switchgen.training.rollouts import Rollouts, pick_label, rollout_config, run_rollouts, task_scorer
+from switchgen.training.settings import RolloutSettings
 
 WORDS = "the weather people sea hour robot question times".split()
 SIZE = {"max_new_tokens": 40, "patch_size": 10}  # as the CLI's --max-new-tokens 40 --patch-size 10
@@ -65,7 +58,7 @@ def rollouts_file(engine, task_file: Path, out: Path, *, instances: int = 4, con
     task = load_task(task_file)
     graph = build_graph(rollout_config(config), engine=engine)
     pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
-    rollouts = Rollouts(graph, config, task_scorer(task.metric()), RolloutSettings(k=K, seed=0), task=task.name,
+    rollouts = Rollouts(graph, config, task_scorer(task.metric()), RolloutSettings(k=K, seed=0), task=task,
                         pool=pool)
     run_rollouts(rollouts, task.records("train", limit=instances), out, concurrency=concurrency, progress=False)
     return out
@@ -142,11 +135,17 @@ def test_sigkill_mid_rollouts_then_rerun_loses_and_duplicates_nothing(rollouts, 
 
 
 def test_a_rerun_with_other_settings_is_refused(rollouts, task_file, tmp_path, capsys):
+    """The shared fingerprint check (core/fingerprint.py) names what differs; the file is untouched."""
+    from switchgen.core.fingerprint import fingerprint_path
+
     copy = tmp_path / "copy.jsonl"
     copy.write_bytes(rollouts.read_bytes())
+    fingerprint_path(copy).write_bytes(fingerprint_path(rollouts).read_bytes())
     code = main(["rollouts", "--task", str(task_file), "--preset", "toy", "--out", str(copy), "--instances", "4",
                  "--k", "3", "--max-new-tokens", "40", "--patch-size", "10", "--no-progress"])
-    assert code == 2 and "other settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "made with other settings (settings.k was 2, now 3)" in err and "--overwrite" in err, err
+    assert len(err.strip().splitlines()) == 1
     assert copy.read_bytes() == rollouts.read_bytes()
 
 
@@ -269,7 +268,7 @@ def test_bench_rollouts_shared_prefix_prefills_less_for_the_same_tokens(toy_kit,
 
 
 def test_several_data_files_mix_into_one_switch_global_set(rollouts, tmp_path):
-    from switchgen.errors import InputError
+    from switchgen.core.errors import InputError
 
     other = tmp_path / "other-task.jsonl"
     other.write_text("".join(json.dumps({**json.loads(line), "task": "other"}) + "\n"
@@ -277,7 +276,7 @@ def test_several_data_files_mix_into_one_switch_global_set(rollouts, tmp_path):
     mixed = read_rollouts([rollouts, other])
     assert len(mixed) == 8 and {r["task"] for r in mixed} == {"toy-qa", "other"}
     chain = tmp_path / "other-chain.jsonl"
-    chain.write_text(json.dumps({**json.loads(rollouts.read_text().splitlines()[0]), "candidates": ["X", "Y"]}) + "\n")
+    chain.write_text(json.dumps({**json.loads(rollouts.read_text().splitlines()[0]), "candidates": ["X", "Y", "Z"]}) + "\n")
     with pytest.raises(InputError, match="differ"):
         read_rollouts([rollouts, chain])
 

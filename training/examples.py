@@ -1,8 +1,8 @@
 """Rollouts records -> switcher training examples, tokenised exactly as inference scores them.
 
-The prompt is the released switcher prompt (nodes/switcher.py `switcher_prompt`) of the query
+The prompt is the released switcher prompt (core/prompts.py `switcher_prompt`) of the query
 and the trace, as the user turn of the switcher's chat template with the generation prompt
-(nodes/prompts.py `user_turn`), tokenised like the engine does (servers/engine/local.py `encode`).
+(core/prompts.py `user_turn`), tokenised like the engine does (servers/engine/local.py `encode`).
 The completion is one token: the label's digit as servers/choices.py `choice_token_ids` spells
 it, the token whose probability the switcher's choice reads. TRL would tokenise prompt and
 completion separately (and append EOS); pre-tokenised `input_ids` + `completion_mask` fix the
@@ -18,10 +18,9 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from switchgen.errors import ConfigError, InputError
-from switchgen.jsonl import loads_record, split_lines
-from switchgen.nodes.prompts import user_turn
-from switchgen.nodes.switcher import switcher_prompt
+from switchgen.core.errors import ConfigError, InputError
+from switchgen.core.prompts import switcher_prompt, user_turn
+from switchgen.core.records import read_rollouts_file
 from switchgen.servers.choices import choice_token_ids
 from switchgen.servers.engine.local import encode
 from switchgen.training.rollouts import TIE
@@ -39,23 +38,13 @@ class Example:
 def read_rollouts(paths: list[Path]) -> list[dict[str, Any]]:
     """Every finished record of the files (failed ones skipped); all files must share one candidate list."""
     records: list[dict[str, Any]] = []
-    names: list[str] | None = None
     for path in paths:
         if not path.is_file():
             raise InputError(f"{path}: no such file")
-        for lineno, line in enumerate(split_lines(path.read_bytes()), 1):
-            if not line.strip():
-                continue
-            rec = loads_record(line, f"{path}:{lineno}")
-            if not isinstance(rec, dict) or ("label" not in rec and "error" not in rec):
-                raise InputError(f"{path}:{lineno}: not a rollouts record (made by `switchgen rollouts`)")
-            if "error" in rec:
-                continue
-            if names is None:
-                names = rec["candidates"]
-            elif rec["candidates"] != names:
+        for rec in read_rollouts_file(path):
+            if records and rec["candidates"] != records[0]["candidates"]:
                 raise InputError(
-                    f"{path}:{lineno}: candidates {rec['candidates']} differ from {names}: "
+                    f"{path}: candidates {rec['candidates']} differ from {records[0]['candidates']}: "
                     "a switcher is trained for one chain (mix tasks, not chains)"
                 )
             records.append(rec)

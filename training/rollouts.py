@@ -29,38 +29,25 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from switchgen.config import SwitchConfig
-from switchgen.errors import InputError, ServerError, ServerUnreachable
-from switchgen.generate import write_records
-from switchgen.graph.state import Segment
-from switchgen.jsonl import loads_record, split_lines
-from switchgen.nodes.seeds import derive_seed
+from switchgen.core.config import SwitchConfig
+from switchgen.core.errors import InputError, ServerError, ServerUnreachable
+from switchgen.core.fingerprint import config_fingerprint
+from switchgen.core.jobs import write_records
+from switchgen.core.seeds import derive_seed
+from switchgen.core.trace import ENDED, Segment
+from switchgen.training.settings import RolloutSettings
+
+if TYPE_CHECKING:
+    from switchgen.tasks import Task
 
 TIE = 1e-9
-ENDED = ("eos", "stop", "budget")
 
 # outputs and their task record -> one score per output (a task metric's `score`, batched)
 Scorer = Callable[[list[str], dict[str, Any]], list[float]]
-
-
-@dataclass(frozen=True)
-class RolloutSettings:
-    """What a rollouts file was made with; a resumed file must be continued with the same."""
-
-    k: int = 4
-    seed: int = 0
-    cut: tuple[float, float] = (0.1, 0.9)  # the trace's length, as fractions of max_new_tokens
-
-    def check(self) -> None:
-        lo, hi = self.cut
-        if self.k < 1:
-            raise InputError(f"--k must be at least 1, got {self.k}")
-        if not 0.0 <= lo <= hi < 1.0:
-            raise InputError(f"the trace cut must satisfy 0 <= lo <= hi < 1, got {self.cut}")
 
 
 def rollout_config(config: SwitchConfig) -> SwitchConfig:
@@ -91,6 +78,16 @@ def pick_label(means: Sequence[float], aligned: int) -> tuple[int, float, bool]:
     return label, margin, len(tied) > 1
 
 
+def fingerprint(config: SwitchConfig, settings: RolloutSettings, task: dict[str, Any] | None) -> dict[str, Any]:
+    """What shapes a rollouts file (core/fingerprint.py): the configuration the graph runs, the
+    models' revisions, --k, --seed and the trace cut, and the task (`Task.fingerprint()`)."""
+    from switchgen.servers.engine.loading import model_revisions
+
+    config = rollout_config(config)
+    return {"command": "rollouts", "config": config_fingerprint(config), "revisions": model_revisions(config),
+            "settings": {**asdict(settings), "cut": list(settings.cut)}, "task": task}
+
+
 class Rollouts:
     """The recipe for one configuration: `instance(record)` -> that query's rollouts record."""
 
@@ -101,11 +98,12 @@ class Rollouts:
         score: Scorer,
         settings: RolloutSettings,
         *,
-        task: str = "",
+        task: Task | None = None,
         pool: ThreadPoolExecutor | None = None,
     ) -> None:
         self.graph, self.config, self.score, self.settings = graph, config, score, settings
-        self.task = task
+        self.task = task.name if task is not None else ""
+        self.task_fingerprint = task.fingerprint() if task is not None else None
         self.pool = pool  # runs of one instance in parallel (--concurrency); None: one after another
 
     def _map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
@@ -130,89 +128,81 @@ class Rollouts:
         return {**asdict(self.settings), "cut": list(self.settings.cut), "max_new_tokens": cfg.max_new_tokens,
                 "patch_size": cfg.patch_size, "models": [c.model for c in cfg.candidates]}
 
+    def fingerprint(self) -> dict[str, Any]:
+        return fingerprint(self.config, self.settings, self.task_fingerprint)
+
     def instance(self, record: dict[str, Any]) -> dict[str, Any]:
+        """One query's rollouts record: a trace cut at random, each candidate's next patch, scored continuations."""
         cfg = self.config
         rid, query = str(record["id"]), record["query"]
-        budget, patch = cfg.max_new_tokens, cfg.patch_size
         lo, hi = self.settings.cut
-        length = random.Random(self._seed(rid, "cut")).uniform(lo, hi) * budget
-        cut = int(length) // patch * patch  # down to a patch boundary (0: the first decision)
+        length = random.Random(self._seed(rid, "cut")).uniform(lo, hi) * cfg.max_new_tokens
+        cut = int(length) // cfg.patch_size * cfg.patch_size  # down to a patch boundary (0: the first decision)
+        trace, tokens = self._trace(rid, query, cut)
+        used = sum(s["tokens"] for s in trace)
+        patches = self._map(lambda name: self._divergent(rid, query, trace, name), cfg.names)
+        runs = self._continuations(rid, query, trace, patches)
+        per = self._per_candidate(record, trace, patches, runs)
+        tokens += sum(p["tokens"] for p in patches) + sum(sum(p["continuation_tokens"]) for p in per)
+        label, margin, tie = pick_label([p["mean"] for p in per], cfg.aligned_index)
+        return {
+            "id": rid, "task": self.task, "query": query, "reference": record.get("reference"),
+            "candidates": cfg.names, "base": switcher_base(cfg), "settings": self.settings_record(),
+            "cut": cut, "trace": trace, "trace_tokens": used, "patches": per,
+            "label": label, "label_name": cfg.names[label], "margin": margin, "tie": tie, "tokens": tokens,
+        }
 
-        # 1. the trace: random switching up to `cut` tokens
+    def _trace(self, rid: str, query: str, cut: int) -> tuple[list[Segment], int]:
+        """Step 1: random switching up to `cut` tokens; (the trace as graph input, tokens generated)."""
         run = self._run(query, self._seed(rid, "trace"), max_new_tokens=cut) if cut else {"segments": [], "tokens_used": 0}
         written = list(run["segments"])
         if written and written[-1]["finish_reason"] in ("eos", "stop"):
             written.pop()  # it ended before the cut: the decision before its last patch is still open
-        trace = [_as_input(s) for s in written]
-        used = sum(s["tokens"] for s in trace)
-        tokens = run["tokens_used"]
+        return [_as_input(s) for s in written], run["tokens_used"]
 
-        # 2. the divergent step: each candidate writes the next patch
-        cap = min(budget, used + patch)
+    def _divergent(self, rid: str, query: str, trace: list[Segment], name: str) -> Segment:
+        """Step 2: candidate `name` writes the next patch."""
+        budget = self.config.max_new_tokens
+        cap = min(budget, sum(s["tokens"] for s in trace) + self.config.patch_size)
+        out = self._run(query, self._seed(rid, "patch", name), trace, forced=name, max_new_tokens=cap)
+        new = out["segments"][len(trace)]
+        if new["finish_reason"] == "budget" and cap < budget:
+            new = {**new, "finish_reason": "length"}  # only this run's cap was reached
+        return new
 
-        def divergent(name: str) -> Segment:
-            out = self._run(query, self._seed(rid, "patch", name), trace, forced=name, max_new_tokens=cap)
-            new = out["segments"][len(trace)]
-            if new["finish_reason"] == "budget" and cap < budget:
-                new = {**new, "finish_reason": "length"}  # only this run's cap was reached
-            return new
-
-        patches = self._map(divergent, cfg.names)
-        tokens += sum(p["tokens"] for p in patches)
-
-        # 3. k continuations per candidate, by random switching, to EOS or the budget
-        k = self.settings.k
-        jobs = [(i, j) for i, p in enumerate(patches) if p["finish_reason"] not in ENDED for j in range(k)]
-        base_text = "".join(s["text"] for s in trace)
+    def _continuations(self, rid: str, query: str, trace: list[Segment], patches: list[Segment]) -> dict:
+        """Step 3: k continuations by random switching (to EOS or the budget) after each patch that did not end."""
+        names = self.config.names
+        jobs = [(i, j) for i, p in enumerate(patches) if p["finish_reason"] not in ENDED for j in range(self.settings.k)]
 
         def continuation(job: tuple[int, int]) -> dict:
             i, j = job
-            return self._run(query, self._seed(rid, "continue", cfg.names[i], j), [*trace, _as_input(patches[i])])
+            return self._run(query, self._seed(rid, "continue", names[i], j), [*trace, _as_input(patches[i])])
 
-        runs = dict(zip(jobs, self._map(continuation, jobs), strict=True))
+        return dict(zip(jobs, self._map(continuation, jobs), strict=True))
+
+    def _per_candidate(self, record: dict, trace: list[Segment], patches: list[Segment], runs: dict) -> list[dict]:
+        """Step 4: every output scored by the task's metric; per candidate its scores and their mean."""
+        k, base_text = self.settings.k, "".join(s["text"] for s in trace)
+        used = sum(s["tokens"] for s in trace)
         outputs: list[str] = []
-        owners: list[tuple[int, int | None]] = []
+        owners: list[int] = []
         for i, p in enumerate(patches):
-            if p["finish_reason"] in ENDED:
-                outputs.append(base_text + p["text"])
-                owners.append((i, None))
-            else:
-                for j in range(k):
-                    outputs.append(runs[(i, j)]["output"])
-                    owners.append((i, j))
+            ended = p["finish_reason"] in ENDED
+            outputs += [base_text + p["text"]] if ended else [runs[(i, j)]["output"] for j in range(k)]
+            owners += [i] * (1 if ended else k)
         scores = [float(s) for s in self.score(outputs, record)]
         if len(scores) != len(outputs):
             raise InputError(f"the metric gave {len(scores)} scores for {len(outputs)} outputs")
-
         per: list[dict[str, Any]] = []
         for i, p in enumerate(patches):
-            mine = [s for (owner, _), s in zip(owners, scores, strict=True) if owner == i]
-            if len(mine) == 1:
-                mine = mine * k
+            mine = [s for owner, s in zip(owners, scores, strict=True) if owner == i]
+            mine = mine * k if len(mine) == 1 else mine
             cont_tokens = [runs[(i, j)]["tokens_used"] - used - p["tokens"] for j in range(k) if (i, j) in runs]
-            tokens += sum(cont_tokens)
             per.append({"candidate": p["candidate"], "index": i, "text": p["text"], "tokens": p["tokens"],
                         "finish_reason": p["finish_reason"], "scores": mine, "mean": statistics.fmean(mine),
                         "continuation_tokens": cont_tokens})
-        label, margin, tie = pick_label([p["mean"] for p in per], cfg.aligned_index)
-        return {
-            "id": rid,
-            "task": self.task,
-            "query": query,
-            "reference": record.get("reference"),
-            "candidates": cfg.names,
-            "base": switcher_base(cfg),
-            "settings": self.settings_record(),
-            "cut": cut,
-            "trace": trace,
-            "trace_tokens": used,
-            "patches": per,
-            "label": label,
-            "label_name": cfg.names[label],
-            "margin": margin,
-            "tie": tie,
-            "tokens": tokens,
-        }
+        return per
 
 
 class RolloutsResult(NamedTuple):
@@ -230,28 +220,17 @@ def run_rollouts(
     *,
     concurrency: int = 1,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> RolloutsResult:
     """A record per task record into `output`, resumable exactly like `switchgen generate`
-    (switchgen/generate.py `write_records`): records are appended and fsynced one by one, in input
-    order; a rerun checks those written (same ids in the same order, and here the same settings),
-    cuts off a torn last line, retries the failed ones and continues after the last. A server that
-    fails one instance records its "error" (a rerun retries it); an unreachable server stops the
-    run with the records kept.
+    (core/jobs.py `write_records`): records are appended and fsynced one by one, in input
+    order; a rerun checks those written (same ids in the same order, made with the same
+    `rollouts.fingerprint()`: else it is refused, unless `overwrite` starts over), cuts off a torn
+    last line, retries the failed ones and continues after the last. A server that fails one
+    instance records its "error" (a rerun retries it); an unreachable server stops the run with
+    the records kept.
     """
     sources = [{**r, "id": str(r["id"])} for r in records]
-    want = rollouts.settings_record()
-    if output.exists():
-        data = output.read_bytes()
-        for lineno, line in enumerate(split_lines(data[: data.rfind(b"\n") + 1]), 1):
-            try:
-                rec = loads_record(line)
-            except InputError:
-                continue  # write_records names it
-            if isinstance(rec, dict) and "error" not in rec and rec.get("settings") != want:
-                raise InputError(
-                    f"{output}:{lineno}: written with other settings ({rec.get('settings')}, now {want}); "
-                    "rerun with the same --seed, --k and configuration, or choose another --out"
-                )
     tokens = 0
     lock = threading.Lock()
     began = time.perf_counter()
@@ -270,7 +249,8 @@ def run_rollouts(
         return rec
 
     start, written, failed = write_records(
-        output, sources, one, key="id", progress=progress, concurrency=concurrency, desc="rollouts",
+        output, sources, one, fingerprint=rollouts.fingerprint(), overwrite=overwrite, key="id", progress=progress,
+        concurrency=concurrency, desc="rollouts",
         unit="instance", postfix=lambda: f"{tokens / max(time.perf_counter() - began, 1e-9):.0f} tokens/s",
     )
     return RolloutsResult(start, written, failed, tokens, time.perf_counter() - began)

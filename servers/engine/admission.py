@@ -10,21 +10,35 @@ that fails is retried one request at a time.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from switchgen.servers.engine import hf_batch
 from switchgen.servers.engine.fused import MAX_PREFILL_POSITIONS, PrefillRow, StackedModels
-from switchgen.servers.engine.fused_batch import Joining
+from switchgen.servers.engine.fused_batch import FusedBatch, Joining
 from switchgen.servers.engine.hf_batch import HFBatch
 from switchgen.servers.engine.kvcache import CacheEntry
+from switchgen.servers.engine.requests import EngineBackend, Request
 from switchgen.servers.engine.sampling import check_params, next_tokens, row_key
 
-if TYPE_CHECKING:
-    from switchgen.servers.engine.batching import DecodeWorker, Request
-
 _CHOICE_MATRICES: dict[tuple, torch.Tensor] = {}
+
+
+class DecodeWorker(Protocol):
+    """What admission uses of the device's worker (batching.DecodeWorker)."""
+
+    batches: dict[EngineBackend, HFBatch]
+    max_batch_seen: int
+    max_prefill_seen: int
+
+    def fused_for(self, backend: EngineBackend) -> tuple[StackedModels, FusedBatch, int] | None: ...
+
+    def size_threads(self, model: torch.nn.Module, tokens: int) -> None: ...
+
+    def accept(self, req: Request, token: int) -> None: ...
+
+    def finish(self, req: Request) -> None: ...
 
 
 def admit(worker: DecodeWorker, reqs: list[Request]) -> None:
@@ -156,7 +170,7 @@ def _choice_matrix(choices: tuple[tuple[int, ...], ...], vocab: int, device: tor
 
 
 def _start(
-    worker: DecodeWorker, reqs: list[Request], logits: torch.Tensor, fused: tuple[StackedModels, object, int] | None
+    worker: DecodeWorker, reqs: list[Request], logits: torch.Tensor, fused: tuple[StackedModels, FusedBatch, int] | None
 ) -> None:
     """Sample the first tokens of a pass's generating rows together; the unfinished ones join their batch."""
     try:

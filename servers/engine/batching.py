@@ -21,22 +21,17 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
-from switchgen.servers.base import GenerationParams, Patch, TextCallback
+from switchgen.servers.base import TextCallback
 from switchgen.servers.engine import admission
 from switchgen.servers.engine.fused import StackedModels, stack_key
 from switchgen.servers.engine.fused_batch import FusedBatch
 from switchgen.servers.engine.hf_batch import HFBatch
-from switchgen.servers.engine.kvcache import CacheEntry
+from switchgen.servers.engine.requests import Cancelled, EngineBackend, Request, TokenDetails, to_patch
 from switchgen.servers.engine.sampling import FAILED, next_tokens
 from switchgen.servers.stops import cut_at_stop, streamable
-
-if TYPE_CHECKING:
-    from switchgen.servers.engine.local import LocalBackend
 
 STREAM_INTERVAL = 0.02  # seconds between streamed text events of one request
 # A forward pass with fewer multiply-adds than this runs on one CPU thread: splitting tiny
@@ -45,45 +40,12 @@ STREAM_INTERVAL = 0.02  # seconds between streamed text events of one request
 ONE_THREAD_WORK = 1 << 26
 
 
-class Cancelled(Exception):
-    """The caller went away (a closed HTTP stream): its sequence left the batch."""
-
-
 class WorkerDied(RuntimeError):
     """The device's decode thread stopped on an error no request caused; the server reports it on /health."""
 
 
 class NaNLogits(ValueError):
     """The model's logits for a row hold NaN: no token can be sampled."""
-
-
-# What a caller with `details` receives per token: id, log-probability, top-n (id, log-probability).
-TokenDetails = tuple[int, float, list[tuple[int, float]]]
-
-
-@dataclass
-class Request:
-    """One generate (params set) or score (params None) call, and its progress."""
-
-    ids: list[int]
-    params: GenerationParams | None
-    backend: LocalBackend | None = None  # set by DecodeWorker.run
-    streaming: bool = False  # send decoded text as it grows
-    details: bool = False  # send every token with its log-probability and the top-n alternatives
-    top_n: int = 0
-    cancelled: threading.Event | None = None
-    choices: list[list[int]] | None = None  # a score: the token ids spelling each choice
-    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    entry: CacheEntry | None = None
-    logits: torch.Tensor | None = None  # after a score without choices, and for `details`
-    scores: list[float] | None = None  # a score with choices: the probability each choice's tokens hold
-    prefilled: int = 0
-    out: list[int] = field(default_factory=list)
-    key: int = 0  # the sampling noise key (sampling.row_key)
-    finish: str | None = None
-    emitted: str = ""
-    text: str = ""
-    next_emit: float = 0.0  # monotonic time before which no text event is sent
 
 
 def _room_to_stack(model: torch.nn.Module, group: tuple[StackedModels, FusedBatch] | None) -> bool:
@@ -116,7 +78,7 @@ class DecodeWorker:
         self.inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.batches: dict[LocalBackend, HFBatch] = {}
+        self.batches: dict[EngineBackend, HFBatch] = {}
         # Same-shaped Llama checkpoints on this device: stacked weights and one batch for all of them.
         self.fused: dict[tuple, tuple[StackedModels, FusedBatch]] = {}
         self._fused_of: dict[torch.nn.Module, tuple[tuple, int] | None] = {}
@@ -140,13 +102,13 @@ class DecodeWorker:
             self.inbox.put(None)
             thread.join(timeout=5)
 
-    def running(self, backend: LocalBackend) -> int:
+    def running(self, backend: EngineBackend) -> int:
         """How many of `backend`'s sequences are being decoded now."""
         batch = self.batches.get(backend)
         fused = sum(r is not None and r.backend is backend for _, b in self.fused.values() for r in b.rows)
         return fused + (len(batch.rows) if batch is not None else 0)
 
-    def fused_for(self, backend: LocalBackend) -> tuple[StackedModels, FusedBatch, int] | None:
+    def fused_for(self, backend: EngineBackend) -> tuple[StackedModels, FusedBatch, int] | None:
         """The stacked weights, the shared batch and the model's index there; None: the transformers path.
 
         Runs on the worker thread only (a model joining restacks weights and moves running rows).
@@ -187,7 +149,7 @@ class DecodeWorker:
 
     def run(
         self,
-        backend: LocalBackend,
+        backend: EngineBackend,
         req: Request,
         on_text: TextCallback | None = None,
         on_token: Callable[[TokenDetails], None] | None = None,
@@ -350,7 +312,7 @@ class DecodeWorker:
                 r.entry.kv = batch.remove(s)
                 self.end_row(r, outcome)
 
-    def _step_hf(self, backend: LocalBackend, batch: HFBatch) -> None:
+    def _step_hf(self, backend: EngineBackend, batch: HFBatch) -> None:
         """One transformers forward pass for `backend`'s running rows, sampled together."""
         rows = list(batch.rows)
         self.size_threads(backend.loaded.model, len(rows))
@@ -399,6 +361,5 @@ def _emit(req: Request, text: str, *, final: bool) -> str:
     return req.emitted
 
 
-def to_patch(req: Request) -> Patch:
-    assert req.finish in ("length", "eos", "stop")
-    return Patch(text=req.text, tokens=len(req.out), finish_reason=req.finish, prefilled=req.prefilled)
+
+__all__ = ["Cancelled", "DecodeWorker", "Request", "TokenDetails", "WorkerDied", "to_patch"]

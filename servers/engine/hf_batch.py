@@ -8,17 +8,12 @@ mask), and each row's cache is cut back out for it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from transformers import DynamicCache
 
 from switchgen.servers.engine.fused import prefill_mask
-
-if TYPE_CHECKING:
-    from switchgen.servers.engine.batching import Request
-    from switchgen.servers.engine.kvcache import CacheEntry
-    from switchgen.servers.engine.local import LocalBackend
+from switchgen.servers.engine.kvcache import CacheEntry
+from switchgen.servers.engine.requests import EngineBackend, Request
 
 
 def kv_of(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -59,7 +54,7 @@ def _left_padded(rows: list[list[tuple[torch.Tensor, torch.Tensor]] | None], sta
     ]
 
 
-def prefill(backend: LocalBackend, entries: list[CacheEntry], news: list[list[int]]) -> torch.Tensor:
+def prefill(backend: EngineBackend, entries: list[CacheEntry], news: list[list[int]]) -> torch.Tensor:
     """Extend each entry's cache by its new tokens in one forward pass; the logits after each [rows, vocab]."""
     device = backend.device
     if len(entries) == 1:
@@ -149,7 +144,7 @@ class HFBatch:
         self._mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1, 1, 1)], dim=-1)
         return self._mask
 
-    def step(self, backend: LocalBackend) -> torch.Tensor:
+    def step(self, backend: EngineBackend) -> torch.Tensor:
         """Feed every row its last token; the logits after it [rows, vocab]."""
         rows, device = self.rows, backend.device
         tokens = torch.tensor([[r.out[-1]] for r in rows], device=device)

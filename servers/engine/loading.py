@@ -19,32 +19,19 @@ from urllib.parse import urlsplit
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from switchgen.errors import ModelLoadError
+from switchgen.core.config import SwitchConfig
+from switchgen.core.errors import ModelLoadError
+from switchgen.kits.registry import KITS, kit_models
 
 GGUF_SUFFIX = ".gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _kit(prefix: str) -> dict[str, Path]:
-    """The offline kit behind a model-spec prefix, built on first use: its checkpoints by name."""
-    if prefix == "toy":
-        from switchgen.kits.toy import ensure_toy_models
-
-        return ensure_toy_models()
-    from switchgen.kits.skills import CANDIDATES, ensure_skills_kit
-
-    kit = ensure_skills_kit()
-    return {name: kit[name] for name in CANDIDATES}
-
-
-KIT_PREFIXES = ("toy", "skills")
-
-
 def resolve_model(spec: str) -> str:
     """A loadable location for `spec`: toy:NAME / skills:NAME build that kit on first use; a path must exist."""
     prefix, _, name = spec.partition(":")
-    if name and prefix in KIT_PREFIXES:
-        kit = _kit(prefix)
+    if name and prefix in KITS:
+        kit = kit_models(prefix)
         if name not in kit:
             raise ModelLoadError(f"unknown {prefix} model {spec!r}; the kit has {', '.join(f'{prefix}:{k}' for k in kit)}")
         return str(kit[name])
@@ -56,6 +43,34 @@ def resolve_model(spec: str) -> str:
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
         raise ModelLoadError(f"model path {spec} does not exist")
     return spec  # a hub id
+
+
+def model_revision(spec: str) -> str | None:
+    """The version of `spec` a run would read, where known without loading it: a kit's version, the
+    commit of a hub id in the local cache. None for a local folder or file, or a hub id not cached yet."""
+    prefix, _, name = spec.partition(":")
+    if name and prefix in KITS:
+        return KITS[prefix].version
+    if Path(spec).expanduser().exists():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, extra = from_pretrained_args(spec)
+    try:
+        found = try_to_load_from_cache(repo, extra.get("gguf_file", "config.json"))
+    except ValueError:  # not a valid repo id: the load will say so
+        return None
+    parts = Path(found).parts if isinstance(found, str) else ()
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
+
+
+def model_revisions(config: SwitchConfig, adapters: tuple[str | None, ...] = ()) -> dict[str, str | None]:
+    """`model_revision` of every checkpoint and adapter a run of `config` reads in this process (a
+    server's model is the server's business: unknown), for a run's fingerprint (core/fingerprint.py)."""
+    specs = [c.model for c in config.candidates if c.backend == "local"]
+    if config.switcher.strategy == "learned" and config.switcher_server().backend in (None, "local"):
+        specs += [config.switcher_model, config.switcher.adapter]
+    return {spec: model_revision(spec) for spec in [*specs, *adapters] if spec}
 
 
 def resolve_device(device: str) -> torch.device:

@@ -14,15 +14,15 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from switchgen.errors import InputTooLong
+from switchgen.core.errors import InputTooLong
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.choices import choice_probabilities, choice_token_ids
-from switchgen.servers.engine.batching import DecodeWorker, Request, to_patch
+from switchgen.servers.engine.batching import DecodeWorker
 from switchgen.servers.engine.kvcache import PrefixCachePool
 from switchgen.servers.engine.loading import (
     attach_adapter,
@@ -32,26 +32,12 @@ from switchgen.servers.engine.loading import (
     resolve_dtype,
     resolve_model,
 )
+from switchgen.servers.engine.requests import LoadedModel, Request, to_patch
 
 _WRITTEN_CAPACITY = 128  # remembered (prompt + patch) texts per backend
 # Warm caches kept per backend: one per conversation in flight between its patches, so at least
 # the number of queries run at once (switchgen generate keeps 16 in flight by default).
 CACHE_CAPACITY = 64
-
-
-@dataclass
-class LoadedModel:
-    """One set of weights in memory, shared by every backend that names it.
-
-    `lock` is the device's: forward passes on one device run one at a time (each is already
-    batched), so decode threads of several checkpoints never oversubscribe its cores or streams.
-    """
-
-    location: str
-    model: torch.nn.Module
-    tokenizer: PreTrainedTokenizerBase
-    device: torch.device
-    lock: threading.RLock
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -126,10 +112,18 @@ class LocalBackend:
         return ids + (self.tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else [])
 
     def generate(self, prompt: str, params: GenerationParams, on_text: TextCallback | None = None) -> Patch:
+        """One patch; where the context cannot hold max_new_tokens more, as many as fit (`context_full`)."""
         ids = self.encode(prompt)
-        self.check_length(len(ids), params.max_new_tokens)
+        self.check_length(len(ids), 1)  # the prompt itself must leave room to write
+        room = self.max_total_tokens - len(ids)
+        clamped = params.max_new_tokens + params.finish_character > room
+        if clamped:
+            size = min(params.max_new_tokens, room)
+            params = replace(params, max_new_tokens=size, finish_character=room - size)
         done = self.worker.run(self, Request(ids, params, streaming=on_text is not None), on_text)
         patch = to_patch(done)
+        if clamped and patch.finish_reason == "length" and patch.tokens >= room:
+            patch = replace(patch, context_full=True)
         if patch.finish_reason == "length":  # the text is exactly the tokens: remember them
             self.remember(prompt + patch.text, ids + done.out)
         return patch
