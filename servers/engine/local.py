@@ -256,6 +256,11 @@ class LocalEngine:
             return self._backends[bkey]
 
     @property
+    def workers(self) -> list[DecodeWorker]:
+        """The decode thread of each device in use."""
+        return list(self._workers.values())
+
+    @property
     def loaded_models(self) -> list[LoadedModel]:
         """Every distinct set of weights in memory."""
         return list(self._models.values())
