@@ -69,10 +69,16 @@ def _cost(rows: int, cached: int, new: int, hidden: int) -> int:
     return rows * new * (cached + new + 6 * hidden)
 
 
+def _pass_cost(hidden: int) -> int:
+    """What a pass costs beyond its work (launches, Python), as the work of ~64 tokens: padding up to
+    this much is cheaper than a pass of its own."""
+    return 64 * 6 * hidden
+
+
 def _chunks(items: list[tuple[Request, tuple[CacheEntry, list[int]]]], model: torch.nn.Module) -> list[list]:
     """Runs of requests sharing a pass: sorted by what they still have to read, cut where padding every
-    row to the chunk's longest would waste more than a quarter of the work, or the pass would exceed
-    MAX_PREFILL_POSITIONS."""
+    row to the chunk's longest would waste more than a quarter of the work (and more than a pass
+    costs), or the pass would exceed MAX_PREFILL_POSITIONS."""
     hidden = getattr(getattr(model, "config", None), "hidden_size", 0) or 0
     items = sorted(items, key=lambda it: (len(it[1][1]), len(it[1][0].ids)), reverse=True)
     chunks: list[list] = []
@@ -82,7 +88,8 @@ def _chunks(items: list[tuple[Request, tuple[CacheEntry, list[int]]]], model: to
         if chunks:
             rows = len(chunks[-1]) + 1
             padded = _cost(rows, max(cached, c), max(new, n), hidden)
-            if padded <= 1.25 * (exact + _cost(1, c, n, hidden)) and rows * max(new, n) <= MAX_PREFILL_POSITIONS:
+            work = exact + _cost(1, c, n, hidden)
+            if padded <= 1.25 * work + _pass_cost(hidden) and rows * max(new, n) <= MAX_PREFILL_POSITIONS:
                 chunks[-1].append(item)
                 exact, cached, new = exact + _cost(1, c, n, hidden), max(cached, c), max(new, n)
                 continue

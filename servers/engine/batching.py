@@ -200,6 +200,8 @@ class DecodeWorker:
         alone (see admission.py, _step_*). Should the loop itself fail, every waiting caller gets
         the error instead of hanging, and `healthy` turns False."""
         try:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)  # graphs capture on, and streams belong to, the current device
             closing = False
             while not closing or self._busy():
                 new = [self.inbox.get()] if not self._busy() else []

@@ -68,8 +68,8 @@ class FusedBatch:
 
     def __init__(self, stack: StackedModels) -> None:
         self.stack = stack
-        self.cuda = stack.device.type == "cuda"
         self.graphs = StepGraphs(stack.device)
+        self.graphed = self.graphs.enabled  # captured steps: shapes in buckets, every slot sampled
         self.per_model = 0
         self.rows: list = []  # slot -> request or None
         self.lengths: list[int] = []  # slot -> tokens its cache holds (its next position)
@@ -89,7 +89,7 @@ class FusedBatch:
     def _bucket(self, rows: int) -> int:
         """Slots per model for `rows` rows: the next power of two on CUDA (one graph per bucket); on CPU a
         quarter more than asked (free slots cost a little compute; moving rows between layouts more)."""
-        if self.cuda:
+        if self.graphed:
             return 1 << (rows - 1).bit_length() if rows > 1 else 1
         return max(1, rows + rows // 4)
 
@@ -141,7 +141,7 @@ class FusedBatch:
         """Give back slots when every model runs few of its own: free slots still cost compute
         (on CUDA only at a quarter, so the batch does not hop between graph buckets)."""
         busiest = max(self.used(m) for m in range(len(self.stack.models)))
-        if self.per_model > 1 and busiest <= self.per_model // (4 if self.cuda else 2):
+        if self.per_model > 1 and busiest <= self.per_model // (4 if self.graphed else 2):
             self.relayout(self._bucket(busiest))
 
     def add(self, row: Joining) -> None:
@@ -181,13 +181,13 @@ class FusedBatch:
             self.relayout(self.per_model, longest + 1)
         models = self.models_in_use()
         window = longest + 1
-        if self.cuda:  # a power of two (within the capacity): one graph serves many steps
+        if self.graphed:  # a power of two (within the capacity): one graph serves many steps
             window = min(self.buf.cols, max(_WINDOW, 1 << longest.bit_length()))
         key = (models.start, models.stop, self.per_model, window)
         rows = None  # on CPU only the occupied slots sample (a captured graph samples them all)
         first = models.start * self.per_model
         live = [s - first for s in self.live]
-        if not self.cuda and len(live) < (models.stop - models.start) * self.per_model:
+        if not self.graphed and len(live) < (models.stop - models.start) * self.per_model:
             rows = torch.tensor(live, device=self.stack.device)
         logits = self.graphs.run(key, lambda: self._compute(models, window, rows))
         for s in self.live:
@@ -214,7 +214,7 @@ class FusedBatch:
         logits = st.logits(h, models).view(n, -1)
         settings = [t[slots] for t in (buf.greedy, buf.temperature, buf.top_p, buf.keys, buf.counters)]
         if rows is None:
-            buf.tokens[slots] = sample(logits, *settings)
+            buf.tokens[slots] = sample(logits, *settings, graphed=self.graphed)
         else:
             buf.tokens[slots].index_copy_(0, rows, sample(logits[rows], *(t[rows] for t in settings)))
         positions += buf.occupied[slots]

@@ -65,11 +65,12 @@ def uniform(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
     return ((bits >> 8).to(torch.float32) + 0.5) * 2.0**-24
 
 
-def _ranked(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _ranked(probs: torch.Tensor, graphed: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's probabilities in descending order, and the token ids in that order. Ties keep one
-    order per row's values, whatever the batch: torch's stable sort on accelerators; on CPU numpy's
-    quicksort (deterministic, and ~3x faster than torch's CPU sort on rows of a few hundred tokens)."""
-    if probs.device.type != "cpu":
+    order per row's values, whatever the batch: torch's stable sort on accelerators and in captured
+    steps; on CPU numpy's quicksort (deterministic, ~3x faster than torch's CPU sort on rows of a few
+    hundred tokens)."""
+    if graphed or probs.device.type != "cpu":
         return torch.sort(probs, dim=-1, descending=True, stable=True)
     order = torch.from_numpy(np.argsort(-probs.numpy(), axis=-1))
     return probs.gather(1, order), order
@@ -82,15 +83,17 @@ def sample(
     top_p: torch.Tensor,
     keys: torch.Tensor,
     counters: torch.Tensor,
+    graphed: bool = False,
 ) -> torch.Tensor:
     """The next token of every row of `logits` [rows, vocab]; FAILED where a row's logits hold NaN.
 
     Per row: `greedy` (bool), `temperature`, `top_p` (float32), `keys`, `counters` (int64), all on the
     logits' device. Each row depends on its own inputs only, so it draws the same token in any batch.
+    `graphed`: the call is captured (device operations only).
     """
     x = logits.float()
     probs = torch.softmax(x / temperature.clamp_min(MIN_TEMPERATURE)[:, None], dim=-1)
-    ranked, order = _ranked(probs)
+    ranked, order = _ranked(probs, graphed)
     # Keep the smallest prefix whose mass reaches top_p (the token that crosses it included); the most
     # likely token always stays (a top_p that rounds to 0 in float32); top_p >= 1 keeps everything.
     outside = (ranked.cumsum(dim=-1) - ranked >= top_p[:, None]) & (top_p < 1.0)[:, None]
