@@ -91,7 +91,7 @@ class FusedBatch:
         quarter more than asked (free slots cost a little compute; moving rows between layouts more)."""
         if self.graphed:
             return 1 << (rows - 1).bit_length() if rows > 1 else 1
-        return max(1, rows + rows // 4)
+        return max(1, rows)
 
     def reserve(self, joining: dict[int, int], longest: int) -> None:
         """Make room, in one relayout, for rows about to join (how many per model) up to `longest` tokens."""
