@@ -107,6 +107,27 @@ def test_graph_replay_gives_the_eager_tokens(toy_kit, monkeypatch):
     assert replayed == eager
 
 
+def test_a_model_leaving_the_stacked_path_keeps_its_cached_prefixes(toy_kit, adapter_dir):
+    """A LoRA adapter attached to a model that served requests stacked sends it to the transformers path
+    (as when an eval runs single:A, then the switch with an adapter switcher on A): its pooled caches,
+    written in the stacked form, are read in the other form, and the text is what a fresh engine writes."""
+    from switchgen.servers.engine.local import LocalEngine
+
+    params = GenerationParams(max_new_tokens=20, greedy=True, ignore_eos=True)
+    engine = LocalEngine()
+    a = engine.backend("toy:A", device="cpu")
+    prompt = chat_prefix(a.tokenizer, QUERIES[2])
+    follow = prompt + a.generate(prompt, params).text + " and then"
+    assert a.worker.fused_for(a) is not None
+    engine.backend("toy:A", device="cpu", adapter=str(adapter_dir))  # A is a PeftModel now
+    ids = a.encode(follow)  # the first patch keeps the tokens it was written as
+    again = a.worker.run(a, Request(list(ids), params))
+    assert a.worker.fused_for(a) is None and a.worker.healthy
+    assert again.prefilled < len(ids) // 2  # the pooled prefix was read, not recomputed
+    fresh = LocalEngine().backend("toy:A", device="cpu")
+    assert again.out == fresh.worker.run(fresh, Request(list(ids), params)).out
+
+
 def test_sampling_draws_each_token_with_its_probability():
     """Counter-based sampling: the frequencies over many counters follow the softmax (temperature and
     nucleus applied); the same (key, counter) draws the same token in any batch."""

@@ -57,8 +57,8 @@ def admit(worker: DecodeWorker, reqs: list[Request]) -> None:
             continue
         # One pass per stacked model (a pass over several would pad each model to the same rows), or per checkpoint.
         groups.setdefault((fused[0], fused[2]) if fused is not None else backend, []).append(req)
-    for group in groups.values():
-        taken = [_checkout(req) for req in group]
+    for key, group in groups.items():
+        taken = [_checkout(req, stacked=isinstance(key, tuple)) for req in group]
         for chunk in _chunks(list(zip(group, taken, strict=True)), group[0].backend.loaded.model):
             _prefill(worker, [req for req, _ in chunk], [t for _, t in chunk])
 
@@ -98,9 +98,14 @@ def _chunks(items: list[tuple[Request, tuple[CacheEntry, list[int]]]], model: to
     return chunks
 
 
-def _checkout(req: Request) -> tuple[CacheEntry, list[int]]:
-    """The pooled cache sharing the longest prefix with the request's ids, and the ids it still has to read."""
+def _checkout(req: Request, stacked: bool) -> tuple[CacheEntry, list[int]]:
+    """The pooled cache sharing the longest prefix with the request's ids (in the form the request's path
+    reads), and the ids it still has to read."""
     entry, shared = req.backend.pool.checkout(req.ids)
+    if stacked:
+        entry.as_stacked()
+    else:
+        entry.as_dynamic()
     keep = min(shared, len(req.ids) - 1)  # feed at least one token to get fresh logits
     entry.truncate(keep)
     return entry, req.ids[keep:]

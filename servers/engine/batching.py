@@ -19,6 +19,7 @@ import queue
 import sys
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable
 
@@ -218,7 +219,8 @@ class DecodeWorker:
                 for backend, batch in list(self.batches.items()):
                     if batch.rows:
                         self._step_hf(backend, batch)
-        except BaseException as err:  # a bug, not a request: say so once, fail every caller, stop
+        except BaseException as err:  # a bug, not a request: say so (with where), fail every caller, stop
+            traceback.print_exception(err, file=sys.stderr)
             self.died = err
             self._fail_everything(err)
             print(f"switchgen: the decode thread of {self.device} stopped: {err!r}; /health answers 503", file=sys.stderr)

@@ -24,6 +24,21 @@ class CacheEntry:
     cache: DynamicCache = field(default_factory=DynamicCache)
     kv: torch.Tensor | None = None
 
+    def as_stacked(self) -> None:
+        """Hold the keys and values in the stacked path's form (a checkpoint can move between the paths:
+        a LoRA adapter attached to a stacked model sends it to the transformers path)."""
+        if self.kv is None and self.ids and self.cache.layers:
+            self.kv = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in self.cache.layers])
+            self.cache = DynamicCache()
+
+    def as_dynamic(self) -> None:
+        """Hold the keys and values in transformers' form (see `as_stacked`)."""
+        if self.kv is not None:
+            cache = DynamicCache()
+            for i, layer in enumerate(self.kv):
+                cache.update(layer[0][None].clone(), layer[1][None].clone(), i)
+            self.cache, self.kv = cache, None
+
     def truncate(self, keep: int) -> None:
         """Keep the first `keep` tokens (start over where the cache cannot be cropped)."""
         drop = len(self.ids) - keep
