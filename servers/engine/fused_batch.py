@@ -87,8 +87,9 @@ class FusedBatch:
         return [s for s in range(model * self.per_model, (model + 1) * self.per_model) if self.rows[s] is None]
 
     def _bucket(self, rows: int) -> int:
-        """Slots per model for `rows` rows: the next power of two on CUDA (one graph per bucket); on CPU a
-        quarter more than asked (free slots cost a little compute; moving rows between layouts more)."""
+        """Slots per model for `rows` rows: the next power of two when steps are captured (one graph per
+        bucket), else exactly `rows` (free slots cost compute; relayouts are in place and reserved once per
+        admission, so growing by what is needed is cheap)."""
         if self.graphed:
             return 1 << (rows - 1).bit_length() if rows > 1 else 1
         return max(1, rows)
@@ -117,10 +118,12 @@ class FusedBatch:
                 j, packed[model] = packed[model], packed[model] + 1
             target.append(model * per_model + j)
         slots = len(st.models) * per_model
-        caches = [buf.kv[:, :, s, :, : self.lengths[s]].clone() for s in live]
+        fresh = slots > buf.capacity or cols > buf.cols or self._version != st.version
+        moved = [(t, s) for t, s in zip(target, live, strict=True) if fresh or t != s]
+        caches = [buf.kv[:, :, s, :, : self.lengths[s]].clone() for _, s in moved]  # before any is overwritten
         index = torch.tensor(live, dtype=torch.int64, device=st.device)
         states = [t.index_select(0, index) for t in buf.per_slot()]
-        if slots > buf.capacity or cols > buf.cols or self._version != st.version:
+        if fresh:
             capacity = 1 << (slots - 1).bit_length() if slots > 1 else 1
             self.buf, self._version = _Buffers(st, capacity, cols), st.version
             self.graphs.clear()
@@ -129,8 +132,9 @@ class FusedBatch:
         buf.positions.zero_()  # a free slot rewrites its own column 0, seen by no row
         rows: list = [None] * slots
         lengths = [0] * slots
-        for t, s, cache in zip(target, live, caches, strict=True):
+        for (t, _), cache in zip(moved, caches, strict=True):
             buf.kv[:, :, t, :, : cache.shape[3]] = cache
+        for t, s in zip(target, live, strict=True):
             rows[t], lengths[t] = self.rows[s], self.lengths[s]
         placed = torch.tensor(target, dtype=torch.int64, device=st.device)
         for t, state in zip(buf.per_slot(), states, strict=True):
@@ -139,7 +143,7 @@ class FusedBatch:
 
     def compact(self) -> None:
         """Give back slots when every model runs few of its own: free slots still cost compute
-        (on CUDA only at a quarter, so the batch does not hop between graph buckets)."""
+        (with captured steps only at a quarter, so the batch does not hop between graph buckets)."""
         busiest = max(self.used(m) for m in range(len(self.stack.models)))
         if self.per_model > 1 and busiest <= self.per_model // (4 if self.graphed else 2):
             self.relayout(self._bucket(busiest))
