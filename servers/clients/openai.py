@@ -120,7 +120,8 @@ class OpenAIBackend(RemoteBackend):
                 base_url=ep.url + "/v1",
                 api_key=ep.api_key or "EMPTY",  # vLLM's convention for a server without --api-key
                 default_headers=dict(ep.headers) or None,
-                timeout=ep.http_timeout(),
+                # the SDK's own Timeout class: openai 3.6x moved to httpx2, which refuses an httpx.Timeout
+                timeout=openai.Timeout(ep.timeout, connect=ep.connect_timeout),
                 max_retries=ep.retries,
             )
         return self._client
