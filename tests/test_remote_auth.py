@@ -56,8 +56,9 @@ def test_remote_candidates_send_the_api_key_from_the_environment(keyed, engine, 
     without = keyed_config(keyed.urls, backend, None, retries=0)
     with pytest.raises(ServerUnreachable, match=r"HTTP 401 .*set api_key"):  # TGI's /health is open: /info is asked
         check_servers(server_probes(without))
-    with pytest.raises(ServerUnreachable, match=r"HTTP 401 .*the api_key given is refused"):  # before any query runs
+    with pytest.raises(ServerUnreachable, match=r"HTTP 401 .*the api_key given is refused") as refused:  # before any query
         check_servers(server_probes(keyed_config(keyed.urls, backend, "wrong-key", retries=0)))
+    assert "start the servers" not in str(refused.value)  # they are up: the key is what to fix
     with pytest.raises(ServerError, match="401"):
         build_graph(without, engine=engine).invoke({"query": "Why is the sky blue?"})
 

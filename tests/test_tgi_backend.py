@@ -211,7 +211,7 @@ def test_health_check_names_what_is_down(servers, free_port):
         check_servers([up, down])
     message = str(info.value)
     assert f"candidate 'F': no server answers at http://127.0.0.1:{free_port}" in message
-    assert "candidate 'P'" not in message
+    assert "candidate 'P'" not in message and "start the servers" in message
 
 
 def test_offline_mode_is_a_clear_error(monkeypatch, servers):

@@ -307,6 +307,9 @@ class Probe:
     served_model: str | None = None
 
 
+_SILENT = "no server answers at"  # how _probe starts the problem of a server that did not answer at all
+
+
 async def _probe(probe: Probe, client: httpx.AsyncClient) -> str | None:
     """None when the server is up (and serves the model); else what is wrong."""
     ep = probe.endpoint
@@ -318,7 +321,7 @@ async def _probe(probe: Probe, client: httpx.AsyncClient) -> str | None:
             timeout=httpx.Timeout(ep.connect_timeout * 3, connect=ep.connect_timeout),
         )
     except httpx.HTTPError as err:
-        return f"no server answers at {ep.url} ({type(err).__name__}: {err or 'refused'})"
+        return f"{_SILENT} {ep.url} ({type(err).__name__}: {err or 'refused'})"
     if response.status_code in (401, 403):
         return _refused(ep, path, response)
     if response.status_code != 200:
@@ -358,8 +361,10 @@ def check_servers(probes: Sequence[Probe]) -> None:
         async with httpx.AsyncClient() as client:
             return await asyncio.gather(*(_probe(p, client) for p in probes))
 
-    problems = [f"{p.endpoint.label}: {what}" for p, what in zip(probes, run_sync(run()), strict=True) if what]
+    answers = run_sync(run())
+    problems = [f"{p.endpoint.label}: {what}" for p, what in zip(probes, answers, strict=True) if what]
     if problems:
-        raise ServerUnreachable(
-            "; ".join(problems) + " (start the servers: `switchgen serve ...` or `docker compose up`; or fix the url)"
-        )
+        # Starting servers helps only where none answered: a refused key or a missing model needs the config fixed.
+        down = any(what and what.startswith(_SILENT) for what in answers)
+        hint = " (start the servers: `switchgen serve ...` or `docker compose up`; or fix the url)" if down else ""
+        raise ServerUnreachable("; ".join(problems) + hint)
