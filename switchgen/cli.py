@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from switchgen.commands import COMMANDS, lm_eval
-from switchgen.commands.options import Parser
+from switchgen.commands.options import Parser, UsageError
 from switchgen.core.errors import SwitchgenError
 
 
@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["lm-eval"]:  # lm-eval's own flags, parsed by lm-eval
         return lm_eval.run(argv[1:])
     try:
-        args = parser().parse_args(argv)
+        args, extra = parser().parse_known_args(argv)
+        if extra:  # named here, where the subcommand is known, so the hint points at its --help
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see `switchgen {args.command} --help`)")
         return args.func(args)
     except SwitchgenError as err:
         print(f"switchgen: error: {err}", file=sys.stderr)

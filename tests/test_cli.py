@@ -386,3 +386,9 @@ def test_every_command_has_help(command: str, capsys):
     with pytest.raises(SystemExit) as done:
         main([command, "--help"])
     assert done.value.code == 0 and f"switchgen {command}" in capsys.readouterr().out
+
+
+def test_an_unknown_flag_points_at_its_command_help(tmp_path: Path, capsys):
+    assert main(["rollouts", "--task", "skills-switch", "--out", str(tmp_path / "r.jsonl"), "--temperature", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert err == "switchgen: error: unrecognized arguments: --temperature 0.3 (see `switchgen rollouts --help`)\n"
