@@ -8,9 +8,13 @@ from switchgen.commands import COMMANDS, lm_eval
 from switchgen.commands.options import Parser, UsageError
 from switchgen.core.errors import SwitchgenError
 
+DESCRIPTION = ("Switch Generation: pretrained, finetuned and aligned checkpoints of one model write one answer "
+               "together, a patch at a time, a switcher LM choosing who writes next. `switchgen COMMAND --help` "
+               "for each command.")
+
 
 def parser() -> Parser:
-    root = Parser(prog="switchgen", description=__doc__)
+    root = Parser(prog="switchgen", description=DESCRIPTION)
     sub = root.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.register(sub)
