@@ -666,7 +666,7 @@ def test_a_hub_id_that_cannot_be_reached_fails_at_once(tmp_path: Path, capsys, m
         inputs.write_text('{"input": "q"}\n')
         code, err = cli(capsys, "generate", "--input", inputs, "--config", config, "--output", tmp_path / "o.jsonl")
         assert code == 2
-        one_line_error(err, "switchgen-test/not-cached-model", "cannot be reached", "hf download")
+        one_line_error(err, "switchgen-test/not-cached-model", "cannot be reached", "hf download", "`toy`")
     finally:
         hub_reachable.cache_clear()
 

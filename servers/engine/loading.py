@@ -199,9 +199,14 @@ def attach_adapter(model: torch.nn.Module, adapter: str, name: str) -> torch.nn.
 
 
 def _explain(location: str, err: Exception) -> str:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    offline = "" if Path(location).exists() or hub_reachable() else "; the Hugging Face Hub cannot be reached from here"
-    return (
-        f"cannot load {location!r}: {first}{offline} "
-        "(for a hub id, download it first with `hf download ID` or check the spelling)"
+    first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
+    if Path(location).exists() or hub_reachable():
+        return f"{_cannot(location, first)} (for a hub id, download it first with `hf download ID` or check the spelling)"
+    return (  # offline: the README's first command lands here; its way out is the offline kits
+        f"{_cannot(location, first)}; the Hugging Face Hub cannot be reached from here (download it first with "
+        "`hf download ID` where it can, or run offline with the `toy` or `skills` preset, built on this machine)"
     )
+
+
+def _cannot(location: str, first: str) -> str:
+    return f"cannot load {location!r}: {first}"
