@@ -69,3 +69,15 @@ def test_busy_processes_end_with_the_block():
     with busy_machine(processes=2, seconds=30) as procs:
         assert len(procs) == 2 and all(p.poll() is None for p in procs)  # running
     assert all(p.returncode is not None for p in procs)  # stopped and reaped
+
+
+def test_a_ratio_without_a_goal_is_not_marked_met():
+    from switchgen.bench_tables import goal, summary_table
+
+    assert goal("reference_vs_switch", 0.5) == ("(one query at a time; no goal)", None)
+    assert goal("switch_vs_single", 1.05) == ("<= 1.1", True) and goal("switch_vs_single", 1.2)[1] is False
+    report = {"ratios": {"reference_vs_switch": 0.93}, "device": "cpu", "wall_s": 1.0,
+              "weights": {"checkpoints_in_memory": 3, "roles": 4, "weight_bytes": 2**20},
+              "engine": {"max_batch": 1, "max_prefill_rows": 1, "graph_captures": 0, "graph_replays": 0,
+                         "cuda_max_allocated": 0}}
+    assert "| reference_vs_switch | 0.93 | (one query at a time; no goal) |  |" in summary_table(report)
