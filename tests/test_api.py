@@ -409,6 +409,7 @@ def test_cli_serves_a_preset(toy_kit, tmp_path):
     try:
         first = proc.stdout.readline()
         assert "switchgen api: model 'sg' on http://127.0.0.1:" in first, first + proc.stderr.read()
+        assert "; API key required" in first  # the key came from the environment: say that one is needed
         base = first.split(" on ")[1].split()[0]
         assert proc.stdout.readline().strip() == "ready"
         body = {"model": "sg", "messages": [USER]}

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     app = create_api_app(config, model_id, settings=settings)
 
     def ready(url: str) -> None:
-        print(f"switchgen api: model {model_id!r} on {url}/v1 (OpenAI chat completions and completions); "
+        auth = "; API key required" if settings.api_key else ""  # as `switchgen serve` says it
+        print(f"switchgen api: model {model_id!r} on {url}/v1 (OpenAI chat completions and completions{auth}); "
               "Ctrl-C stops it")
         print("ready", flush=True)
 
