@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from switchgen.analysis import plots
-from switchgen.analysis.records import EvalRecord, EvalRun, TaskRun, load_eval_run
 from switchgen.analysis.stats import (
     ROWS,
     SINGLE_PREFIX,
@@ -23,8 +22,9 @@ from switchgen.analysis.stats import (
     singles_vs_switch,
     tokens_by_candidate,
 )
-from switchgen.errors import OutputError
-from switchgen.files import atomic_write_text
+from switchgen.core.errors import OutputError
+from switchgen.core.files import atomic_write_text
+from switchgen.core.records import EvalRecord, EvalRun, TaskRun, load_eval_run
 
 LENGTHS = (2, 3)
 TOP = 8  # sequences listed per length in the report's tables

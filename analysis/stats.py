@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from switchgen.analysis.records import EvalRecord
+from switchgen.core.records import EvalRecord
 
 SINGLE_PREFIX = "single:"
 

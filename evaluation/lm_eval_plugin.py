@@ -24,7 +24,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from switchgen.errors import InputError, UnsupportedError
+from switchgen.core.errors import InputError, UnsupportedError
 
 DEFAULT_BUDGET = 256
 
@@ -72,7 +72,7 @@ class SwitchgenLM(LM):
         return self._graphs[until]
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from switchgen.generate import in_order
+        from switchgen.core.jobs import in_order
         from switchgen.servers.stops import cut_at_stop
 
         def one(request) -> str:

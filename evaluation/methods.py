@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from switchgen.config import SwitchConfig, load_config
-from switchgen.errors import ConfigError
+from switchgen.core.config import SwitchConfig, load_config
+from switchgen.core.errors import ConfigError
 from switchgen.servers.base import Backend
 from switchgen.servers.engine.local import LocalBackend, LocalEngine
 
@@ -203,7 +203,7 @@ def _untuned(arg: str | None, setup: EvalSetup) -> Method:
 
 
 class RouteMethod:
-    """Prompt-based routing: the aligned model reads the routing prompt (nodes/prompts.py) and the
+    """Prompt-based routing: the aligned model reads the routing prompt (core/prompts.py) and the
     candidate whose digit it scores highest writes the whole answer."""
 
     def __init__(self, setup: EvalSetup) -> None:
@@ -213,7 +213,7 @@ class RouteMethod:
         self.single = GraphMethod(setup, variant(cfg, strategy="single", candidate=cfg.names[cfg.aligned_index]))
 
     def invoke(self, query: str, seed: int | None) -> dict[str, Any]:
-        from switchgen.nodes.prompts import routing_prompt, user_turn
+        from switchgen.core.prompts import routing_prompt, user_turn
 
         cfg = self.config
         prompt = user_turn(self.router.tokenizer, routing_prompt(query, [c.role for c in cfg.candidates]))

@@ -3,7 +3,7 @@
 Layout of `out`: `<task>/<method>.jsonl` (one record per test example, in the split's order:
 id, query, reference, output, score, segments, decisions, tokens_used, seconds), `results.json`
 and `results.md`. Records are written by `switchgen generate`'s resumable writer
-(switchgen/generate.py `write_records`): a killed run keeps every finished record and a rerun
+(core/jobs.py `write_records`): a killed run keeps every finished record and a rerun
 resumes after the last one. Scores are filled in afterwards in batches (a reward model scores a
 batch per forward pass) and the file is rewritten atomically; `oracle.jsonl` is derived from the
 other methods' files every run.
@@ -19,14 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from switchgen.config import SwitchConfig
-from switchgen.errors import ConfigError, InputTooLong, ServerError, ServerUnreachable
+from switchgen.core.config import SwitchConfig
+from switchgen.core.errors import ConfigError, InputTooLong, ServerError, ServerUnreachable
+from switchgen.core.files import atomic_write_text
+from switchgen.core.jobs import default_concurrency, records_done, write_records
+from switchgen.core.jsonl import dumps_record
+from switchgen.core.records import complete_lines, is_failed, read_jsonl
+from switchgen.core.seeds import derive_seed
 from switchgen.evaluation.methods import ORACLE, EvalSetup, build_method, check_methods, patch_size_of, variant
 from switchgen.evaluation.stats import bootstrap_ci, paired_difference
-from switchgen.files import atomic_write_text
-from switchgen.generate import default_concurrency, is_failed, records_done, write_records
-from switchgen.jsonl import dumps_record, loads_record, split_lines
-from switchgen.nodes.seeds import derive_seed
 from switchgen.tasks import Task, load_task
 
 
@@ -93,7 +94,7 @@ def run_eval(
         records = prepared.records[task.name]
         for method in [m for m in prepared.methods if m != ORACLE]:
             path = method_file(out, task.name, method)
-            if len(read_complete(path)) > len(records):
+            if len(complete_lines(path)) > len(records):
                 raise ConfigError(f"{path} holds more records than this run's {len(records)} examples (a larger "
                                   "--limit?): use another --out, or the same --limit")
             records_done(path, records, key="id")
@@ -154,21 +155,9 @@ def _answer(method, record: dict[str, Any], seed: int | None) -> dict[str, Any]:
     return rec
 
 
-def read_complete(path: Path) -> list[bytes]:
-    """The complete lines of a records file (a torn last line, from a kill, is not one)."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    return split_lines(data[: data.rfind(b"\n") + 1])
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    return [loads_record(line, f"{path}:{n}") for n, line in enumerate(read_complete(path), 1) if line.strip()]
-
-
 def _score_file(path: Path, records: list[dict[str, Any]], metric) -> None:
     """Fill in every missing score in one batched call, then rewrite the file atomically."""
-    done = read_records(path)
+    done = read_jsonl(path)
     todo = [i for i, r in enumerate(done) if r.get("score") is None and not is_failed(r)]
     if not todo:
         return
@@ -183,7 +172,7 @@ def _score_file(path: Path, records: list[dict[str, Any]], metric) -> None:
 
 def _write_oracle(out: Path, task: str, methods: list[str], records: list[dict[str, Any]]) -> None:
     """Per question the best-scoring record among `methods` (the first one on ties), with its method."""
-    files = {m: read_records(method_file(out, task, m)) for m in methods}
+    files = {m: read_jsonl(method_file(out, task, m)) for m in methods}
     best = []
     for i, record in enumerate(records):
         scored = [(m, files[m][i]) for m in methods if i < len(files[m]) and files[m][i].get("score") is not None]
@@ -204,7 +193,7 @@ def summarise(config: SwitchConfig, prepared: Prepared, out: Path) -> list[dict[
         scores = {m: _scores(out, task.name, m) for m in prepared.methods}
         base = scores.get(baseline)
         for m in prepared.methods:
-            recs = read_records(method_file(out, task.name, m))
+            recs = read_jsonl(method_file(out, task.name, m))
             values = list(scores[m].values())
             row: dict[str, Any] = {
                 "task": task.name,
@@ -229,7 +218,7 @@ def summarise(config: SwitchConfig, prepared: Prepared, out: Path) -> list[dict[
 
 
 def _scores(out: Path, task: str, method: str) -> dict[str, float]:
-    return {r["id"]: float(r["score"]) for r in read_records(method_file(out, task, method)) if r.get("score") is not None}
+    return {r["id"]: float(r["score"]) for r in read_jsonl(method_file(out, task, method)) if r.get("score") is not None}
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:

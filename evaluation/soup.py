@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from switchgen.errors import ConfigError
-from switchgen.files import switchgen_home
+from switchgen.core.errors import ConfigError
+from switchgen.core.files import switchgen_home
 from switchgen.servers.engine.local import LocalBackend
 
 

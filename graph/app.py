@@ -6,7 +6,7 @@ embedded default preset).
 
 import os
 
-from switchgen.config import DEFAULT_PRESET, load_config
+from switchgen.core.config import DEFAULT_PRESET, load_config
 from switchgen.graph.builder import build_graph
 
 graph = build_graph(load_config(os.environ.get("SWITCHGEN_CONFIG", DEFAULT_PRESET)))

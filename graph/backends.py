@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from switchgen.config import ServerFields, SwitchConfig
-from switchgen.errors import ModelLoadError
+from switchgen.core.config import ServerFields, SwitchConfig
+from switchgen.core.errors import ModelLoadError
 from switchgen.servers.base import Backend
 from switchgen.servers.clients.remote import Endpoint, Probe
 from switchgen.servers.engine.local import LocalEngine

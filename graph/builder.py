@@ -9,18 +9,19 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 
-from switchgen.config import SwitchConfig, load_config
-from switchgen.errors import ConfigError
+from switchgen.core.config import SwitchConfig, load_config
+from switchgen.core.errors import ConfigError
+from switchgen.core.prompts import candidate_prompt, has_chat_template, switcher_prompt, user_turn
+from switchgen.core.trace import Segment
 from switchgen.graph.backends import connect
 from switchgen.graph.compiled import SwitchGraph, recursion_limit
-from switchgen.graph.context import context_schema
 from switchgen.graph.inputs import OVERWRITE
-from switchgen.graph.state import InputState, OutputState, Segment, SwitchState, TurnState
+from switchgen.nodes.context import context_schema
 from switchgen.nodes.generator import make_generator
 from switchgen.nodes.messages import conversation_history
-from switchgen.nodes.prompts import candidate_prompt, has_chat_template, user_turn
 from switchgen.nodes.routing import route_after_patch, route_after_switcher
-from switchgen.nodes.switcher import make_switcher, switcher_prompt
+from switchgen.nodes.state import InputState, OutputState, SwitchState, TurnState
+from switchgen.nodes.switcher import make_switcher
 from switchgen.nodes.turn import make_generator_node, make_switcher_node, prompt_token_counter
 from switchgen.servers.base import Backend
 from switchgen.servers.engine.local import LocalBackend, LocalEngine
@@ -38,7 +39,7 @@ def build_graph(
 
     `backends` gives candidates (by name) a backend built in code instead of the configured one,
     e.g. `{"P": LangChainLLMBackend(llm)}` (switchgen.servers.clients.langchain). The returned graph
-    is a `SwitchGraph` (graph/compiled.py): it takes a `context=` (graph/context.py) per run.
+    is a `SwitchGraph` (graph/compiled.py): it takes a `context=` (nodes/context.py) per run.
     """
     if not isinstance(config, SwitchConfig):
         config = load_config(config)
@@ -54,7 +55,7 @@ def build_graph(
         tokenizer = backends[config.index_of(segment["candidate"])].tokenizer
         return len(tokenizer.encode(segment["text"], add_special_tokens=False))
 
-    # Nodes take the run's context (graph/context.py): each step is built per resolved configuration.
+    # Nodes take the run's context (nodes/context.py): each step is built per resolved configuration.
     prompt_tokens = prompt_token_counter(config, backends[config.aligned_index])
     builder = StateGraph(
         SwitchState, context_schema=context_schema(config), input_schema=InputState, output_schema=OutputState)

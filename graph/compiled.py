@@ -22,9 +22,9 @@ from langgraph._internal._constants import CONFIG_KEY_RESUMING
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 
-from switchgen.config import SwitchConfig
-from switchgen.graph.context import resolve_config
+from switchgen.core.config import SwitchConfig
 from switchgen.graph.inputs import admit_turn
+from switchgen.nodes.context import resolve_config
 from switchgen.nodes.turn import TURN_KEY
 
 # Runs that continue a turn (resume, replay) may carry on with the turn's stored budget, which

@@ -18,10 +18,10 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage, convert_to_messages
 
-from switchgen.config import SwitchConfig
-from switchgen.errors import InputError
-from switchgen.graph.context import resolve_config
-from switchgen.jsonl import invalid_text
+from switchgen.core.config import SwitchConfig
+from switchgen.core.errors import InputError
+from switchgen.core.jsonl import invalid_text
+from switchgen.nodes.context import resolve_config
 from switchgen.nodes.messages import last_human_index
 
 OVERWRITE = "__overwrite__"  # LangGraph's JSON form of Overwrite: bypasses a channel's reducer

@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from switchgen.core.errors import OutputError
+
 MARKER = ".complete"
 
 
@@ -24,9 +26,15 @@ def is_complete(directory: Path, version: str) -> bool:
 
 
 def build_atomically(directory: Path, version: str, write: Callable[[Path], None], *, overwrite: bool = False) -> None:
-    """Make `directory` a complete kit of `version` (`write(staging)` fills a folder), unless it is one already."""
+    """Make `directory` a complete kit of `version` (`write(staging)` fills a folder), unless it is one already.
+
+    Only a kit (a folder holding our marker, of any version) is ever replaced: a file, or a folder
+    with anything in it and no marker, is refused (OutputError), so a mistyped path never deletes a
+    user's files.
+    """
     if not overwrite and is_complete(directory, version):
         return
+    _check_replaceable(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-build-", dir=directory.parent))
     try:
@@ -44,6 +52,17 @@ def build_atomically(directory: Path, version: str, write: Callable[[Path], None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_replaceable(directory: Path) -> None:
+    """Refuse a target that is not ours to replace: a file, or a non-empty folder that is not a kit."""
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+        raise OutputError(f"{directory} is a file, not a kit folder: choose a new or empty folder")
+    if directory.is_dir() and not (directory / MARKER).is_file() and any(directory.iterdir()):
+        raise OutputError(
+            f"{directory} is not empty and holds no switchgen kit: nothing in it was touched; "
+            "choose a new or empty folder"
+        )
 
 
 def _discard(directory: Path) -> None:

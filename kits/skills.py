@@ -85,7 +85,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from switchgen.files import switchgen_home
+from switchgen.core.files import switchgen_home
 from switchgen.kits.cache import build_atomically
 from switchgen.kits.toy import BOS, CHAT_TEMPLATE, EOS, SPECIAL_TOKENS, kit_tokenizer
 

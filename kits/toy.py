@@ -55,7 +55,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from switchgen.files import switchgen_home
+from switchgen.core.files import switchgen_home
 from switchgen.kits.cache import build_atomically
 
 __all__ = [

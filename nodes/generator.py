@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from switchgen.config import SwitchConfig
-from switchgen.graph.state import Segment, TurnState
+from switchgen.core.config import SwitchConfig
+from switchgen.core.prompts import PLAIN_TURN_STOP, candidate_prompt, has_chat_template
+from switchgen.core.seeds import derive_seed
+from switchgen.core.trace import Segment
 from switchgen.nodes.messages import conversation_history
-from switchgen.nodes.prompts import PLAIN_TURN_STOP, candidate_prompt, has_chat_template
-from switchgen.nodes.seeds import derive_seed
+from switchgen.nodes.state import TurnState
 from switchgen.nodes.streaming import PatchStream
 from switchgen.nodes.tracing import PatchRun, answer_id
 from switchgen.servers.base import Backend, GenerationParams

@@ -13,10 +13,10 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage
 
-from switchgen.graph.state import Decision, Segment
+from switchgen.core.trace import Decision, Segment
 
 # LangChain message types -> chat-template roles. A tool's result stays in the history (as a `tool`
-# turn; nodes/prompts.py renders it as a user turn for templates without that role); an AI message's
+# turn; core/prompts.py renders it as a user turn for templates without that role); an AI message's
 # tool calls are not text a candidate continues, only its text is kept.
 ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 MODEL_NAME = "switchgen"

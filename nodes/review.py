@@ -11,8 +11,9 @@ from typing import Any
 
 from langgraph.types import interrupt
 
-from switchgen.config import SwitchConfig
-from switchgen.graph.state import Decision, TurnState
+from switchgen.core.config import SwitchConfig
+from switchgen.core.trace import Decision
+from switchgen.nodes.state import TurnState
 
 REVIEW_KIND = "switchgen.review"
 

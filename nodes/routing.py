@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langgraph.graph import END
 
-from switchgen.graph.state import TurnState
+from switchgen.nodes.state import TurnState
 
 
 def route_after_switcher(state: TurnState) -> str:

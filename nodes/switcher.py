@@ -10,25 +10,16 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-from switchgen.config import SwitchConfig
-from switchgen.errors import InputError
-from switchgen.graph.state import Decision, Segment, TurnState
-from switchgen.nodes.prompts import user_turn
-from switchgen.nodes.seeds import derive_seed
+from switchgen.core.config import SwitchConfig
+from switchgen.core.errors import InputError
+from switchgen.core.prompts import switcher_prompt, user_turn
+from switchgen.core.seeds import derive_seed
+from switchgen.core.trace import Decision, Segment
+from switchgen.nodes.state import TurnState
 from switchgen.nodes.tracing import SwitcherRun
 from switchgen.servers.base import Backend
 
 ENDED = ("eos", "stop", "budget")
-
-
-def switcher_prompt(query: str, segments: Sequence[str], model_indices: Sequence[int], n_candidates: int) -> str:
-    """The released switchers' prompt: the query, each segment tagged with its author, the question."""
-    return (
-        query
-        + "".join(f" <model {i} begins> {s} <model {i} ends>" for s, i in zip(segments, model_indices, strict=True))
-        + f" Which model should generate the next segment? Please respond with a number from 0 to {n_candidates - 1}."
-        + " The answer is model "
-    )
 
 
 def top_p_choice(probs: Sequence[float], top_p: float, rng: random.Random) -> int:

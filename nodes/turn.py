@@ -3,7 +3,7 @@
 Around the switcher's decision and a candidate's patch (nodes/switcher.py, nodes/generator.py,
 written for one fixed configuration) this adds, per run:
 
-* the runtime context (graph/context.py): the configuration with the context's settings
+* the runtime context (nodes/context.py): the configuration with the context's settings
   applied; the update functions are built once per distinct resolved configuration and cached; a turn
   stores the settings it started with, so resumes and forks go on under them;
 * turn boundaries: a new input (marked by `SwitchGraph` with a fresh turn id in the run's
@@ -25,12 +25,12 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 
-from switchgen.config import SwitchConfig
-from switchgen.graph.context import Context, resolve_config, turn_context
-from switchgen.graph.state import TurnState
+from switchgen.core.config import SwitchConfig
+from switchgen.core.prompts import candidate_prompt, has_chat_template
+from switchgen.nodes.context import Context, resolve_config, turn_context
 from switchgen.nodes.messages import answer_message, conversation_history
-from switchgen.nodes.prompts import candidate_prompt, has_chat_template
 from switchgen.nodes.review import review
+from switchgen.nodes.state import TurnState
 from switchgen.nodes.tracing import answer_id
 from switchgen.servers.base import Backend
 

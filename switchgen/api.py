@@ -7,7 +7,7 @@ Switch Generation. `model` names the served configuration (the preset name, or t
 stem). The answer's trace is in an extra field, `switchgen`: segments and decisions in a
 response; in a stream each chunk names the candidate writing it (`switchgen.candidate`,
 `switchgen.patch`) and the chunk with the finish_reason holds the whole trace. Per-request run
-settings (graph/context.py: strategy, candidate, patch_size, seed, ...) go in the request's
+settings (nodes/context.py: strategy, candidate, patch_size, seed, ...) go in the request's
 `switchgen` object (`extra_body={"switchgen": {...}}` in the SDK); `max_tokens` is the budget.
 
 Each request runs the graph in a worker thread; the in-process engine batches the concurrent
@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from switchgen.errors import InputError, ServerError, SwitchgenError, describe
+from switchgen.core.errors import InputError, ServerError, SwitchgenError, describe
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "budget": "length", None: "stop"}
@@ -91,7 +91,7 @@ class ChatRequest(BaseModel):
     logprobs: bool | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    switchgen: dict[str, Any] | None = None  # run settings: graph/context.py's fields
+    switchgen: dict[str, Any] | None = None  # run settings: nodes/context.py's fields
 
     @field_validator("stop")
     @classmethod
@@ -397,7 +397,7 @@ def model_id_for(source: str | None) -> str:
     """The served model's name: the preset name, or the YAML file's stem."""
     from pathlib import Path
 
-    from switchgen.config import DEFAULT_PRESET
+    from switchgen.core.config import DEFAULT_PRESET
 
     if not source:
         return DEFAULT_PRESET

@@ -30,12 +30,11 @@ from pathlib import Path
 
 import torch
 
-from switchgen.config import SwitchConfig
-from switchgen.files import atomic_write_text
+from switchgen.core.config import SwitchConfig
+from switchgen.core.files import atomic_write_text
+from switchgen.core.prompts import candidate_prompt, has_chat_template, switcher_prompt, user_turn
 from switchgen.graph.backends import connect
 from switchgen.graph.builder import build_graph
-from switchgen.nodes.prompts import candidate_prompt, has_chat_template, user_turn
-from switchgen.nodes.switcher import switcher_prompt
 from switchgen.servers.base import Backend, GenerationParams
 from switchgen.servers.engine.local import LocalEngine
 

@@ -15,8 +15,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, TextIO
 
-from switchgen.errors import InputError, SwitchgenError
-from switchgen.files import switchgen_home
+from switchgen.core.errors import InputError, SwitchgenError
+from switchgen.core.files import switchgen_home
 
 RESET = "\033[0m"
 DIM = "\033[2m"

@@ -35,7 +35,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langgraph.constants import TAG_NOSTREAM
 from pydantic import ConfigDict, Field
 
-from switchgen.errors import InputError, UnsupportedError
+from switchgen.core.errors import InputError, UnsupportedError
 
 STREAM_MODES = ["custom", "values"]
 
@@ -57,7 +57,7 @@ class ChatSwitchGeneration(BaseChatModel):
 
     graph: Any = Field(exclude=True, description="The compiled graph, from switchgen.graph.build_graph.")
     context: dict[str, Any] | None = Field(
-        None, description="Run-time settings for every call (switchgen.graph.context.Context fields)."
+        None, description="Run-time settings for every call (switchgen.nodes.context.Context fields)."
     )
 
     @classmethod

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from switchgen.errors import SwitchgenError
-from switchgen.files import atomic_write_text, check_writable
+from switchgen.core.errors import SwitchgenError
+from switchgen.core.files import atomic_write_text, check_writable
 
 if TYPE_CHECKING:
-    from switchgen.config import SwitchConfig
+    from switchgen.core.config import SwitchConfig
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "presets":
-        from switchgen.config import DEFAULT_PRESET, preset_names
+        from switchgen.core.config import DEFAULT_PRESET, preset_names
 
         for name in preset_names():
             print(name + ("  (default)" if name == DEFAULT_PRESET else ""))
@@ -296,7 +296,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     check_servers(server_probes(config))  # every server answers before any query runs
     graph = build_graph(config)
-    from switchgen.generate import is_failed, is_retried
+    from switchgen.core.records import is_failed, is_retried
 
     permanent: list[dict] = []
 
@@ -613,7 +613,7 @@ def _config(args: argparse.Namespace) -> SwitchConfig:
 
 def _distill(args: argparse.Namespace) -> int:
     _quiet_transformers()
-    from switchgen.analysis.distill import DistillSettings, distill, summary
+    from switchgen.training.distill import DistillSettings, distill, summary
 
     settings = DistillSettings(rounds=args.rounds, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                lora_r=args.lora_r, seed=0 if args.seed is None else args.seed, method=args.method,

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from switchgen.errors import InputError
+from switchgen.core.errors import InputError
 from switchgen.tasks.spec import Source
 
 
@@ -15,24 +15,11 @@ def resolve_path(source: Source, base_dir: Path) -> Path:
     """The local file a source names: inside its kit's folder, or relative to the task's YAML file."""
     assert source.path is not None
     if source.kit is not None:
+        from switchgen.kits.registry import kit_dir  # builds the kit: only when its data is read
+
         return kit_dir(source.kit) / source.path
     path = Path(source.path).expanduser()
     return path if path.is_absolute() else base_dir / path
-
-
-def kit_dir(kit: str) -> Path:
-    """The folder of a checkpoint kit (built on first use)."""
-    if kit == "toy":
-        from switchgen.kits.toy import ensure_toy_models
-
-        return Path(next(iter(ensure_toy_models().values()))).parent
-    try:
-        module = __import__(f"switchgen.kits.{kit}", fromlist=["_"])
-    except ImportError:
-        raise InputError(f"unknown kit {kit!r} (kits: toy, skills)") from None
-    ensure = getattr(module, f"ensure_{kit}_kit")
-    paths = ensure()
-    return Path(paths["tasks"]).parent if "tasks" in paths else Path(next(iter(paths.values()))).parent
 
 
 def load_rows(source: Source, base_dir: Path, where: str) -> list[dict[str, Any]]:

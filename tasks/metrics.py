@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from switchgen.errors import ConfigError
+from switchgen.core.errors import ConfigError
 
 PerExample = Callable[[str, Any], float]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from switchgen.errors import ModelLoadError
+from switchgen.core.errors import ModelLoadError
 from switchgen.tasks.metrics import Metric
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from switchgen.errors import ConfigError, InputError, describe
+from switchgen.core.errors import ConfigError, InputError, describe
 from switchgen.tasks.loading import load_rows
 from switchgen.tasks.metrics import Metric, last_boxed, make_metric
 from switchgen.tasks.spec import Source, TaskSpec

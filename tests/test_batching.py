@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from switchgen.nodes.prompts import chat_prefix
+from switchgen.core.prompts import chat_prefix
 from switchgen.servers.base import GenerationParams
 from switchgen.servers.engine.kvcache import common_prefix
 

@@ -18,7 +18,7 @@ from _serving import hub_online  # noqa: F401 - fixture
 from conftest import chat_prompt
 
 from switchgen import ChatSwitchGeneration, LangChainLLMBackend
-from switchgen.errors import ConfigError, InputError
+from switchgen.core.errors import ConfigError, InputError
 from switchgen.graph import build_graph
 from switchgen.servers.base import GenerationParams
 

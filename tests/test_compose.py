@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from switchgen.cli import main
-from switchgen.errors import ConfigError
+from switchgen.core.errors import ConfigError
 from switchgen.graph import load_config
 from switchgen.servers.serve.compose import TGI_IMAGE, compose_config, compose_file
 

@@ -20,7 +20,8 @@ import yaml
 from _serving import hub_online, served_dict, start_toy_servers  # noqa: F401 - fixture
 from conftest import toy_config_dict
 
-from switchgen.generate import is_failed, run_file
+from switchgen.core.records import is_failed
+from switchgen.generate import run_file
 from switchgen.graph import build_graph, load_config
 from switchgen.servers.engine.local import LocalEngine
 

@@ -40,10 +40,10 @@ def distilled(toy_kit, tmp_path_factory):
 
 
 def test_distilled_model_learned_the_switch_answers(distilled, toy_kit):
-    from switchgen.analysis.distill import sft_examples, train_records
     from switchgen.graph import load_config
     from switchgen.servers.engine.loading import load_tokenizer
     from switchgen.tasks import load_task
+    from switchgen.training.distill import sft_examples, train_records
 
     root, train_out, out = distilled
     config = load_config(root / "toy.yaml")
@@ -82,7 +82,7 @@ def test_distill_report_matches_the_eval_records(distilled):
     assert "Recovered fraction" in (out / "switchgen-distill.md").read_text()
     # Cost: the distilled model and the methods it is compared with answered at one concurrency, and only
     # switching called a switcher LM (the toy switcher, each decision after the anchor).
-    from switchgen.generate import IN_PROCESS_BATCH
+    from switchgen.core.jobs import IN_PROCESS_BATCH
 
     assert report["concurrency"] == IN_PROCESS_BATCH
     assert report["methods"]["single:D"]["switcher_calls_per_answer"] == 0

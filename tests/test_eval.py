@@ -21,7 +21,7 @@ from _serving import hub_online, served_dict, start_toy_servers  # noqa: F401 - 
 from conftest import toy_config_dict
 
 from switchgen.cli import main
-from switchgen.errors import ConfigError
+from switchgen.core.errors import ConfigError
 from switchgen.evaluation import method_file, prepare, run_eval
 from switchgen.tasks import load_task
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from switchgen.nodes.prompts import chat_prefix
+from switchgen.core.prompts import chat_prefix
 from switchgen.servers.base import GenerationParams
 
 QUERIES = [f"Question {i}: why is the sky blue{' and the sea green' * (2 * i)}?" for i in range(6)]

@@ -36,7 +36,7 @@ def test_a_gguf_candidate_writes_what_its_checkpoint_writes(toy_gguf, engine, to
 
 
 def test_gguf_locations():
-    from switchgen.errors import ModelLoadError
+    from switchgen.core.errors import ModelLoadError
     from switchgen.servers.engine.loading import from_pretrained_args, load_tokenizer, resolve_model
 
     assert resolve_model("org/repo-GGUF/model.Q4_K_M.gguf") == "org/repo-GGUF/model.Q4_K_M.gguf"

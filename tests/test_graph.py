@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 import switchgen.graph  # noqa: F401  isort: skip  (import order; see test_switcher_prompt)
 from conftest import chat_prompt, toy_config_dict
 
-from switchgen.errors import InputError
+from switchgen.core.errors import InputError
 from switchgen.graph import build_graph, load_config
 
 QUERIES = [

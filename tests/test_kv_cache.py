@@ -9,9 +9,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import switchgen.graph  # noqa: F401  isort: skip  (import order; see test_switcher_prompt)
 from conftest import chat_prompt, lcp, toy_config_dict
 
+from switchgen.core.prompts import switcher_prompt, user_turn
 from switchgen.graph import build_graph, load_config
-from switchgen.nodes.prompts import user_turn
-from switchgen.nodes.switcher import switcher_prompt
 from switchgen.servers.base import GenerationParams
 from switchgen.servers.engine.local import LocalEngine
 

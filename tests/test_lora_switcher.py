@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from switchgen.core.prompts import switcher_prompt, user_turn
 from switchgen.graph import build_graph, load_config
-from switchgen.nodes.prompts import user_turn
-from switchgen.nodes.switcher import switcher_prompt
 from switchgen.servers.base import GenerationParams
 from switchgen.servers.engine.local import LocalEngine
 

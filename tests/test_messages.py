@@ -13,10 +13,9 @@ from langgraph.checkpoint.memory import InMemorySaver
 from transformers import AutoTokenizer
 
 import switchgen.graph  # noqa: F401  isort: skip
-from switchgen.errors import InputError
+from switchgen.core.errors import InputError
+from switchgen.core.prompts import switcher_prompt, user_turn
 from switchgen.graph import build_graph
-from switchgen.nodes.prompts import user_turn
-from switchgen.nodes.switcher import switcher_prompt
 
 HISTORY = [
     SystemMessage("Answer briefly."),

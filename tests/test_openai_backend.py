@@ -13,7 +13,7 @@ import pytest
 from _serving import start_toy_servers
 from conftest import chat_prompt
 
-from switchgen.errors import ServerError, ServerUnreachable
+from switchgen.core.errors import ServerError, ServerUnreachable
 from switchgen.servers.base import GenerationParams
 from switchgen.servers.clients.remote import Endpoint, Probe, check_servers
 
@@ -66,8 +66,7 @@ def test_streaming_pieces_join_to_the_patch(servers):
 
 
 def test_switcher_distribution_from_logprobs(servers, engine):
-    from switchgen.nodes.prompts import user_turn
-    from switchgen.nodes.switcher import switcher_prompt
+    from switchgen.core.prompts import switcher_prompt, user_turn
 
     local = engine.backend("toy:switcher", device="cpu")
     prompt = user_turn(local.tokenizer, switcher_prompt("Name a colour.", ["Red"], [2], 3))

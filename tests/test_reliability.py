@@ -15,8 +15,8 @@ import pytest
 from _serving import hub_online  # noqa: F401 - fixture
 
 from switchgen.cli import main
-from switchgen.errors import InputError
-from switchgen.jsonl import dumps_record, loads_record, split_lines
+from switchgen.core.errors import InputError
+from switchgen.core.jsonl import dumps_record, loads_record, split_lines
 
 SMALL_YAML = """\
 candidates:
@@ -376,7 +376,7 @@ def _overlong_run(tmp_path: Path, config: Path, capsys) -> None:
 
 
 def test_overlong_input_in_process_is_refused_and_recorded_once(tmp_path: Path, small_config: Path, capsys, engine):
-    from switchgen.errors import InputTooLong
+    from switchgen.core.errors import InputTooLong
     from switchgen.graph import build_graph, load_config
 
     graph = build_graph(load_config(small_config), engine=engine)
@@ -598,7 +598,7 @@ def test_no_patch_ends_in_half_a_character(engine, toy_config, query):
 
 
 def test_plain_view_labels_the_current_turn_and_each_patch_extends_the_last(engine):
-    from switchgen.nodes.prompts import PLAIN_TURN_STOP, candidate_prompt
+    from switchgen.core.prompts import PLAIN_TURN_STOP, candidate_prompt
 
     tokenizer = engine.backend("toy:P", device="cpu").tokenizer
     history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
@@ -705,3 +705,28 @@ def test_chat_says_a_question_was_not_answered_and_goes_on(tmp_path: Path, toy_c
     text = out.getvalue()
     assert text.count("(not answered: ") == 1 and "too long" in text
     assert text.count("tokens |") == 2  # the two other questions were answered
+
+
+# -- second pass (issue 19) ------------------------------------------------------------------------------
+
+
+def test_toy_models_never_replace_what_is_not_a_kit(tmp_path: Path, capsys):
+    """A folder with a user's files in it, or a plain file, is refused and left exactly as it was."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "f").write_text("x")
+    code, err = cli(capsys, "toy-models", folder)
+    assert code == 2
+    one_line_error(err, str(folder), "not empty")
+    assert (folder / "f").read_text() == "x" and sorted(p.name for p in folder.iterdir()) == ["f"]
+    plain = tmp_path / "plain"
+    plain.write_text("keep me")
+    code, err = cli(capsys, "toy-models", plain, "--overwrite")
+    assert code == 2
+    one_line_error(err, str(plain), "is a file")
+    assert plain.read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli(capsys, "toy-models", empty)[0] == 0 and (empty / "A").is_dir()
+    assert cli(capsys, "toy-models", empty, "--overwrite")[0] == 0  # a kit is ours to replace

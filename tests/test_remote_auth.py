@@ -12,7 +12,7 @@ import pytest
 from _serving import hub_online, served_dict, start_toy_servers  # noqa: F401 - fixture
 from conftest import chat_prompt
 
-from switchgen.errors import ServerError, ServerUnreachable
+from switchgen.core.errors import ServerError, ServerUnreachable
 
 KEY = "s3cret-key"
 GREEDY = {"sampling": {"greedy": True}, "seed": 1, "max_new_tokens": 40, "patch_size": 20}
@@ -62,7 +62,7 @@ def test_remote_candidates_send_the_api_key_from_the_environment(keyed, engine, 
 
 
 def test_headers_are_sent_and_bad_fields_are_refused(keyed, monkeypatch):
-    from switchgen.errors import ConfigError
+    from switchgen.core.errors import ConfigError
     from switchgen.graph import load_config
     from switchgen.servers.clients.openai import OpenAIBackend
     from switchgen.servers.clients.remote import Endpoint
@@ -119,3 +119,65 @@ def test_huggingface_clients_with_their_defaults(keyed, engine):
     pieces = [c.choices[0].delta.content or "" for c in client.chat_completion(
         messages, max_tokens=15, temperature=0.0, stream=True) if c.choices]
     assert "".join(pieces) == want.text
+
+
+class _Recorder:
+    """A loopback HTTP server that records each request's headers and answers 503 (it stands in for a
+    stranger's server: what reaches it is what a user's token would leak to)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        seen = self.headers = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                seen.append({k.lower(): v for k, v in self.headers.items()})
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                self.send_response(503)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"error": "recorded", "error_type": "overloaded"}')
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("configured", [None, {"api_key": "configured-key"}, {"headers": {"Authorization": "Bearer mine"}}])
+def test_a_tgi_candidate_never_sends_the_users_hf_token(monkeypatch, tmp_path, toy_kit, configured):
+    """With HF_TOKEN set (or a token saved by `hf auth login`), a `backend: tgi` candidate sends only the
+    credential its configuration names: huggingface_hub would otherwise send the user's token to any URL."""
+    from huggingface_hub import constants
+
+    from switchgen.servers.base import GenerationParams
+    from switchgen.servers.clients.remote import Endpoint
+    from switchgen.servers.clients.tgi import TGIBackend
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_users_own_secret")
+    token_file = tmp_path / "token"
+    token_file.write_text("hf_saved_secret")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(token_file))
+    recorder = _Recorder()
+    try:
+        fields = configured or {}
+        endpoint = Endpoint("candidate 'A'", recorder.url, api_key=fields.get("api_key"),
+                            headers=tuple((fields.get("headers") or {}).items()), retries=0)
+        with pytest.raises(ServerError):
+            TGIBackend(endpoint, "toy:A").generate("Hi", GenerationParams(max_new_tokens=2))
+    finally:
+        recorder.close()
+    assert recorder.headers, "the request reached the recorder"
+    sent = {h.get("authorization") for h in recorder.headers}
+    assert not any("secret" in (value or "") for value in sent), sent
+    want = {None: {None}, "api_key": {"Bearer configured-key"}, "headers": {"Bearer mine"}}
+    assert sent == want[next(iter(configured), None) if configured else None]

@@ -7,9 +7,9 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 import switchgen.graph  # noqa: F401  isort: skip
-from switchgen.errors import InputError
+from switchgen.core.errors import InputError
 from switchgen.graph import build_graph
-from switchgen.graph.context import Context
+from switchgen.nodes.context import Context
 
 
 @pytest.fixture

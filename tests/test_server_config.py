@@ -7,7 +7,7 @@ import yaml
 from conftest import toy_config_dict
 
 from switchgen.cli import main
-from switchgen.errors import ConfigError
+from switchgen.core.errors import ConfigError
 from switchgen.graph import load_config
 
 
@@ -73,7 +73,7 @@ def test_shipped_example_configs_load():
 
 
 def test_generate_fills_the_in_process_batch_by_default_and_keeps_one_with_servers():
-    from switchgen.generate import IN_PROCESS_BATCH, default_concurrency
+    from switchgen.core.jobs import IN_PROCESS_BATCH, default_concurrency
 
     assert default_concurrency(load_config(toy_config_dict())) == IN_PROCESS_BATCH > 1
     assert default_concurrency(load_config(with_candidate(backend="tgi", url="http://127.0.0.1:9000"))) == 1

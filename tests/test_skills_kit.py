@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from switchgen.config import load_config
+from switchgen.core.config import load_config
 from switchgen.graph import build_graph
 
 

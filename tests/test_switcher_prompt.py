@@ -12,15 +12,16 @@ import pytest
 # Import the package first, so that an import cycle (nodes -> graph -> builder -> nodes, guarded by
 # test_node_modules_import_on_their_own) fails that one test rather than this whole module.
 import switchgen.graph  # noqa: F401  isort: skip
-from switchgen.nodes.switcher import switcher_prompt, top_p_choice
+from switchgen.core.prompts import switcher_prompt
+from switchgen.nodes.switcher import top_p_choice
 
 
 def test_node_modules_import_on_their_own():
-    """`from switchgen.nodes.switcher import switcher_prompt` must work in a fresh interpreter.
+    """`from switchgen.core.prompts import switcher_prompt` must work in a fresh interpreter.
 
     (switchgen.nodes.generator and switchgen.nodes.routing share the same import cycle.)
     """
-    code = "from switchgen.nodes.switcher import switcher_prompt"
+    code = "from switchgen.core.prompts import switcher_prompt"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
 

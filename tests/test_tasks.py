@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from switchgen.errors import ConfigError, InputError
+from switchgen.core.errors import ConfigError, InputError
 from switchgen.tasks import Source, load_task, make_metric, task_names
 from switchgen.tasks.metrics import choice_letter, final_number
 

@@ -14,7 +14,7 @@ import pytest
 from _serving import hub_online, start_toy_servers  # noqa: F401 - fixture
 from conftest import chat_prompt, toy_config_dict
 
-from switchgen.errors import ConfigError, ServerError, ServerUnreachable
+from switchgen.core.errors import ConfigError, ServerError, ServerUnreachable
 from switchgen.servers.base import GenerationParams
 from switchgen.servers.clients.remote import Endpoint, Probe, check_servers
 
@@ -37,8 +37,7 @@ def tgi(url: str, model: str, **kwargs):
 
 
 def switcher_prompt_text(backend) -> str:
-    from switchgen.nodes.prompts import user_turn
-    from switchgen.nodes.switcher import switcher_prompt
+    from switchgen.core.prompts import switcher_prompt, user_turn
 
     return user_turn(backend.tokenizer, switcher_prompt("Name a colour.", ["Red", " and"], [2, 0], 3))
 

@@ -13,7 +13,7 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 
-from switchgen.errors import UnsupportedError
+from switchgen.core.errors import UnsupportedError
 
 
 class Recorder(BaseCallbackHandler):
@@ -148,8 +148,8 @@ def test_chat_model_refuses_tools_and_structured_output_naming_the_alternative(m
 def test_tool_messages_stay_in_the_history(toy_kit):
     from transformers import AutoTokenizer
 
+    from switchgen.core.prompts import chat_prefix
     from switchgen.nodes.messages import conversation_history
-    from switchgen.nodes.prompts import chat_prefix
 
     history = conversation_history([
         HumanMessage("What is the weather?"),

@@ -20,9 +20,8 @@ from _serving import hub_online, served_dict, start_toy_servers  # noqa: F401 - 
 from conftest import toy_config_dict
 
 from switchgen.cli import main
+from switchgen.core.prompts import switcher_prompt, user_turn
 from switchgen.graph import build_graph, load_config
-from switchgen.nodes.prompts import user_turn
-from switchgen.nodes.switcher import switcher_prompt
 from switchgen.servers.choices import choice_token_ids
 from switchgen.servers.engine.local import LocalEngine
 from switchgen.tasks import load_task
@@ -269,7 +268,7 @@ def test_bench_rollouts_shared_prefix_prefills_less_for_the_same_tokens(toy_kit,
 
 
 def test_several_data_files_mix_into_one_switch_global_set(rollouts, tmp_path):
-    from switchgen.errors import InputError
+    from switchgen.core.errors import InputError
 
     other = tmp_path / "other-task.jsonl"
     other.write_text("".join(json.dumps({**json.loads(line), "task": "other"}) + "\n"

@@ -1,8 +1,8 @@
 """Rollouts records -> switcher training examples, tokenised exactly as inference scores them.
 
-The prompt is the released switcher prompt (nodes/switcher.py `switcher_prompt`) of the query
+The prompt is the released switcher prompt (core/prompts.py `switcher_prompt`) of the query
 and the trace, as the user turn of the switcher's chat template with the generation prompt
-(nodes/prompts.py `user_turn`), tokenised like the engine does (servers/engine/local.py `encode`).
+(core/prompts.py `user_turn`), tokenised like the engine does (servers/engine/local.py `encode`).
 The completion is one token: the label's digit as servers/choices.py `choice_token_ids` spells
 it, the token whose probability the switcher's choice reads. TRL would tokenise prompt and
 completion separately (and append EOS); pre-tokenised `input_ids` + `completion_mask` fix the
@@ -18,10 +18,9 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from switchgen.errors import ConfigError, InputError
-from switchgen.jsonl import loads_record, split_lines
-from switchgen.nodes.prompts import user_turn
-from switchgen.nodes.switcher import switcher_prompt
+from switchgen.core.errors import ConfigError, InputError
+from switchgen.core.jsonl import loads_record, split_lines
+from switchgen.core.prompts import switcher_prompt, user_turn
 from switchgen.servers.choices import choice_token_ids
 from switchgen.servers.engine.local import encode
 from switchgen.training.rollouts import TIE

@@ -33,12 +33,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from switchgen.config import SwitchConfig
-from switchgen.errors import InputError, ServerError, ServerUnreachable
-from switchgen.generate import write_records
-from switchgen.graph.state import Segment
-from switchgen.jsonl import loads_record, split_lines
-from switchgen.nodes.seeds import derive_seed
+from switchgen.core.config import SwitchConfig
+from switchgen.core.errors import InputError, ServerError, ServerUnreachable
+from switchgen.core.jobs import write_records
+from switchgen.core.jsonl import loads_record
+from switchgen.core.records import complete_lines
+from switchgen.core.seeds import derive_seed
+from switchgen.core.trace import Segment
 
 TIE = 1e-9
 ENDED = ("eos", "stop", "budget")
@@ -232,7 +233,7 @@ def run_rollouts(
     progress: bool = True,
 ) -> RolloutsResult:
     """A record per task record into `output`, resumable exactly like `switchgen generate`
-    (switchgen/generate.py `write_records`): records are appended and fsynced one by one, in input
+    (core/jobs.py `write_records`): records are appended and fsynced one by one, in input
     order; a rerun checks those written (same ids in the same order, and here the same settings),
     cuts off a torn last line, retries the failed ones and continues after the last. A server that
     fails one instance records its "error" (a rerun retries it); an unreachable server stops the
@@ -240,18 +241,16 @@ def run_rollouts(
     """
     sources = [{**r, "id": str(r["id"])} for r in records]
     want = rollouts.settings_record()
-    if output.exists():
-        data = output.read_bytes()
-        for lineno, line in enumerate(split_lines(data[: data.rfind(b"\n") + 1]), 1):
-            try:
-                rec = loads_record(line)
-            except InputError:
-                continue  # write_records names it
-            if isinstance(rec, dict) and "error" not in rec and rec.get("settings") != want:
-                raise InputError(
-                    f"{output}:{lineno}: written with other settings ({rec.get('settings')}, now {want}); "
-                    "rerun with the same --seed, --k and configuration, or choose another --out"
-                )
+    for lineno, line in enumerate(complete_lines(output), 1):
+        try:
+            rec = loads_record(line)
+        except InputError:
+            continue  # write_records names it
+        if isinstance(rec, dict) and "error" not in rec and rec.get("settings") != want:
+            raise InputError(
+                f"{output}:{lineno}: written with other settings ({rec.get('settings')}, now {want}); "
+                "rerun with the same --seed, --k and configuration, or choose another --out"
+            )
     tokens = 0
     lock = threading.Lock()
     began = time.perf_counter()

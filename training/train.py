@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from switchgen.errors import ConfigError
-from switchgen.files import atomic_write_text
+from switchgen.core.errors import ConfigError
+from switchgen.core.files import atomic_write_text
 from switchgen.servers.choices import choice_token_ids
 from switchgen.servers.engine.loading import load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_model
 from switchgen.servers.engine.local import LocalEngine

@@ -25,7 +25,7 @@ from typing import Any
 from langchain_core.language_models import BaseLLM
 from transformers import AutoTokenizer, LogitsProcessorList, PreTrainedTokenizerBase
 
-from switchgen.errors import ConfigError
+from switchgen.core.errors import ConfigError
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.clients.remote import server_prompt
 from switchgen.servers.protocol import FINISH_FROM_TGI, tgi_parameters

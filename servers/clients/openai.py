@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import openai
 from transformers import PreTrainedTokenizerBase
 
-from switchgen.errors import InputTooLong, ServerError, ServerUnreachable
+from switchgen.core.errors import InputTooLong, ServerError, ServerUnreachable
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch
 from switchgen.servers.choices import choice_probabilities
 from switchgen.servers.clients.remote import (

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import httpx
 from transformers import PreTrainedTokenizerBase
 
-from switchgen.errors import ConfigError, InputTooLong, ServerError, ServerUnreachable
+from switchgen.core.errors import ConfigError, InputTooLong, ServerError, ServerUnreachable
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.choices import choice_token_ids
 from switchgen.servers.engine.loading import load_tokenizer, resolve_model

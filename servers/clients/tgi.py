@@ -18,7 +18,7 @@ from huggingface_hub import AsyncInferenceClient, constants
 from huggingface_hub.errors import HfHubHTTPError, TextGenerationError
 from transformers import PreTrainedTokenizerBase
 
-from switchgen.errors import ConfigError, ServerError
+from switchgen.core.errors import ConfigError, ServerError
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch
 from switchgen.servers.choices import choice_probabilities
 from switchgen.servers.clients.remote import (
@@ -121,7 +121,7 @@ class TGIBackend(RemoteBackend):
                 base_url=self.endpoint.url,
                 timeout=self.endpoint.http_timeout(),  # type: ignore[arg-type]
                 api_key=self.endpoint.api_key,
-                headers=dict(self.endpoint.headers) or None,
+                headers=_headers(self.endpoint),
             )
             self._uses = 0
         client = self._client
@@ -189,3 +189,17 @@ def _http_failure(err: Exception) -> HTTPFailure:
     except Exception:
         detail = str(err).splitlines()[0]
     return HTTPFailure(response.status_code, detail, retry_after_seconds(response.headers))
+
+
+def _headers(endpoint: Endpoint) -> dict[str, str | None]:
+    """The endpoint's headers, and no credential it was not configured with.
+
+    Given no key, huggingface_hub sends the user's own Hugging Face token (HF_TOKEN, or the one
+    `hf auth login` saved) to whatever server `base_url` names; it has no switch to send none
+    (`token=False` is refused). Its request headers are its own merged with these, and a None
+    value is dropped after the merge: so `authorization: None` sends no Authorization header.
+    """
+    headers: dict[str, str | None] = dict(endpoint.headers)
+    if not endpoint.api_key and not any(name.lower() == "authorization" for name in headers):
+        headers["authorization"] = None
+    return headers

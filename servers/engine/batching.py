@@ -28,7 +28,7 @@ from transformers import DynamicCache
 from switchgen.servers.base import GenerationParams, Patch, TextCallback
 from switchgen.servers.engine.fused import FusedBatch, StackedModels, signature
 from switchgen.servers.engine.kvcache import CacheEntry
-from switchgen.servers.engine.sampling import make_generator, next_token, next_tokens
+from switchgen.servers.engine.sampling import next_token, next_tokens, seeded_generator
 from switchgen.servers.stops import cut_at_stop, streamable
 
 if TYPE_CHECKING:
@@ -374,7 +374,7 @@ class DecodeWorker:
                 backend.pool.checkin(req.entry)
                 req.events.put(("done", req))
                 return
-            req.generator = make_generator(req.params.seed, backend.device)
+            req.generator = seeded_generator(req.params.seed, backend.device)
             self._sample(req)
         except Exception as err:  # this request's input or parameters: it fails alone
             req.events.put(("error", err))

@@ -19,32 +19,18 @@ from urllib.parse import urlsplit
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from switchgen.errors import ModelLoadError
+from switchgen.core.errors import ModelLoadError
+from switchgen.kits.registry import KITS, kit_models
 
 GGUF_SUFFIX = ".gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _kit(prefix: str) -> dict[str, Path]:
-    """The offline kit behind a model-spec prefix, built on first use: its checkpoints by name."""
-    if prefix == "toy":
-        from switchgen.kits.toy import ensure_toy_models
-
-        return ensure_toy_models()
-    from switchgen.kits.skills import CANDIDATES, ensure_skills_kit
-
-    kit = ensure_skills_kit()
-    return {name: kit[name] for name in CANDIDATES}
-
-
-KIT_PREFIXES = ("toy", "skills")
-
-
 def resolve_model(spec: str) -> str:
     """A loadable location for `spec`: toy:NAME / skills:NAME build that kit on first use; a path must exist."""
     prefix, _, name = spec.partition(":")
-    if name and prefix in KIT_PREFIXES:
-        kit = _kit(prefix)
+    if name and prefix in KITS:
+        kit = kit_models(prefix)
         if name not in kit:
             raise ModelLoadError(f"unknown {prefix} model {spec!r}; the kit has {', '.join(f'{prefix}:{k}' for k in kit)}")
         return str(kit[name])

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from switchgen.errors import InputTooLong
+from switchgen.core.errors import InputTooLong
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.choices import choice_probabilities, choice_token_ids
 from switchgen.servers.engine.batching import DecodeWorker, Request, to_patch

@@ -16,7 +16,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.choices import choice_probabilities, choice_token_ids
 from switchgen.servers.engine.local import LocalBackend, encode
-from switchgen.servers.engine.sampling import make_generator, next_token
+from switchgen.servers.engine.sampling import next_token, seeded_generator
 from switchgen.servers.stops import cut_at_stop
 
 
@@ -55,7 +55,7 @@ class LogitMergeBackend:
     def generate(self, prompt: str, params: GenerationParams, on_text: TextCallback | None = None) -> Patch:
         ids = encode(self.tokenizer, prompt)
         caches = [DynamicCache() for _ in self.backends]
-        generator = make_generator(params.seed, torch.device("cpu"))
+        generator = seeded_generator(params.seed, torch.device("cpu"))
         out: list[int] = []
         finish = "length"
         merged = self._step(ids, caches)

@@ -12,7 +12,7 @@ from switchgen.servers.base import GenerationParams
 MIN_TEMPERATURE = 1e-4
 
 
-def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     if seed is None:
         return None
     gen = torch.Generator(device=device)

@@ -39,8 +39,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from switchgen.errors import describe
-from switchgen.jsonl import invalid_text
+from switchgen.core.errors import describe
+from switchgen.core.jsonl import invalid_text
 from switchgen.servers.base import GenerationParams
 from switchgen.servers.protocol import FINISH_TO_TGI
 from switchgen.servers.serve.limits import MAX_STOP_SEQUENCES, Limits, RequestError, error_response, read_body

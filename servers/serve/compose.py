@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from switchgen.config import SwitchConfig
-from switchgen.errors import ConfigError
+from switchgen.core.config import SwitchConfig
+from switchgen.core.errors import ConfigError
 from switchgen.servers.serve.plan import MERGED_SWITCHER, PlannedServer, ServeEngine, plan_servers, served_config
 
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.6"

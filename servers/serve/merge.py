@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from switchgen.config import SwitchConfig
-from switchgen.errors import ConfigError
+from switchgen.core.config import SwitchConfig
+from switchgen.core.errors import ConfigError
 from switchgen.servers.engine.loading import attach_adapter, load_model, load_tokenizer, resolve_dtype, resolve_model
 
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from switchgen.config import SwitchConfig
+from switchgen.core.config import SwitchConfig
 
 ServeEngine = Literal["tgi", "vllm"]
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from switchgen.errors import ConfigError
+from switchgen.core.errors import ConfigError
 from switchgen.servers.engine.local import LocalEngine
 from switchgen.servers.serve.app import ServedModel, create_app
 from switchgen.servers.serve.limits import Limits

@@ -6,7 +6,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from switchgen.errors import OutputError
+from switchgen.core.errors import OutputError
 
 
 def switchgen_home() -> Path:

@@ -96,6 +96,16 @@ def _renderable(tokenizer: PreTrainedTokenizerBase, history: History) -> list[di
     return messages
 
 
+def switcher_prompt(query: str, segments: Sequence[str], model_indices: Sequence[int], n_candidates: int) -> str:
+    """The released switchers' prompt: the query, each segment tagged with its author, the question."""
+    return (
+        query
+        + "".join(f" <model {i} begins> {s} <model {i} ends>" for s, i in zip(segments, model_indices, strict=True))
+        + f" Which model should generate the next segment? Please respond with a number from 0 to {n_candidates - 1}."
+        + " The answer is model "
+    )
+
+
 _ROLE_DESCRIPTIONS = {
     "pretrained": "a pretrained base model: broad knowledge, loose about the answer's format",
     "finetuned": "an instruction-finetuned model: follows instructions",

@@ -22,7 +22,7 @@ import os
 import re
 from typing import Any
 
-from switchgen.errors import InputError
+from switchgen.core.errors import InputError
 
 # Escaped on output: line breaks other than "\n" that json.dumps(ensure_ascii=False) leaves raw,
 # and lone surrogates (unencodable as UTF-8).

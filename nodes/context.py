@@ -13,8 +13,8 @@ from typing import Any, get_type_hints
 
 from pydantic import ConfigDict, ValidationError, create_model
 
-from switchgen.config import Strategy, SwitchConfig
-from switchgen.errors import InputError, describe
+from switchgen.core.config import Strategy, SwitchConfig
+from switchgen.core.errors import InputError, describe
 
 
 @dataclass(kw_only=True)

@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from switchgen.analysis.records import EvalRecord, read_records
 from switchgen.analysis.stats import method_cost
-from switchgen.config import SwitchConfig, load_config
-from switchgen.errors import ConfigError, InputError
-from switchgen.files import atomic_write_text
+from switchgen.core.config import SwitchConfig, load_config
+from switchgen.core.errors import ConfigError, InputError
+from switchgen.core.files import atomic_write_text
+from switchgen.core.records import EvalRecord, read_eval_records
 
 DISTILLED = "D"  # the distilled model's candidate name in its evaluation
 
@@ -54,7 +54,7 @@ def train_records(outputs: Path, task, method: str) -> list[EvalRecord]:
         raise InputError(
             f"{path}: no such file; make it with `switchgen eval --split train --task {task.name} --methods {method} --out {outputs}`"
         )
-    records = [r for r in read_records(path) if r.output]
+    records = [r for r in read_eval_records(path) if r.output]
     train_ids = {r["id"] for r in task.records("train")}
     if not records or not {r.id for r in records} <= train_ids:
         raise InputError(f"{path}: not answers to the train split of {task.name} (run switchgen eval with --split train)")
@@ -63,7 +63,7 @@ def train_records(outputs: Path, task, method: str) -> list[EvalRecord]:
 
 def sft_examples(tokenizer, config: SwitchConfig, records: list[EvalRecord]) -> list[dict[str, list[int]]]:
     """input_ids + completion_mask per answer: the aligned candidate's prompt, then the answer."""
-    from switchgen.nodes.prompts import candidate_prompt, has_chat_template
+    from switchgen.core.prompts import candidate_prompt, has_chat_template
     from switchgen.servers.engine.local import encode
 
     index = config.aligned_index
@@ -168,7 +168,7 @@ def _compared(folder: Path, task: str, methods: list[str], records: list[dict[st
     for method in methods:
         if not any(r.get("task") == task and r.get("method") == method for r in rows):
             raise InputError(f"--compare {folder}: no {method} on {task}; run switchgen eval with --methods {','.join(methods)}")
-        answered = [r.id for r in read_records(folder / task / f"{method}.jsonl")]
+        answered = [r.id for r in read_eval_records(folder / task / f"{method}.jsonl")]
         if answered != ids:
             raise InputError(f"--compare {folder}: {method} answered other test examples than these {len(ids)} (check --limit)")
     return [r for r in rows if r.get("task") == task], results.get("concurrency")
@@ -206,9 +206,9 @@ def distill(
     `compare`: a `switchgen eval` folder on the test split that already holds the aligned model and
     the method; their results are taken from it (and the distilled model answers the same examples)
     instead of being generated again."""
+    from switchgen.core.jobs import default_concurrency
     from switchgen.evaluation import prepare, run_eval
     from switchgen.evaluation.run import aligned_method
-    from switchgen.generate import default_concurrency
     from switchgen.servers.engine.loading import load_tokenizer, resolve_model
     from switchgen.servers.engine.local import LocalEngine
     from switchgen.tasks import load_task
@@ -269,7 +269,7 @@ def distill(
     methods = {aligned: _row(base_rows, aligned), settings.method: _row(base_rows, settings.method),
                distilled_method: _row(d_rows, distilled_method)}
     folders = {aligned: base_dir, settings.method: base_dir, distilled_method: out / "eval-distilled"}
-    answered = {m: read_records(folders[m] / task.name / f"{m}.jsonl") for m in methods}
+    answered = {m: read_eval_records(folders[m] / task.name / f"{m}.jsonl") for m in methods}
     costs = {m: method_cost(m, recs) for m, recs in answered.items() if recs}  # none when every answer failed
     a, s, d = (methods[m]["mean"] for m in methods)
     gain = s - a

@@ -12,43 +12,13 @@ trace (segments, decisions and the budget are per turn; see switchgen.graph.comp
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Literal, NotRequired, Required  # pydantic builds schemas from these on 3.11
+from typing import Annotated
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
 
-FinishReason = Literal["length", "eos", "stop", "budget"]
-How = Literal["anchor", "switcher", "fallback", "forced", "review"]
-
-
-class Segment(TypedDict, total=False):
-    """One patch of the response and its author.
-
-    As graph input (a partial trace to continue) only `candidate` and `text` are required.
-    """
-
-    candidate: Required[str]
-    text: Required[str]
-    index: int
-    tokens: int
-    finish_reason: FinishReason
-
-
-class Decision(TypedDict):
-    """Who wrote patch `step`, and why."""
-
-    step: int
-    chosen: str
-    index: int
-    how: How
-    strategy: str
-    # The switcher's distribution over candidates (None when it was not asked: anchor, forced).
-    probabilities: dict[str, float] | None
-    # Probability mass the switcher put on the digit tokens at all (None when not asked).
-    digit_mass: float | None
-    # Review mode: the candidate the switcher proposed when a reviewer chose another (how="review").
-    proposed: NotRequired[str]
+from switchgen.core.trace import Decision, Segment
 
 
 class InputState(TypedDict, total=False):
@@ -92,7 +62,7 @@ class TurnState(SwitchState, total=False):
 
     # The turn the trace belongs to: a new input starts a new one.
     turn: str
-    # The run-time context the turn started with (see graph/context.py).
+    # The run-time context the turn started with (see nodes/context.py).
     settings: dict
     # Review mode: the switcher's decision waiting for a reviewer (see nodes/review.py).
     proposal: Decision | None

@@ -1,7 +1,7 @@
 """Configuration: which checkpoints write, who picks, and how long patches and answers are.
 
 Everything a run needs is one pydantic model, `SwitchConfig`, read from a YAML file or a
-named preset (switchgen/presets/*.yaml) by `load_config`.
+named preset (core/presets/*.yaml) by `load_config`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from switchgen.errors import ConfigError, describe
+from switchgen.core.errors import ConfigError, describe
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "olmo2-1b"

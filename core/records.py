@@ -1,0 +1,150 @@
+"""The records commands write and read back, and the one way to read a records file.
+
+Every command that writes records (`switchgen generate`, `eval`, `rollouts`) appends whole
+JSONL lines (core/jobs.py); every reader goes through `read_jsonl`, which keeps the complete
+lines only (a torn last line, from a kill, is not a record) and names the file and line of a
+bad one. Eval records are checked with pydantic here, at the boundary, so a malformed file is a
+one-line error, not a traceback deep in a plot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from switchgen.core.errors import InputError, InputTooLong, describe
+from switchgen.core.jsonl import loads_record, split_lines
+
+
+def complete_lines(path: Path) -> list[bytes]:
+    """The complete lines of a records file (a torn last line, from a kill, is not one); none if it is missing."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    return split_lines(data[: data.rfind(b"\n") + 1])
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """Every complete, non-blank line of `path` as its JSON value; InputError naming `path:line` otherwise."""
+    return [loads_record(line, f"{path}:{n}") for n, line in enumerate(complete_lines(path), 1) if line.strip()]
+
+
+# -- a query's record (generate, eval, rollouts) ------------------------------------------------------------
+
+
+def is_failed(record: dict[str, Any]) -> bool:
+    """A record of a query that failed (on a server, or refused as too long): "error" and no generation_log."""
+    return record.get("generation_log") is None and "error" in record
+
+
+def is_retried(record: dict[str, Any]) -> bool:
+    """A failed record that a rerun retries: all but permanent failures (an input too long for a model)."""
+    return is_failed(record) and not record.get("permanent")
+
+
+def error_record(source: dict[str, Any], err: Exception) -> dict[str, Any]:
+    """The record of a query that failed: the input plus "error" (and "permanent" when no rerun can fix it)."""
+    record = {**source, "output": None, "generation_log": None, "error": str(err)}
+    if isinstance(err, InputTooLong):
+        record["permanent"] = True  # no rerun can fix it: shorten the input
+    return record
+
+
+# -- `switchgen eval` output: DIR/<task>/<method>.jsonl and DIR/results.json --------------------------------
+
+
+class PatchRecord(BaseModel):
+    """One patch of an answer: who wrote it and how many tokens."""
+
+    model_config = ConfigDict(extra="allow")
+    candidate: str
+    index: int | None = None  # the candidate's position in the configuration
+    tokens: int = Field(0, ge=0)
+
+
+class EvalRecord(BaseModel):
+    """One answer of one method on one example, as `switchgen eval` writes it."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    query: str = ""
+    output: str | None = None
+    score: float | None = None
+    segments: list[PatchRecord] = Field(default_factory=list)
+    decisions: list[dict[str, Any]] = Field(default_factory=list)
+    tokens_used: int = Field(0, ge=0)
+    seconds: float = Field(0.0, ge=0)
+
+    @property
+    def authors(self) -> list[str]:
+        """The author of each patch, in order."""
+        return [s.candidate for s in self.segments]
+
+
+@dataclass
+class TaskRun:
+    """Every method's records on one task, keyed by method name."""
+
+    task: str
+    methods: dict[str, list[EvalRecord]] = field(default_factory=dict)
+
+
+@dataclass
+class EvalRun:
+    """An eval output folder: the tasks with their methods' records, and results.json's rows."""
+
+    root: Path
+    tasks: dict[str, TaskRun]
+    results: list[dict[str, Any]]
+
+
+def method_name(path: Path) -> str:
+    """The method a records file holds: its file name without `.jsonl` (eval names files by method)."""
+    return path.name.removesuffix(".jsonl")
+
+
+def read_eval_records(path: Path) -> list[EvalRecord]:
+    """The scored records of one method file; records that failed (no score) are skipped."""
+    records: list[EvalRecord] = []
+    for lineno, line in enumerate(complete_lines(path), 1):
+        if not line.strip():
+            continue
+        value = loads_record(line, f"{path}:{lineno}")
+        try:
+            record = EvalRecord.model_validate(value)
+        except ValidationError as err:
+            raise InputError(f"{path}:{lineno}: not an eval record: {describe(err, 'record')}") from None
+        if record.score is not None:
+            records.append(record)
+    return records
+
+
+def load_eval_run(root: Path) -> EvalRun:
+    """Every `<task>/<method>.jsonl` under `root`, and results.json when present."""
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder (expected the --out folder of `switchgen eval`)")
+    tasks: dict[str, TaskRun] = {}
+    for task_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        run = TaskRun(task_dir.name)
+        for path in sorted(task_dir.glob("*.jsonl")):
+            if records := read_eval_records(path):
+                run.methods[method_name(path)] = records
+        if run.methods:
+            tasks[run.task] = run
+    if not tasks:
+        raise InputError(f"{root}: no <task>/<method>.jsonl records found (is it a `switchgen eval --out` folder?)")
+    return EvalRun(root, tasks, read_results(root / "results.json"))
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The rows of a results.json of `switchgen eval` (none when it is missing)."""
+    if not path.is_file():
+        return []
+    data = loads_record(path.read_bytes(), str(path))
+    rows = data.get("results", []) if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise InputError(f"{path}: not a results.json of `switchgen eval` (expected {{\"results\": [...rows]}})")
+    return rows
