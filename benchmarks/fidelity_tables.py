@@ -44,7 +44,7 @@ def run(step: str, args: list[str]) -> None:
 
 def skills_config(out: Path, calibration: str | None) -> Path:
     """The skills preset with `switcher.calibration` set (None: the preset itself)."""
-    from switchgen.config import PRESET_DIR
+    from switchgen.core.config import PRESET_DIR
 
     data = yaml.safe_load((PRESET_DIR / "skills.yaml").read_text())
     if calibration is not None:

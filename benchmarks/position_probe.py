@@ -23,13 +23,12 @@ import random
 import statistics
 import time
 
-from switchgen.config import load_config
+from switchgen.core.config import load_config
+from switchgen.core.prompts import switcher_prompt, user_turn
 from switchgen.evaluation.methods import variant
 from switchgen.graph import build_graph
 from switchgen.graph.backends import connect
 from switchgen.nodes.calibration import distribution, passes
-from switchgen.nodes.prompts import user_turn
-from switchgen.nodes.switcher import switcher_prompt
 from switchgen.servers.engine.local import LocalEngine
 from switchgen.tasks.task import load_task
 
