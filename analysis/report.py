@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from switchgen.analysis import plots
+from switchgen.analysis.plots import (
+    method_costs,
+    patch_size_ablation,
+    position_heatmaps,
+    sequence_scatter,
+    token_shares,
+)
 from switchgen.analysis.stats import (
     ROWS,
     SINGLE_PREFIX,
@@ -59,115 +65,156 @@ def _candidates(task: TaskRun) -> list[str]:
     return sorted(names, key=lambda c: (index.get(c, 1 << 30), c))
 
 
+@dataclass
+class Page:
+    """One task's part of the report, built section by section: markdown lines, figures, and the numbers behind them."""
+
+    run: EvalRun
+    task: TaskRun
+    out: Path
+    methods: list[str]
+    candidates: list[str]
+    switching: list[str]  # methods that switch authors (patch-size variants get their own section)
+    focus: str | None  # the method whose author sequences are analysed
+    md: list[str] = field(default_factory=list)
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def figure(self, kind: str) -> tuple[str, Path]:
+        name = f"{kind}_{_slug(self.task.task)}.png"
+        return name, self.out / name
+
+
 def analyze_task(run: EvalRun, task: TaskRun, out: Path, method: str, threshold: float | None) -> tuple[str, dict]:
     """The markdown section and the figures of one task; returns (markdown, numbers)."""
     methods = _order(run, task)
-    candidates = _candidates(task)
-    # Patch-size variants (switch@10, ...) get their own section, not a heat map each.
     switching = [m for m in methods if m != "oracle" and "@" not in m and is_switching(task.methods[m])]
     focus = method if method in task.methods else (switching[0] if switching else None)
     if focus is not None and any(r.segments for r in task.methods[focus]):  # its heat map first, even with one author
         switching = [focus] + [m for m in switching if m != focus]
-    slug = _slug(task.task)
-    md: list[str] = [f"## {task.task}", ""]
-    numbers: dict[str, Any] = {"methods": methods, "candidates": candidates, "switching": switching, "focus": focus}
+    page = Page(run, task, out, methods, _candidates(task), switching, focus, md=[f"## {task.task}", ""])
+    page.numbers.update(methods=methods, candidates=page.candidates, switching=switching, focus=focus)
+    for section in (_results, _positions, _sequences, lambda p: _singles(p, threshold), _tokens, _patch_sizes, _costs):
+        section(page)
+    return "\n".join(page.md), page.numbers
 
-    rows = [r for r in run.results if r.get("task") == task.task]
-    if rows:
-        md += ["### Results (results.json)", "", "| method | mean | 95% CI | n | Δ vs aligned | tokens | seconds |",
-               "|---|---:|---|---:|---:|---:|---:|"]
-        for r in rows:
-            ci = r.get("ci") or [None, None]
-            delta = r.get("delta_vs_aligned")
-            md.append(f"| {r.get('method')} | {_f(r.get('mean'))} | [{_f(ci[0])}, {_f(ci[1])}] | {r.get('n', '')} | "
-                      f"{_f(delta, signed=True)} | {_f(r.get('tokens'), 0)} | {_f(r.get('seconds'))} |")
-        md.append("")
 
-    if switching:
-        shares = {m: authors_by_position(task.methods[m], candidates) for m in switching}
-        name = f"positions_{slug}.png"
-        plots.position_heatmaps(task.task, shares, out / name)
-        md += ["### Who writes where", "",
-               "Share of the answers that reach patch *i* whose patch *i* each candidate wrote "
-               "(n = answers with a patch *i*).", "", f"![authors by position]({name})", ""]
-        numbers["positions"] = {m: asdict(s) for m, s in shares.items()}
+def _results(page: Page) -> None:
+    rows = [r for r in page.run.results if r.get("task") == page.task.task]
+    if not rows:
+        return
+    page.md += ["### Results (results.json)", "", "| method | mean | 95% CI | n | Δ vs aligned | tokens | seconds |",
+                "|---|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        ci = r.get("ci") or [None, None]
+        delta = r.get("delta_vs_aligned")
+        page.md.append(f"| {r.get('method')} | {_f(r.get('mean'))} | [{_f(ci[0])}, {_f(ci[1])}] | {r.get('n', '')} | "
+                       f"{_f(delta, signed=True)} | {_f(r.get('tokens'), 0)} | {_f(r.get('seconds'))} |")
+    page.md.append("")
 
-    if focus is not None:
-        records = task.methods[focus]
-        by_length = {n: sequence_stats(records, n) for n in LENGTHS}
-        r = {n: frequency_effect_correlation(stats) for n, stats in by_length.items()}
-        name = f"sequences_{slug}.png"
-        plots.sequence_scatter(task.task, focus, by_length, r, out / name)
-        md += [f"### Author sequences ({focus})", "",
-               "Frequency: share of answers with the sequence as consecutive patches. Treatment effect: mean "
-               "score of those answers minus that of the others. Pearson's r between the two: "
-               + ", ".join(f"length {n}: {_f(r[n])}" for n in LENGTHS) + " (– : undefined, fewer than 3 sequences "
-               "with a defined effect or a constant variable).", "", f"![author sequences]({name})", ""]
-        for n in LENGTHS:
-            md += [f"| sequence (length {n}) | answers | frequency | treatment effect |", "|---|---:|---:|---:|"]
-            md += [f"| {s.label} | {s.used} | {s.frequency:.2f} | {_f(s.effect, signed=True)} |" for s in by_length[n][:TOP]]
-            if len(by_length[n]) > TOP:
-                md.append(f"| … {len(by_length[n]) - TOP} more in analysis.json | | | |")
-            md.append("")
-        numbers["sequences"] = {
-            str(n): [{"sequence": list(s.sequence), "used": s.used, "frequency": s.frequency, "effect": s.effect,
-                      "mean_with": s.mean_with, "mean_without": s.mean_without} for s in by_length[n]]
-            for n in LENGTHS
-        }
-        numbers["correlation"] = {str(n): r[n] for n in LENGTHS}
 
-    singles = {m: task.methods[m] for m in methods if m.startswith(SINGLE_PREFIX)}
-    if focus is not None and singles:
-        all_scores = [float(x.score) for recs in task.methods.values() for x in recs]
-        rule = correct_rule(all_scores, threshold)
-        table = singles_vs_switch(singles, task.methods[focus], rule)
-        md += [f"### Single models vs switching ({focus})", "",
-               f"Examples by how many of {', '.join(table.singles)} answered correctly, against whether {focus} did "
-               f"(correct: {rule.text}; n = {table.n} examples every method answered).", "",
-               f"| single models | {focus} correct | {focus} wrong | share {focus} correct |", "|---|---:|---:|---:|"]
-        for row in ROWS:
-            right, wrong = table.rows[row]
-            share = f"{right / (right + wrong):.2f}" if right + wrong else "–"
-            md.append(f"| {row} | {right} | {wrong} | {share} |")
-        md.append("")
-        numbers["singles_vs_switch"] = {"singles": table.singles, "rule": rule.text, "n": table.n,
-                                        "rows": {k: {"switch_correct": v[0], "switch_wrong": v[1]} for k, v in table.rows.items()}}
+def _positions(page: Page) -> None:
+    if not page.switching:
+        return
+    shares = {m: authors_by_position(page.task.methods[m], page.candidates) for m in page.switching}
+    name, path = page.figure("positions")
+    position_heatmaps(page.task.task, shares, path)
+    page.md += ["### Who writes where", "",
+                "Share of the answers that reach patch *i* whose patch *i* each candidate wrote "
+                "(n = answers with a patch *i*).", "", f"![authors by position]({name})", ""]
+    page.numbers["positions"] = {m: asdict(s) for m, s in shares.items()}
 
-    if switching:
-        tokens = {m: dict(tokens_by_candidate(task.methods[m])) for m in switching}
-        name = f"tokens_{slug}.png"
-        plots.token_shares(task.task, tokens, candidates, out / name)
-        md += ["### Tokens written per candidate", "", f"![tokens per candidate]({name})", "",
-               "| method | " + " | ".join(candidates) + " |", "|---|" + "---:|" * len(candidates)]
-        md += [f"| {m} | " + " | ".join(str(tokens[m].get(c, 0)) for c in candidates) + " |" for m in switching]
-        md.append("")
-        numbers["tokens_by_candidate"] = tokens
 
-    ablation = _ablation(run, task, methods)
-    if ablation:
-        name = f"patch_sizes_{slug}.png"
-        plots.patch_size_ablation(task.task, ablation, out / name)
-        sizes = sorted({p[0] for points in ablation.values() for p in points})
-        md += ["### Patch-size ablation", "", "Mean score per patch size (`switchgen eval --patch-sizes`); "
-               "the unsuffixed methods ran at the configuration's patch size.", "", f"![patch sizes]({name})", "",
-               "| method | " + " | ".join(str(s) for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
-        for m, points in ablation.items():
-            at = {p[0]: p[1] for p in points}
-            md.append(f"| {m} | " + " | ".join(_f(at.get(s)) for s in sizes) + " |")
-        md.append("")
-        numbers["patch_sizes"] = {m: [{"patch_size": p[0], "mean": p[1], "ci": p[2]} for p in points]
-                                  for m, points in ablation.items()}
+def _sequences(page: Page) -> None:
+    focus = page.focus
+    if focus is None:
+        return
+    records = page.task.methods[focus]
+    by_length = {n: sequence_stats(records, n) for n in LENGTHS}
+    r = {n: frequency_effect_correlation(stats) for n, stats in by_length.items()}
+    name, path = page.figure("sequences")
+    sequence_scatter(page.task.task, focus, by_length, r, path)
+    page.md += [f"### Author sequences ({focus})", "",
+                "Frequency: share of answers with the sequence as consecutive patches. Treatment effect: mean "
+                "score of those answers minus that of the others. Pearson's r between the two: "
+                + ", ".join(f"length {n}: {_f(r[n])}" for n in LENGTHS) + " (– : undefined, fewer than 3 sequences "
+                "with a defined effect or a constant variable).", "", f"![author sequences]({name})", ""]
+    for n in LENGTHS:
+        page.md += [f"| sequence (length {n}) | answers | frequency | treatment effect |", "|---|---:|---:|---:|"]
+        page.md += [f"| {s.label} | {s.used} | {s.frequency:.2f} | {_f(s.effect, signed=True)} |" for s in by_length[n][:TOP]]
+        if len(by_length[n]) > TOP:
+            page.md.append(f"| … {len(by_length[n]) - TOP} more in analysis.json | | | |")
+        page.md.append("")
+    page.numbers["sequences"] = {
+        str(n): [{"sequence": list(s.sequence), "used": s.used, "frequency": s.frequency, "effect": s.effect,
+                  "mean_with": s.mean_with, "mean_without": s.mean_without} for s in by_length[n]]
+        for n in LENGTHS
+    }
+    page.numbers["correlation"] = {str(n): r[n] for n in LENGTHS}
 
-    costs = [method_cost(m, task.methods[m]) for m in methods]
-    name = f"cost_{slug}.png"
-    plots.method_costs(task.task, costs, out / name)
-    md += ["### Cost per method", "", "Means per answer over the records (tokens written, wall seconds).", "",
-           f"![cost per method]({name})", "", "| method | n | mean score | tokens / answer | seconds / answer |",
-           "|---|---:|---:|---:|---:|"]
-    md += [f"| {c.method} | {c.n} | {c.mean_score:.3f} | {c.tokens:.1f} | {c.seconds:.3f} |" for c in costs]
-    md.append("")
-    numbers["costs"] = [asdict(c) for c in costs]
-    return "\n".join(md), numbers
+
+def _singles(page: Page, threshold: float | None) -> None:
+    focus, methods = page.focus, page.task.methods
+    singles = {m: methods[m] for m in page.methods if m.startswith(SINGLE_PREFIX)}
+    if focus is None or not singles:
+        return
+    rule = correct_rule([float(x.score) for recs in methods.values() for x in recs], threshold)
+    table = singles_vs_switch(singles, methods[focus], rule)
+    page.md += [f"### Single models vs switching ({focus})", "",
+                f"Examples by how many of {', '.join(table.singles)} answered correctly, against whether {focus} did "
+                f"(correct: {rule.text}; n = {table.n} examples every method answered).", "",
+                f"| single models | {focus} correct | {focus} wrong | share {focus} correct |", "|---|---:|---:|---:|"]
+    for row in ROWS:
+        right, wrong = table.rows[row]
+        share = f"{right / (right + wrong):.2f}" if right + wrong else "–"
+        page.md.append(f"| {row} | {right} | {wrong} | {share} |")
+    page.md.append("")
+    page.numbers["singles_vs_switch"] = {
+        "singles": table.singles, "rule": rule.text, "n": table.n,
+        "rows": {k: {"switch_correct": v[0], "switch_wrong": v[1]} for k, v in table.rows.items()}}
+
+
+def _tokens(page: Page) -> None:
+    if not page.switching:
+        return
+    candidates = page.candidates
+    tokens = {m: dict(tokens_by_candidate(page.task.methods[m])) for m in page.switching}
+    name, path = page.figure("tokens")
+    token_shares(page.task.task, tokens, candidates, path)
+    page.md += ["### Tokens written per candidate", "", f"![tokens per candidate]({name})", "",
+                "| method | " + " | ".join(candidates) + " |", "|---|" + "---:|" * len(candidates)]
+    page.md += [f"| {m} | " + " | ".join(str(tokens[m].get(c, 0)) for c in candidates) + " |" for m in page.switching]
+    page.md.append("")
+    page.numbers["tokens_by_candidate"] = tokens
+
+
+def _patch_sizes(page: Page) -> None:
+    ablation = _ablation(page.run, page.task, page.methods)
+    if not ablation:
+        return
+    name, path = page.figure("patch_sizes")
+    patch_size_ablation(page.task.task, ablation, path)
+    sizes = sorted({p[0] for points in ablation.values() for p in points})
+    page.md += ["### Patch-size ablation", "", "Mean score per patch size (`switchgen eval --patch-sizes`); "
+                "the unsuffixed methods ran at the configuration's patch size.", "", f"![patch sizes]({name})", "",
+                "| method | " + " | ".join(str(s) for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    for m, points in ablation.items():
+        at = {p[0]: p[1] for p in points}
+        page.md.append(f"| {m} | " + " | ".join(_f(at.get(s)) for s in sizes) + " |")
+    page.md.append("")
+    page.numbers["patch_sizes"] = {m: [{"patch_size": p[0], "mean": p[1], "ci": p[2]} for p in points]
+                                   for m, points in ablation.items()}
+
+
+def _costs(page: Page) -> None:
+    costs = [method_cost(m, page.task.methods[m]) for m in page.methods]
+    name, path = page.figure("cost")
+    method_costs(page.task.task, costs, path)
+    page.md += ["### Cost per method", "", "Means per answer over the records (tokens written, wall seconds).", "",
+                f"![cost per method]({name})", "", "| method | n | mean score | tokens / answer | seconds / answer |",
+                "|---|---:|---:|---:|---:|"]
+    page.md += [f"| {c.method} | {c.n} | {c.mean_score:.3f} | {c.tokens:.1f} | {c.seconds:.3f} |" for c in costs]
+    page.md.append("")
+    page.numbers["costs"] = [asdict(c) for c in costs]
 
 
 def _ablation(run: EvalRun, task: TaskRun, methods: list[str]) -> dict[str, list[tuple[int, float, tuple | None]]]:

@@ -12,6 +12,9 @@ from typing_extensions import TypedDict
 FinishReason = Literal["length", "eos", "stop", "budget"]
 How = Literal["anchor", "switcher", "fallback", "forced", "review"]
 
+# The finish reasons that end a trace: nothing is written after such a patch.
+ENDED: tuple[FinishReason, ...] = ("eos", "stop", "budget")
+
 
 class Segment(TypedDict, total=False):
     """One patch of the response and its author.

@@ -472,7 +472,8 @@ def run_rollouts_bench(
     as independent generations do). At concurrency c, c runs of an instance are in flight at once
     (the engine batches them). Scoring is left out: it times generation.
     """
-    from switchgen.training.rollouts import Rollouts, RolloutSettings, rollout_config
+    from switchgen.training.rollouts import Rollouts, rollout_config
+    from switchgen.training.settings import RolloutSettings
 
     torch.manual_seed(0)
     engine = LocalEngine()

@@ -7,7 +7,8 @@
     scores = metric.score(outputs, records)   # one float per output, in metric.range
 """
 
-from switchgen.tasks.metrics import METRICS, Metric, make_metric
+from switchgen.tasks.metric_factory import make_metric
+from switchgen.tasks.metrics import METRICS, Metric
 from switchgen.tasks.spec import ChoicesSpec, MetricSpec, Source, TaskSpec
 from switchgen.tasks.task import Task, builtin_dir, load_task, task_names
 

@@ -8,7 +8,6 @@ the reward model loads once in `make_metric`). Ranges are documented per metric 
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 import string
@@ -16,8 +15,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from switchgen.core.errors import ConfigError
 
 PerExample = Callable[[str, Any], float]
 
@@ -220,35 +217,3 @@ class Metric:
 
     def __repr__(self) -> str:
         return f"Metric({self.name!r}, range={self.range})"
-
-
-def make_metric(name: str, args: dict[str, Any] | None = None) -> Metric:
-    """A built-in metric, `reward` (a reward model, loaded here once), or `module:function` (a user's own).
-
-    A user function is `fn(output, reference) -> float`; give its range with args {range: [lo, hi]}
-    (default [0, 1]).
-    """
-    args = dict(args or {})
-    if name == "reward":
-        from switchgen.tasks.reward import RewardMetric
-
-        return RewardMetric(**args)
-    if name in METRICS:
-        if args:
-            raise ConfigError(f"metric {name!r} takes no arguments, got {sorted(args)}")
-        info = METRICS[name]
-        return Metric(name, info.fn, info.range, info.description)
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise ConfigError(f"metric {name!r}: cannot import {attr} from {module_name} ({err})") from None
-        if not callable(fn):
-            raise ConfigError(f"metric {name!r} is not a function")
-        lo, hi = args.pop("range", (0.0, 1.0))
-        if args:
-            raise ConfigError(f"metric {name!r}: unknown arguments {sorted(args)} (only range)")
-        return Metric(name, fn, (float(lo), float(hi)), f"user metric {name}")
-    known = ", ".join([*METRICS, "reward", "module:function"])
-    raise ConfigError(f"unknown metric {name!r}; known: {known}")

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 from switchgen.core.errors import ConfigError, InputError, describe
 from switchgen.tasks.loading import load_rows
-from switchgen.tasks.metrics import Metric, last_boxed, make_metric
+from switchgen.tasks.metric_factory import make_metric
+from switchgen.tasks.metrics import Metric, last_boxed
 from switchgen.tasks.spec import Source, TaskSpec
 
 SPLITS = ("train", "test")

@@ -13,7 +13,7 @@ import pytest
 # test_node_modules_import_on_their_own) fails that one test rather than this whole module.
 import switchgen.graph  # noqa: F401  isort: skip
 from switchgen.core.prompts import switcher_prompt
-from switchgen.nodes.switcher import top_p_choice
+from switchgen.nodes.strategies import top_p_choice
 
 
 def test_node_modules_import_on_their_own():

@@ -26,14 +26,8 @@ from switchgen.servers.choices import choice_token_ids
 from switchgen.servers.engine.local import LocalEngine
 from switchgen.tasks import load_task
 from switchgen.training.examples import make_example, read_rollouts
-from switchgen.training.rollouts import (
-    Rollouts,
-    RolloutSettings,
-    pick_label,
-    rollout_config,
-    run_rollouts,
-    task_scorer,
-)
+from switchgen.training.rollouts import Rollouts, pick_label, rollout_config, run_rollouts, task_scorer
+from switchgen.training.settings import RolloutSettings
 
 WORDS = "the weather people sea hour robot question times".split()
 SIZE = {"max_new_tokens": 40, "patch_size": 10}  # as the CLI's --max-new-tokens 40 --patch-size 10

@@ -21,7 +21,7 @@ import gc
 import json
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +30,9 @@ from switchgen.core.config import SwitchConfig, load_config
 from switchgen.core.errors import ConfigError, InputError
 from switchgen.core.files import atomic_write_text
 from switchgen.core.records import EvalRecord, read_eval_records
+from switchgen.training.settings import DistillSettings
 
 DISTILLED = "D"  # the distilled model's candidate name in its evaluation
-
-
-@dataclass(frozen=True)
-class DistillSettings:
-    rounds: int = 1
-    epochs: float = 3
-    batch_size: int = 8
-    lr: float = 1e-4  # real models; the skills kit: 5e-4 for 20 epochs
-    lora_r: int = 16
-    seed: int = 0
-    method: str = "switch"  # the method whose train-split answers are distilled
-    limit: int | None = None  # test examples in the evaluation (default: all)
-    concurrency: int | None = None  # queries in flight (default: the --compare run's, else as switchgen eval)
 
 
 def train_records(outputs: Path, task, method: str) -> list[EvalRecord]:

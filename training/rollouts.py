@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,29 +39,13 @@ from switchgen.core.jobs import write_records
 from switchgen.core.jsonl import loads_record
 from switchgen.core.records import complete_lines
 from switchgen.core.seeds import derive_seed
-from switchgen.core.trace import Segment
+from switchgen.core.trace import ENDED, Segment
+from switchgen.training.settings import RolloutSettings
 
 TIE = 1e-9
-ENDED = ("eos", "stop", "budget")
 
 # outputs and their task record -> one score per output (a task metric's `score`, batched)
 Scorer = Callable[[list[str], dict[str, Any]], list[float]]
-
-
-@dataclass(frozen=True)
-class RolloutSettings:
-    """What a rollouts file was made with; a resumed file must be continued with the same."""
-
-    k: int = 4
-    seed: int = 0
-    cut: tuple[float, float] = (0.1, 0.9)  # the trace's length, as fractions of max_new_tokens
-
-    def check(self) -> None:
-        lo, hi = self.cut
-        if self.k < 1:
-            raise InputError(f"--k must be at least 1, got {self.k}")
-        if not 0.0 <= lo <= hi < 1.0:
-            raise InputError(f"the trace cut must satisfy 0 <= lo <= hi < 1, got {self.cut}")
 
 
 def rollout_config(config: SwitchConfig) -> SwitchConfig:

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +39,7 @@ from switchgen.training.examples import (
     select,
     split,
 )
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: float = 5
-    batch_size: int = 32
-    lr: float = 1e-5
-    lora_r: int = 16
-    min_margin: float = 0.0
-    keep_uninformative: bool = False
-    eval_fraction: float = 0.1
-    seed: int = 0
+from switchgen.training.settings import TrainSettings
 
 
 def switcher_scores(engine: LocalEngine, base: str, adapter: str | None, examples: list[Example]) -> dict[str, Any]:

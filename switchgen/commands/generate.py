@@ -1,0 +1,63 @@
+"""`switchgen generate`: switch generation over a JSONL file of queries (switchgen/generate.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from switchgen.commands.options import add_config_args, load_command_config, positive_int, quiet_transformers
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    gen = sub.add_parser("generate", help="switch generation over a JSONL file of queries")
+    gen.add_argument("--input", type=Path, required=True, help='JSONL, one object with "input" per line')
+    gen.add_argument("--output", type=Path, help="default: INPUT_switch_generation.jsonl beside the input")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.add_argument(
+        "--concurrency", type=positive_int,
+        help="queries run at once (batched together); default: 16 in process (fills the engine's batches), 1 with servers",
+    )
+    add_config_args(gen)
+    gen.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    quiet_transformers()
+    from switchgen.core.records import is_failed, is_retried
+    from switchgen.generate import check_output, default_output, read_inputs, run_file
+    from switchgen.graph import build_graph
+    from switchgen.graph.backends import server_probes
+    from switchgen.servers.clients.remote import check_servers
+
+    inputs = read_inputs(args.input)
+    output = args.output or default_output(args.input)
+    check_output(output, args.input)  # before any model loads
+    config = load_command_config(args)
+    check_servers(server_probes(config))  # every server answers before any query runs
+    permanent: list[dict] = []
+
+    def note(record: dict) -> None:
+        if is_failed(record) and not is_retried(record):
+            permanent.append(record)
+
+    start, written, failed = run_file(build_graph(config), config, inputs, output, progress=not args.no_progress,
+                                      concurrency=args.concurrency, on_record=note)
+    resumed = f" (resumed after {start})" if start else ""
+    print(f"{start + written} records in {output}{resumed}")
+    _report_failures(failed, len(permanent))
+    return 1 if failed else 0
+
+
+def _report_failures(failed: int, refused: int) -> None:
+    if refused:
+        print(
+            f"switchgen: {refused} queries are too long for a model; their records hold \"error\" and "
+            "\"permanent\": true (a rerun skips them): shorten those inputs",
+            file=sys.stderr,
+        )
+    if failed > refused:
+        print(
+            f"switchgen: {failed - refused} queries failed on a server; their records hold \"error\": rerun to retry them",
+            file=sys.stderr,
+        )
