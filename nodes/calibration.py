@@ -15,6 +15,7 @@ asks the switcher more than once and reads the answers per candidate, not per di
                   prompt (the query and every segment replaced by "N/A", same tags; Zhao et al., 2021),
                   renormalised: the prior on each digit cancels, the order still shows in the tags
     auto          `shifts` for an untuned switcher (no adapter, on a candidate's own model), else `none`
+                  (SwitchConfig.switcher_calibration)
 
 A trained switcher has learned which digit names which candidate under one order; asked under
 another labelling it answers out of distribution, so `auto` leaves it alone (measured in
@@ -27,12 +28,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from switchgen.servers.base import ChoiceScores
 
-Calibration = Literal["auto", "none", "shifts", "permutations", "contextual"]
-METHODS: tuple[str, ...] = ("auto", "none", "shifts", "permutations", "contextual")
+CONCRETE = ("none", "shifts", "permutations", "contextual")  # `auto` is resolved by SwitchConfig.switcher_calibration
 CONTENT_FREE = "N/A"
 
 # ask(query, segment texts, the tag of each segment's author) -> the switcher's distribution over the digits
@@ -47,13 +46,6 @@ class Calibrated:
     probs: list[float] | None
     mass: float
     passes: int
-
-
-def resolve(calibration: str, *, adapter: str | None, shares_candidate_model: bool) -> str:
-    """`auto` made concrete: `shifts` for an untuned switcher, `none` for a trained one."""
-    if calibration != "auto":
-        return calibration
-    return "shifts" if adapter is None and shares_candidate_model else "none"
 
 
 def labellings(calibration: str, n: int) -> list[tuple[int, ...]]:
@@ -74,8 +66,8 @@ def distribution(ask: Ask, query: str, texts: Sequence[str], authors: Sequence[i
     """The switcher's distribution over the n candidates under a concrete `calibration` (not `auto`)."""
     if calibration == "contextual":
         return _contextual(ask, query, texts, authors, n)
-    if calibration not in METHODS or calibration == "auto":
-        raise ValueError(f"calibration {calibration!r}: resolve it first; one of {', '.join(METHODS[1:])}")
+    if calibration not in CONCRETE:
+        raise ValueError(f"calibration {calibration!r}: one of {', '.join(CONCRETE)} (SwitchConfig.switcher_calibration resolves auto)")
     orders = labellings(calibration, n)
     total = [0.0] * n
     mass = 0.0

@@ -12,8 +12,10 @@ import math
 
 import pytest
 
+from switchgen.core.errors import ConfigError
 from switchgen.core.prompts import switcher_prompt, user_turn
-from switchgen.nodes.calibration import CONTENT_FREE, distribution, labellings, passes, resolve
+from switchgen.graph import build_graph, load_config
+from switchgen.nodes.calibration import CONTENT_FREE, distribution, labellings, passes
 
 QUERY = "What is 2 plus 3?"
 TEXTS = ["The answer", " is 5.", " Thanks"]
@@ -92,10 +94,39 @@ def test_contextual_divides_by_the_content_free_prompt(ask):
     assert close(got.probs, [r / sum(ratio) for r in ratio], 1e-6)
 
 
-def test_passes_and_auto():
+def test_passes():
     assert [passes(c, 3) for c in ("none", "shifts", "permutations", "contextual")] == [1, 3, 6, 2]
     assert passes("permutations", 4) == 24
-    assert resolve("auto", adapter=None, shares_candidate_model=True) == "shifts"  # untuned
-    assert resolve("auto", adapter="switchers/x", shares_candidate_model=True) == "none"  # trained (LoRA)
-    assert resolve("auto", adapter=None, shares_candidate_model=False) == "none"  # its own checkpoint
-    assert resolve("permutations", adapter="switchers/x", shares_candidate_model=True) == "permutations"
+
+
+def test_auto_calibrates_untuned_switchers_only(toy_config):
+    untuned = toy_config(switcher={"model": "toy:A"})  # a candidate's own model, no adapter
+    assert untuned.switcher.calibration == "auto" and untuned.switcher_calibration == "shifts"
+    assert toy_config(switcher={"model": "toy:A", "adapter": "switchers/x"}).switcher_calibration == "none"  # trained
+    assert toy_config().switcher_calibration == "none"  # toy:switcher: its own checkpoint (a merged switcher)
+    assert toy_config(switcher={"model": "toy:A", "adapter": "x", "calibration": "permutations"}).switcher_calibration == "permutations"
+
+
+def test_unknown_calibration_is_a_one_line_config_error(toy_config):
+    with pytest.raises(ConfigError) as err:
+        toy_config(switcher={"calibration": "rotate"})
+    assert "calibration" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_graph_reads_the_switcher_per_candidate_whatever_the_order(engine, toy_config):
+    """Through the graph: with `permutations` the same trace gets the same probability per candidate name
+    from a file listing the candidates in reverse; each decision records its switcher passes."""
+    forward = toy_config(anchor=False, max_new_tokens=40, switcher={"model": "toy:A", "calibration": "permutations"})
+    data = forward.model_dump()
+    data["candidates"] = data["candidates"][::-1]
+    backward = load_config(data)
+    trace = [{"candidate": "A", "text": "The answer"}, {"candidate": "P", "text": " is 5."}]
+    got = {}
+    for name, config in (("forward", forward), ("backward", backward)):
+        result = build_graph(config, engine=engine).invoke({"query": QUERY, "segments": trace})
+        first = result["decisions"][0]
+        assert first["how"] == "switcher" and first["passes"] == 6
+        got[name] = first["probabilities"]
+    assert close([got["forward"][c] for c in "PFA"], [got["backward"][c] for c in "PFA"])
+    plain = build_graph(toy_config(anchor=False, max_new_tokens=40), engine=engine).invoke({"query": QUERY, "segments": trace})
+    assert plain["decisions"][0]["passes"] == 1
