@@ -54,6 +54,7 @@ QUERIES = [
 class Timing:
     seconds: float
     tokens: int
+    passes: int = 0  # the learned switcher's forward passes (switcher.calibration multiplies them)
 
 
 def _repeat(times: int, fn: Callable[[], Timing]) -> Timing:
@@ -81,7 +82,8 @@ def bench_config(config: SwitchConfig, budget: int, device: str | None) -> Switc
 def run_switch(graph, query: str) -> Timing:
     start = time.perf_counter()
     result = graph.invoke({"query": query})
-    return Timing(time.perf_counter() - start, result["tokens_used"])
+    passes = sum(d.get("passes", 0) for d in result["decisions"])
+    return Timing(time.perf_counter() - start, result["tokens_used"], passes)
 
 
 def run_single(config: SwitchConfig, aligned: Backend, query: str, tokens: int) -> Timing:
@@ -314,6 +316,7 @@ def run_bench(
         "budget": budget,
         "patch_size": cfg.patch_size,
         "reps": reps,
+        "switcher": {"calibration": cfg.switcher_calibration, "passes_per_answer": statistics.median(t.passes for t in runs["switch"])},
         "variants": {n: {"median_s": t.seconds, "tokens": t.tokens, "s_per_token": per_token[n]} for n, t in med.items()},
         "raw": {n: [(t.seconds, t.tokens) for t in r] for n, r in runs.items()},
         "budget_sweep": {
@@ -368,6 +371,8 @@ def markdown(report: dict) -> str:
     lines = [
         f"device: {report['device']} ({report['torch_threads']} torch threads); budget {report['budget']}, "
         f"patch {report['patch_size']}, median of {report['reps']} interleaved reps after a warm-up",
+        *([f"switcher: calibration {sw['calibration']}, {sw['passes_per_answer']:g} switcher passes per answer (median)"]
+          if (sw := report.get("switcher")) else []),
         "",
         "| variant | median s | tokens | ms/token |",
         "|---|---:|---:|---:|",
