@@ -3,11 +3,15 @@
     python benchmarks/fidelity_tables.py [--out runs/fidelity] [--seeds 0,1,2] [--instances 240] [--k 4]
 
 Per seed s (rollouts, training and the evaluation's sampling all take s):
-1. `switchgen rollouts` on each of the four skills tasks (240 train queries, budget 12, k 4);
+1. `switchgen rollouts` on each of the four skills tasks (budget 12, k 4): the 240 train queries once,
+   and twice (480 instances) on skills-switch, where few cut points fall on a decision that matters
+   (the README's recipe);
 2. `switchgen train` one switcher on all four files (switch-global: several --data) and one per task
    (switch-<task>), the documented hyper-parameters (--lr 5e-3 --epochs 30 --batch-size 16 --lora-r 8);
-3. `switchgen eval` on the four test splits (80 each): every single model, random, untuned with and
-   without calibration, and each trained switcher (`switch` with its --adapter).
+3. `switchgen eval` on the four test splits (80 each): random, untuned with and without calibration,
+   each trained switcher (`switch` with its --adapter), and switch-global read through `calibration:
+   shifts` (which `auto` does not do for a trained switcher: this row shows why); the single models once (in OUT/singles:
+   greedy, they write the same answers under every seed).
 Then it prints, as markdown: the label counts per seed (they add up to the instances), the mean score of
 every method on every task over the seeds with its spread (min-max), and switch-global's paired
 difference to the best single model and to every single model, the pairs pooled over seeds (the same
@@ -34,6 +38,7 @@ TASKS = ["skills-recall", "skills-colour", "skills-abstain", "skills-switch"]
 SINGLES = ["single:P", "single:F", "single:A"]
 TRAIN = ["--lr", "5e-3", "--epochs", "30", "--batch-size", "16", "--lora-r", "8", "--no-progress"]
 UNCALIBRATED = "untuned (calibration: none)"
+SHIFTED = "switch-global (calibration: shifts)"
 
 
 def run(step: str, args: list[str]) -> None:
@@ -60,8 +65,11 @@ def seed_run(out: Path, seed: int, opts: argparse.Namespace) -> dict[str, str]:
     budget = ["--max-new-tokens", str(opts.max_new_tokens), "--seed", str(seed)]
     rollouts = {t: root / "rollouts" / f"{t}.jsonl" for t in TASKS}
     for task, path in rollouts.items():
+        instances = 2 * opts.instances if task == "skills-switch" else opts.instances
+        if path.is_file() and len(path.read_text().splitlines()) >= instances:
+            continue
         run("rollouts", ["rollouts", "--task", task, "--preset", "skills", "--out", str(path), "--instances",
-                         str(opts.instances), "--k", str(opts.k), "--concurrency", "4", "--no-progress", *budget])
+                         str(instances), "--k", str(opts.k), "--concurrency", "4", "--no-progress", *budget])
     switchers = {"switch-global": list(rollouts.values()), **{f"switch-{t[7:]}": [p] for t, p in rollouts.items()}}
     for name, data in switchers.items():
         adapter = root / "switchers" / name
@@ -69,9 +77,12 @@ def seed_run(out: Path, seed: int, opts: argparse.Namespace) -> dict[str, str]:
             run("train", ["train", *[a for p in data for a in ("--data", str(p))], "--out", str(adapter), "--seed",
                           str(seed), *TRAIN])
     tasks = [a for t in TASKS for a in ("--task", t)]
-    folders: dict[str, str] = {}
+    folders: dict[str, str] = {m: f"../../singles/{m}" for m in SINGLES}  # out/singles: run once (greedy)
+    if seed == opts.first:
+        run("eval", ["eval", "--preset", "skills", *tasks, "--methods", ",".join(SINGLES), "--out", str(out / "singles"),
+                     "--concurrency", "8", *budget])
     evals = {
-        "baselines": (["--config", str(skills_config(out, None))], [*SINGLES, "random", "untuned"]),
+        "baselines": (["--config", str(skills_config(out, None))], ["random", "untuned"]),
         "uncalibrated": (["--config", str(skills_config(out, "none"))], ["untuned"]),
     }
     for name, (config, methods) in evals.items():
@@ -83,11 +94,16 @@ def seed_run(out: Path, seed: int, opts: argparse.Namespace) -> dict[str, str]:
         run("eval", ["eval", "--preset", "skills", *tasks, "--methods", "switch", "--adapter", str(root / "switchers" / name),
                      "--out", str(root / "eval" / name), "--concurrency", "8", *budget])
         folders[name] = f"{name}/switch"
+    # A trained switcher read through shifts (relabelled prompts it never saw): why `auto` leaves trained ones alone.
+    run("eval", ["eval", "--config", str(skills_config(out, "shifts")), *tasks, "--methods", "switch", "--adapter",
+                 str(root / "switchers" / "switch-global"), "--out", str(root / "eval" / "global-shifts"), "--concurrency", "8",
+                 *budget])
+    folders[SHIFTED] = "global-shifts/switch"
     return folders
 
 
 def scores(out: Path, seed: int, folder: str, task: str) -> list[float]:
-    name, method = folder.split("/")
+    name, method = folder.rsplit("/", 1)
     lines = (out / f"seed{seed}" / "eval" / name / task / f"{method}.jsonl").read_text().splitlines()
     return [json.loads(line)["score"] for line in lines]
 
@@ -133,20 +149,39 @@ def paired_table(out: Path, seeds: list[int], folders: dict[str, str]) -> None:
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
+def recipe_table(out: Path, seeds: list[int], folders: dict[str, str]) -> None:
+    """skills-switch: the switcher trained on its own rollouts (the README's recipe) against every baseline."""
+    task, trained = "skills-switch", "switch-switch"
+    print(f"\n{task}: {trained} − method, pairs pooled over the seeds, 95% paired bootstrap interval:\n")
+    print("| method | score, mean [min, max] over seeds | switch-switch − method [95% CI] |")
+    print("|---|---:|---:|")
+    mine = [x for s in seeds for x in scores(out, s, folders[trained], task)]
+    for method in [*SINGLES, "random", "untuned", UNCALIBRATED, trained]:
+        means = [statistics.fmean(scores(out, s, folders[method], task)) for s in seeds]
+        cell = ""
+        if method != trained:
+            delta, (lo, hi) = paired_difference(mine, [x for s in seeds for x in scores(out, s, folders[method], task)])
+            cell = f"{delta:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        print(f"| {method} | {statistics.fmean(means):.3f} [{min(means):.3f}, {max(means):.3f}] | {cell} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/fidelity"))
     parser.add_argument("--seeds", default="0,1,2", help="rollout seeds (comma-separated; at least 3 for the README)")
-    parser.add_argument("--instances", type=int, default=240, help="rollout instances per task (one pass over train)")
+    parser.add_argument("--instances", type=int, default=240, help="rollout instances per task (one pass over train; "
+                        "twice that on skills-switch)")
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=12)
     opts = parser.parse_args()
     seeds = [int(s) for s in opts.seeds.split(",")]
+    opts.first = seeds[0]
     opts.out.mkdir(parents=True, exist_ok=True)
     folders: dict[str, str] = {}
     for seed in seeds:
         folders = seed_run(opts.out, seed, opts)
     label_table(opts.out, seeds)
+    recipe_table(opts.out, seeds, folders)
     score_table(opts.out, seeds, folders)
     paired_table(opts.out, seeds, folders)
 

@@ -12,8 +12,9 @@ back renumbered). A probe flips when the two orders' most likely candidates diff
 orders prefers its candidate over the other's by at least TIE (0.01); when they differ only by less
 (a switcher with no preference: near-uniform), the probe counts as a tie, not a flip. The total
 variation distance between the two distributions says by how much they differ. Also printed:
-the mean digit mass and the switcher passes per decision. The switcher is the configuration's
-(without an adapter: the untuned switcher the `untuned` baseline uses).
+the mean digit mass, the mean probability of the most likely candidate (1/n: no preference at all),
+and the switcher passes per decision. The switcher is the configuration's
+model without an adapter (the untuned switcher the `untuned` baseline uses), or with `--adapter`.
 """
 
 from __future__ import annotations
@@ -65,9 +66,10 @@ def main() -> None:
     parser.add_argument("--task", required=True, help="a task name or YAML: its test queries make the probes")
     parser.add_argument("--probes", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--adapter", help="a trained switcher (LoRA) on the switcher's model; default: untuned")
     opts = parser.parse_args()
     config = load_config(opts.preset or opts.config)
-    config = variant(config, strategy="learned", adapter=None)
+    config = variant(config, strategy="learned", adapter=opts.adapter)
     engine = LocalEngine()
     _, switcher = connect(config, engine)
     assert switcher is not None
@@ -82,12 +84,12 @@ def main() -> None:
     states = probes(config, engine, opts.task, opts.probes, opts.seed)
     print(f"{len(states)} probes from {opts.task} built in {time.perf_counter() - start:.1f} s; candidates {config.names}, "
           f"switcher {config.switcher_model}\n")
-    print("| calibration | passes | flips | ties | mean TV distance | max TV distance | mean digit mass | p(first candidate) | s/probe |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| calibration | passes | flips | ties | mean TV distance | max TV distance | mean digit mass | mean top p | p(first candidate) | s/probe |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for calibration in CALIBRATIONS:
         if calibration == "permutations" and n == 2:
             continue  # with two candidates the shifts are all the permutations
-        flips, ties, tvs, masses, firsts = 0, 0, [], [], []
+        flips, ties, tvs, masses, firsts, tops = 0, 0, [], [], [], []
         start = time.perf_counter()
         for query, texts, authors in states:
             a = distribution(ask, query, texts, authors, n, calibration)
@@ -101,9 +103,10 @@ def main() -> None:
             tvs.append(sum(abs(x - y) for x, y in zip(a.probs, back, strict=True)) / 2)
             masses.append((a.mass + b.mass) / 2)
             firsts.append(a.probs[0])
+            tops.append(max(a.probs))
         seconds = (time.perf_counter() - start) / (2 * len(states))
         print(f"| {calibration} | {passes(calibration, n)} | {flips}/{len(states)} | {ties} | {statistics.fmean(tvs):.3f} | "
-              f"{max(tvs):.3f} | {statistics.fmean(masses):.3f} | {statistics.fmean(firsts):.3f} | {seconds:.2f} |")
+              f"{max(tvs):.3f} | {statistics.fmean(masses):.3f} | {statistics.fmean(tops):.3f} | {statistics.fmean(firsts):.3f} | {seconds:.2f} |")
 
 
 if __name__ == "__main__":
