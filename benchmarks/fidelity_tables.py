@@ -8,7 +8,8 @@ Per seed s (rollouts, training and the evaluation's sampling all take s):
    (the README's recipe);
 2. `switchgen train` one switcher on all four files (switch-global: several --data) and one per task
    (switch-<task>), the documented hyper-parameters (--lr 5e-3 --epochs 30 --batch-size 16 --lora-r 8);
-3. `switchgen eval` on the four test splits (80 each): random, untuned with and without calibration,
+3. `switchgen eval` on the four test splits (80 each): random, untuned with and without calibration
+   (and both again with the candidates listed in reverse in the YAML file: does the score follow the order?),
    each trained switcher (`switch` with its --adapter), and switch-global read through `calibration:
    shifts` (which `auto` does not do for a trained switcher: this row shows why); the single models once (in OUT/singles:
    greedy, they write the same answers under every seed).
@@ -38,6 +39,8 @@ TASKS = ["skills-recall", "skills-colour", "skills-abstain", "skills-switch"]
 SINGLES = ["single:P", "single:F", "single:A"]
 TRAIN = ["--lr", "5e-3", "--epochs", "30", "--batch-size", "16", "--lora-r", "8", "--no-progress"]
 UNCALIBRATED = "untuned (calibration: none)"
+LABELS = {"uncalibrated": UNCALIBRATED, "reversed": "untuned, candidates listed A, F, P",
+          "reversed-uncalibrated": "untuned (calibration: none), candidates listed A, F, P"}
 SHIFTED = "switch-global (calibration: shifts)"
 
 
@@ -47,14 +50,16 @@ def run(step: str, args: list[str]) -> None:
         sys.exit(f"{step} failed")
 
 
-def skills_config(out: Path, calibration: str | None) -> Path:
-    """The skills preset with `switcher.calibration` set (None: the preset itself)."""
+def skills_config(out: Path, calibration: str | None, reverse: bool = False) -> Path:
+    """The skills preset with `switcher.calibration` set (None: the preset's), the candidates listed in reverse."""
     from switchgen.core.config import PRESET_DIR
 
     data = yaml.safe_load((PRESET_DIR / "skills.yaml").read_text())
     if calibration is not None:
         data["switcher"]["calibration"] = calibration
-    path = out / f"skills-{calibration or 'preset'}.yaml"
+    if reverse:
+        data["candidates"] = data["candidates"][::-1]
+    path = out / f"skills-{calibration or 'preset'}{'-reversed' if reverse else ''}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -84,12 +89,14 @@ def seed_run(out: Path, seed: int, opts: argparse.Namespace) -> dict[str, str]:
     evals = {
         "baselines": (["--config", str(skills_config(out, None))], ["random", "untuned"]),
         "uncalibrated": (["--config", str(skills_config(out, "none"))], ["untuned"]),
+        "reversed": (["--config", str(skills_config(out, None, reverse=True))], ["untuned"]),  # A, F, P
+        "reversed-uncalibrated": (["--config", str(skills_config(out, "none", reverse=True))], ["untuned"]),
     }
     for name, (config, methods) in evals.items():
         run("eval", ["eval", *config, *tasks, "--methods", ",".join(methods), "--out", str(root / "eval" / name),
                      "--concurrency", "8", *budget])
         for m in methods:
-            folders[UNCALIBRATED if name == "uncalibrated" else m] = f"{name}/{m}"
+            folders[LABELS.get(name, m)] = f"{name}/{m}"
     for name in switchers:
         run("eval", ["eval", "--preset", "skills", *tasks, "--methods", "switch", "--adapter", str(root / "switchers" / name),
                      "--out", str(root / "eval" / name), "--concurrency", "8", *budget])
