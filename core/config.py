@@ -9,14 +9,26 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from switchgen.core.errors import ConfigError, describe
 
 PRESET_DIR = Path(__file__).parent / "presets"
+REDACTED = "<redacted>"  # a secret written out in a configuration, when the configuration is printed
+# No model holds more tokens; a larger number (10**40) could not even be stored in a thread's checkpoint.
+MAX_TOKENS = 2**31 - 1
 DEFAULT_PRESET = "olmo2-1b"
 RESERVED_NAMES = {"switcher", "__start__", "__end__"}
 
@@ -108,6 +120,31 @@ class ServerFields(_Model):
         if not isinstance(headers, dict):
             return headers
         return {k: expand_env(v, f"headers.{k}") if isinstance(v, str) else v for k, v in headers.items()}
+
+    # The secrets as written (`${MY_KEY}`), before expansion: what a printed or written config shows.
+    _written_secrets: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_written_secrets(cls, data: object, handler: Any) -> Any:
+        model = handler(data)
+        if isinstance(data, dict):
+            written = {"api_key": data.get("api_key"), **{f"headers.{k}": v for k, v in (data.get("headers") or {}).items()}}
+            model._written_secrets = {k: v for k, v in written.items() if isinstance(v, str)}
+        return model
+
+    def redact(self, dumped: dict[str, Any]) -> dict[str, Any]:
+        """`dumped` (this model's dump) with its secrets as written: `${VAR}` stays, a key written out becomes <redacted>."""
+        def shown(where: str) -> str:
+            text = self._written_secrets.get(where, "")
+            return text if "${" in text else REDACTED
+
+        out = dict(dumped)
+        if out.get("api_key"):
+            out["api_key"] = shown("api_key")
+        if out.get("headers"):
+            out["headers"] = {k: shown(f"headers.{k}") for k in out["headers"]}
+        return out
 
     @model_validator(mode="after")
     def _url_matches_backend(self) -> ServerFields:
@@ -223,8 +260,12 @@ class SwitchConfig(_Model):
 
     candidates: list[CandidateConfig] = Field(min_length=1)
     switcher: SwitcherConfig = Field(default_factory=SwitcherConfig)
-    patch_size: int = Field(50, gt=0, description="Tokens per patch.")
-    max_new_tokens: int = Field(512, gt=0, description="Token budget of the whole response.")
+    patch_size: int = Field(50, gt=0, le=MAX_TOKENS, description="Tokens per patch.")
+    max_new_tokens: int = Field(
+        512, gt=0, le=MAX_TOKENS,
+        description="Token budget of the whole response. A budget beyond what a model can hold ends the answer "
+        "where its context is full (finish reason budget), the text kept.",
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     seed: int | None = Field(
         None, ge=0, le=2**64 - 1, description="Seed (0 <= seed < 2**64) for switcher and generator sampling; None: fresh randomness."

@@ -121,24 +121,34 @@ def write_records(
                     lines[index] = record
                     tick(record)
                 _rewrite(output, lines)
-            fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-            try:
-                for _, record in in_order(range(start, len(inputs)), one, concurrency):
-                    append_record(fd, record)
-                    written += 1
-                    tick(record)
-            finally:
-                os.close(fd)
-    except ServerUnreachable as err:
-        done = start + written
-        raise ServerUnreachable(f"{err}. {output} keeps its {done} finished records: rerun to resume") from None
-    except OSError as err:  # a full disk, a vanished folder: the file holds whole records only
-        done = start + written
-        raise OutputError(
-            f"cannot write {output} ({err.strerror or err}); it keeps its {done} finished records: "
-            "free space (or fix the path) and rerun to resume"
-        ) from None
+            for record in _appended(output, in_order(range(start, len(inputs)), one, concurrency)):
+                written += 1
+                tick(record)
+    except (ServerUnreachable, OSError) as err:
+        raise _kept(err, output, start + written) from None
     return RunResult(start, written, failed)
+
+
+def _appended(output: Path, made: Iterator[tuple[int, dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    """Append each record as it is made, whole or not at all; yields it once it is in the file."""
+    fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        for _, record in made:
+            append_record(fd, record)
+            yield record
+    finally:
+        os.close(fd)
+
+
+def _kept(err: Exception, output: Path, done: int) -> Exception:
+    """The error that stopped a job, saying that the file keeps its `done` finished records."""
+    if isinstance(err, ServerUnreachable):
+        return ServerUnreachable(f"{err}. {output} keeps its {done} finished records: rerun to resume")
+    # a full disk, a vanished folder: the file holds whole records only
+    return OutputError(
+        f"cannot write {output} ({getattr(err, 'strerror', None) or err}); it keeps its {done} finished records: "
+        "free space (or fix the path) and rerun to resume"
+    )
 
 
 def _rewrite(output: Path, lines: list[dict[str, Any]]) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from switchgen.core.errors import InputError, InputTooLong, describe
 from switchgen.core.jsonl import loads_record, split_lines
@@ -51,6 +51,69 @@ def error_record(source: dict[str, Any], err: Exception) -> dict[str, Any]:
     if isinstance(err, InputTooLong):
         record["permanent"] = True  # no rerun can fix it: shorten the input
     return record
+
+
+# -- `switchgen rollouts` output: one record per train query, read back by `switchgen train` --------------
+
+
+class TraceStep(BaseModel):
+    """A patch of the trace a rollout decision was taken after."""
+
+    model_config = ConfigDict(extra="allow")
+    candidate: str
+    text: str
+    index: int = Field(ge=0)
+
+
+class Outcome(BaseModel):
+    """What one candidate's next patch led to: its continuations' scores and their mean."""
+
+    model_config = ConfigDict(extra="allow")
+    candidate: str
+    scores: list[float]
+    mean: float = Field(allow_inf_nan=False)
+
+
+class RolloutRecord(BaseModel):
+    """A finished rollouts record: the decision's context (query, trace) and its label."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    query: str
+    candidates: list[str] = Field(min_length=1)
+    base: str
+    trace: list[TraceStep]
+    patches: list[Outcome]
+    label: int = Field(ge=0)
+    margin: float = Field(ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _indices_in_range(self) -> RolloutRecord:
+        n = len(self.candidates)
+        if self.label >= n:
+            raise ValueError(f"label {self.label} is not one of the {n} candidates (0..{n - 1})")
+        if any(step.index >= n for step in self.trace):
+            raise ValueError(f"a trace step's index is not one of the {n} candidates (0..{n - 1})")
+        if len(self.patches) != n:
+            raise ValueError(f"{len(self.patches)} patches for {n} candidates")
+        return self
+
+
+def read_rollouts_file(path: Path) -> list[dict[str, Any]]:
+    """The finished records of a rollouts file (failed ones, holding "error", skipped), each checked."""
+    records = []
+    for lineno, line in enumerate(complete_lines(path), 1):
+        if not line.strip():
+            continue
+        value = loads_record(line, f"{path}:{lineno}")
+        if isinstance(value, dict) and "error" in value and "label" not in value:
+            continue
+        try:
+            records.append(RolloutRecord.model_validate(value).model_dump())
+        except ValidationError as err:
+            raise InputError(f"{path}:{lineno}: not a rollouts record of `switchgen rollouts`: "
+                             f"{describe(err, 'record')}") from None
+    return records
 
 
 # -- `switchgen eval` output: DIR/<task>/<method>.jsonl and DIR/results.json --------------------------------
@@ -136,15 +199,33 @@ def load_eval_run(root: Path) -> EvalRun:
             tasks[run.task] = run
     if not tasks:
         raise InputError(f"{root}: no <task>/<method>.jsonl records found (is it a `switchgen eval --out` folder?)")
-    return EvalRun(root, tasks, read_results(root / "results.json"))
+    return EvalRun(root, tasks, read_results(root / "results.json").rows())
 
 
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """The rows of a results.json of `switchgen eval` (none when it is missing)."""
+class ResultRow(BaseModel):
+    """One (task, method) row of results.json: mean, interval, n, costs (kept as written)."""
+
+    model_config = ConfigDict(extra="allow")
+    task: str
+    method: str
+
+
+class EvalResults(BaseModel):
+    """results.json of `switchgen eval`: the rows, and the concurrency the answers were timed at."""
+
+    model_config = ConfigDict(extra="allow")
+    concurrency: int | None = None
+    results: list[ResultRow] = Field(default_factory=list)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [row.model_dump() for row in self.results]
+
+
+def read_results(path: Path) -> EvalResults:
+    """A results.json of `switchgen eval` (empty when it is missing); InputError naming what is wrong."""
     if not path.is_file():
-        return []
-    data = loads_record(path.read_bytes(), str(path))
-    rows = data.get("results", []) if isinstance(data, dict) else None
-    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-        raise InputError(f"{path}: not a results.json of `switchgen eval` (expected {{\"results\": [...rows]}})")
-    return rows
+        return EvalResults()
+    try:
+        return EvalResults.model_validate(loads_record(path.read_bytes(), str(path)))
+    except ValidationError as err:
+        raise InputError(f"{path}: not a results.json of `switchgen eval`: {describe(err, 'results.json')}") from None

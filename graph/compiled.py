@@ -18,6 +18,10 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import ensure_config
+
+# Private, and on purpose: LangGraph sets this key when a parent graph resumes this one as its
+# subgraph, and exports it nowhere public (langgraph.constants warns that it is private). Without
+# it a resumed subgraph's input would be taken for a new turn and its trace started afresh.
 from langgraph._internal._constants import CONFIG_KEY_RESUMING
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command

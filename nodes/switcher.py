@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 
 from switchgen.core.config import SwitchConfig
-from switchgen.core.errors import InputError
+from switchgen.core.errors import InputError, InputTooLong
 from switchgen.core.seeds import derive_seed
 from switchgen.core.trace import ENDED, Decision, Segment
 from switchgen.nodes.state import TurnState
@@ -42,7 +42,12 @@ class Switcher:
                           output="".join(s["text"] for s in segments))
         if used >= self.config.max_new_tokens or (segments and segments[-1].get("finish_reason") in ENDED):
             return {**update, "done": True}
-        decision, extra = self.decide(state, segments, self.config.max_new_tokens - used)
+        try:
+            decision, extra = self.decide(state, segments, self.config.max_new_tokens - used)
+        except InputTooLong:
+            if not segments:
+                raise
+            return {**update, "done": True}  # the switcher can no longer read the whole trace: the answer ends here
         return {**update, **extra, "decisions": [decision], "done": False}
 
     def decide(self, state: TurnState, segments: list[Segment], remaining: int) -> tuple[Decision, dict]:

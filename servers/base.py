@@ -40,6 +40,8 @@ class Patch:
     tokens: int  # tokens sampled, the EOS token included
     finish_reason: Literal["length", "eos", "stop"]
     prefilled: int = 0  # prompt tokens this call had to encode (not found in a cache)
+    # The model's context was full before max_new_tokens: fewer tokens were written, and nothing more fits.
+    context_full: bool = False
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ __all__ = ["ChatSwitchGeneration", "LangChainLLMBackend", "__version__"]
 
 
 def __getattr__(name: str):
-    """Heavy exports load on first use, so that the command line starts fast."""
+    """Heavy exports load on first use: importing any switchgen module (switchgen.core.errors, the
+    CLI) runs this file first, and must not load LangChain, the graph and torch with it."""
     if name == "ChatSwitchGeneration":
         from switchgen.chat_model import ChatSwitchGeneration
 

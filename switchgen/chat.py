@@ -146,16 +146,26 @@ def open_threads(path: Path, saver_class: Any) -> tuple[sqlite3.Connection, Any]
                     for (name,) in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
                 }
         except sqlite3.Error as err:
-            raise InputError(f"--db {path} is not a SQLite database ({err}); {fix}") from None
+            what = "is in use by another process" if "locked" in str(err) else "is not a SQLite database"
+            raise InputError(f"--db {path} {what} ({err}); {fix}") from None
         ours = {name: cols for name, cols in tables.items() if name in _TABLES}
         if tables and (set(ours) != set(_TABLES) or any(not _TABLES[n] <= cols for n, cols in ours.items())):
             raise InputError(f"--db {path} is a SQLite database of something else (tables: {sorted(tables)}); {fix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _check_writable(path)
         conn = sqlite3.connect(str(path), check_same_thread=False)
     except (sqlite3.Error, OSError) as err:
-        raise InputError(f"--db {path}: cannot open the chat database ({err}); {fix}") from None
+        raise InputError(f"--db {path}: cannot open the chat database for writing ({err}); {fix}") from None
     return conn, saver_class(conn)
+
+
+def _check_writable(path: Path) -> None:
+    """A write that is rolled back, within a second: a read-only or locked database fails now, not at the first answer."""
+    with closing(sqlite3.connect(str(path), timeout=1.0)) as probe:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("CREATE TABLE IF NOT EXISTS switchgen_write_probe (x)")
+        probe.rollback()
 
 
 def run_chat(

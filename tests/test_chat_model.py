@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
-from langgraph.graph import START, MessagesState, StateGraph
-
-import switchgen.graph  # noqa: F401  isort: skip
 from _serving import hub_online  # noqa: F401 - fixture
 from conftest import chat_prompt
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
+from langgraph.graph import START, MessagesState, StateGraph
 
 from switchgen import ChatSwitchGeneration, LangChainLLMBackend
 from switchgen.core.errors import ConfigError, InputError

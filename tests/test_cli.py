@@ -360,3 +360,11 @@ def test_console_script_errors_are_one_line(tmp_path: Path, toy_kit):
     line = check_error(done.returncode, done.stderr, "does/not/exist")
     assert line.startswith("switchgen: error:")
     assert output.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["generate", "chat", "serve", "merge-switcher", "api", "bench", "rollouts", "train",
+                                     "eval", "analyze", "distill", "presets", "tasks", "toy-models"])
+def test_every_command_has_help(command: str, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0 and f"switchgen {command}" in capsys.readouterr().out

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from langchain_core.messages import AIMessage, ToolMessage
 
-import switchgen.graph  # noqa: F401  isort: skip
 from switchgen.graph import build_graph
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -5,10 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from transformers import AutoTokenizer
-
-import switchgen.graph  # noqa: F401  isort: skip  (import order; see test_switcher_prompt)
 from conftest import chat_prompt, toy_config_dict
+from transformers import AutoTokenizer
 
 from switchgen.core.errors import InputError
 from switchgen.graph import build_graph, load_config

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-import switchgen.graph  # noqa: F401  isort: skip  (import order; see test_switcher_prompt)
 from conftest import chat_prompt, lcp, toy_config_dict
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from switchgen.core.prompts import switcher_prompt, user_turn
 from switchgen.graph import build_graph, load_config

@@ -10,7 +10,6 @@ import pytest
 from langgraph.checkpoint.sqlite import SqliteSaver
 from transformers import AutoTokenizer
 
-import switchgen.graph  # noqa: F401  isort: skip
 from switchgen.chat import PALETTE, RESET
 from switchgen.cli import main
 from switchgen.graph import build_graph

@@ -12,7 +12,6 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from transformers import AutoTokenizer
 
-import switchgen.graph  # noqa: F401  isort: skip
 from switchgen.core.errors import InputError
 from switchgen.core.prompts import switcher_prompt, user_turn
 from switchgen.graph import build_graph

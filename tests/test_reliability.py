@@ -730,3 +730,182 @@ def test_toy_models_never_replace_what_is_not_a_kit(tmp_path: Path, capsys):
     empty.mkdir()
     assert cli(capsys, "toy-models", empty)[0] == 0 and (empty / "A").is_dir()
     assert cli(capsys, "toy-models", empty, "--overwrite")[0] == 0  # a kit is ours to replace
+
+
+def _short_context_copy(tmp_path: Path, toy_kit, context: int) -> Path:
+    """toy:F (never ends on its own) declaring a context of `context` tokens: a real model that fills up fast."""
+    import shutil
+
+    folder = tmp_path / f"F-{context}"
+    shutil.copytree(toy_kit["F"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["max_position_embeddings"] = context
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_budget_beyond_the_models_context_keeps_the_answer(tmp_path: Path, toy_kit, capsys):
+    """max_new_tokens 100000 on a model holding 160 tokens: the answer ends where the context is full
+    (finish reason budget), its text kept; not a permanent "input too long" record without output."""
+    model = _short_context_copy(tmp_path, toy_kit, 160)
+    config = tmp_path / "long.yaml"
+    config.write_text(f"candidates:\n  - {{name: F, role: aligned, model: '{model}', device: cpu}}\n"
+                      "switcher: {strategy: single, candidate: F}\npatch_size: 50\nmax_new_tokens: 100000\nseed: 0\n")
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"input": "Why is the sky blue?"}\n')
+    out = tmp_path / "out.jsonl"
+    code, err = cli(capsys, "generate", "--input", inputs, "--config", config, "--output", out, "--no-progress")
+    assert code == 0, err
+    record = loads_record(out.read_bytes())
+    log = record["generation_log"]
+    assert record["output"] and "error" not in record
+    assert log["finish_reasons"][-1] == "budget" and log["finish_reasons"][:-1] == ["length"] * (len(log["finish_reasons"]) - 1)
+    assert 60 < log["tokens_used"] < 160  # the context (160) less the prompt
+
+
+def test_a_too_large_budget_is_a_one_line_error_and_leaves_the_thread(capsys, thread_graph):
+    """10**40 tokens cannot even be stored in a checkpoint: refused before the thread is written."""
+    code, err = cli(capsys, "chat", "--preset", "toy", "--max-new-tokens", 2**70)
+    assert code == 2
+    one_line_error(err, "max_new_tokens", "2147483647")
+    thread = {"configurable": {"thread_id": "a-too-large-budget"}}
+    with pytest.raises(InputError, match="max_new_tokens"):
+        thread_graph.invoke({"query": "Hi"}, thread, context={"max_new_tokens": 10**40})
+    assert not thread_graph.get_state(thread).values.get("messages")
+
+
+@pytest.mark.usefixtures("hub_online")
+def test_a_budget_beyond_a_servers_context_keeps_the_answer(toy_kit):
+    """A TGI-protocol server refuses the patch that no longer fits (its max_total_tokens): the answer
+    written so far is kept and ends there, not an "input too long" error for the whole query."""
+    from _serving import served_dict, start_toy_servers
+    from conftest import toy_config_dict
+
+    from switchgen.graph import build_graph, load_config
+    from switchgen.servers.engine.local import LocalEngine
+
+    single = {"switcher": {"strategy": "single", "candidate": "F"}, "max_new_tokens": 100000, "patch_size": 50,
+              "sampling": {"greedy": True}}
+    with start_toy_servers(LocalEngine(), toy_config_dict(**single), max_total_tokens=200) as servers:
+        data = served_dict(servers.urls, "tgi", switcher="local", **{k: v for k, v in single.items() if k != "switcher"})
+        config = load_config({**data, "switcher": single["switcher"]})
+        result = build_graph(config).invoke({"query": "Why is the sky blue?"})
+    assert result["done"] and result["segments"] and result["output"] == "".join(s["text"] for s in result["segments"])
+    assert 100 <= result["tokens_used"] < 200
+
+
+def test_printed_and_written_configs_never_hold_a_secret(tmp_path: Path, toy_kit, capsys, monkeypatch):
+    """serve --print-config (stdout and --output) shows a key as written, ${VAR}; one written out is <redacted>."""
+    monkeypatch.setenv("SWITCHGEN_TEST_SECRET", "s3cr3t-value")
+    config = tmp_path / "keys.yaml"
+    config.write_text(
+        "candidates:\n"
+        "  - {name: P, role: pretrained, model: 'toy:P', backend: tgi, url: 'http://127.0.0.1:9', api_key: '${SWITCHGEN_TEST_SECRET}'}\n"
+        "  - {name: A, role: aligned, model: 'toy:A', backend: tgi, url: 'http://127.0.0.1:9', api_key: written-out-key,\n"
+        "     headers: {X-Token: '${SWITCHGEN_TEST_SECRET}'}}\n"
+        "switcher: {strategy: random}\n")
+    out = tmp_path / "served.yaml"
+    assert main(["serve", "--config", str(config), "--port", "8100", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert cli(capsys, "serve", "--config", config, "--port", 8100, "--print-config", "--output", out)[0] == 0
+    for text in (printed, out.read_text()):
+        assert "s3cr3t-value" not in text and "written-out-key" not in text
+        assert text.count("${SWITCHGEN_TEST_SECRET}") == 2 and "<redacted>" in text
+
+
+def _rollout(**changes) -> dict:
+    record = {"id": "1", "query": "q", "candidates": ["P", "F", "A"], "base": "toy:A",
+              "trace": [{"candidate": "P", "text": "x", "index": 0}],
+              "patches": [{"candidate": c, "scores": [s], "mean": s} for c, s in zip("PFA", (1.0, 0.0, 0.0), strict=True)],
+              "label": 0, "margin": 1.0}
+    record.update(changes)
+    return {k: v for k, v in record.items() if v is not _rollout}
+
+
+BAD_ROLLOUTS = {
+    "no-candidates": ({"candidates": _rollout}, "candidates"),
+    "no-trace": ({"trace": _rollout}, "trace"),
+    "no-base": ({"base": _rollout}, "base"),
+    "no-index": ({"trace": [{"candidate": "P", "text": "x"}]}, "index"),
+    "label-not-a-number": ({"label": "x"}, "label"),
+    "margin-not-a-number": ({"margin": "big"}, "margin"),
+    "query-not-text": ({"query": 5}, "query"),
+    "patches-not-a-list": ({"patches": "nope"}, "patches"),
+    "label-beyond-the-candidates": ({"label": 9}, "label 9"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROLLOUTS))
+def test_train_refuses_a_bad_rollouts_record_in_one_line(tmp_path: Path, capsys, case: str):
+    changes, words = BAD_ROLLOUTS[case]
+    data = tmp_path / "rollouts.jsonl"
+    data.write_text(dumps_record(_rollout()) + "\n" + dumps_record(_rollout(id="2", **changes)) + "\n")
+    code, err = cli(capsys, "train", "--data", data, "--out", tmp_path / "adapter", "--no-progress")
+    assert code == 2
+    one_line_error(err, f"{data}:2", words)
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_chat_refuses_a_locked_database_at_once(tmp_path: Path, small_config: Path, capsys):
+    """Another process holding the chat database: a one-line error before any model loads, not ~30 s
+    later at the first question (a read-only file fails the same write probe; as root it cannot be made here)."""
+    import sqlite3
+    import time
+
+    db = tmp_path / "chat.sqlite"
+    holder = sqlite3.connect(db)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        began = time.monotonic()
+        code, err = cli(capsys, "chat", "--config", small_config, "--db", db)
+        assert code == 2 and time.monotonic() - began < 10
+        one_line_error(err, f"--db {db}", "locked")
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+BAD_FLAGS = [
+    (["train", "--data", "r.jsonl", "--out", "o", "--epochs", "nan"], "--epochs"),
+    (["train", "--data", "r.jsonl", "--out", "o", "--epochs", "inf"], "--epochs"),
+    (["train", "--data", "r.jsonl", "--out", "o", "--lr", "inf"], "--lr"),
+    (["train", "--data", "r.jsonl", "--out", "o", "--eval-fraction", "1.5"], "--eval-fraction"),
+    (["distill", "--outputs", "d", "--task", "t", "--out", "o", "--lr", "-0.1"], "--lr"),
+    (["distill", "--outputs", "d", "--task", "t", "--out", "o", "--batch-size", "0"], "--batch-size"),
+    (["distill", "--outputs", "d", "--task", "t", "--out", "o", "--lora-r", "0"], "--lora-r"),
+    (["distill", "--outputs", "d", "--task", "t", "--out", "o", "--epochs", "0"], "--epochs"),
+    (["bench", "--reps", "0"], "--reps"),
+    (["bench", "--budget", "0"], "--budget"),
+    (["bench", "--concurrency", "0"], "--concurrency"),
+    (["eval", "--task", "t", "--out", "o", "--limit", "-1"], "--limit"),
+    (["rollouts", "--task", "t", "--out", "o", "--k", "0"], "--k"),
+    (["chat", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["generate", "--input", "i.jsonl", "--concurrency", "x"], "--concurrency"),
+]
+
+
+@pytest.mark.parametrize("args, flag", BAD_FLAGS, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_FLAGS])
+def test_every_bad_number_is_a_one_line_error(tmp_path: Path, capsys, monkeypatch, args: list[str], flag: str):
+    monkeypatch.chdir(tmp_path)
+    code, err = cli(capsys, *args)
+    assert code == 2
+    one_line_error(err, flag)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_eval_and_analyze_bad_inputs_are_one_line_errors(tmp_path: Path, capsys):
+    code, err = cli(capsys, "eval", "--task", "toy-qa", "--out", tmp_path / "o", "--import", "no_such_module_here")
+    assert code == 2
+    one_line_error(err, "--import no_such_module_here")
+    run = tmp_path / "run"
+    (run / "task").mkdir(parents=True)
+    (run / "task" / "switch.jsonl").write_bytes(b'{"id": "1", "score": 1, "query": "caf\xe9"}\n')
+    code, err = cli(capsys, "analyze", run)
+    assert code == 2
+    one_line_error(err, "switch.jsonl:1", "UTF-8")
+    (run / "task" / "switch.jsonl").write_text('{"id": "1", "score": 1, "query": "a\u2028b"}\n', encoding="utf-8")
+    (run / "results.json").write_text('{"results": 5}')
+    code, err = cli(capsys, "analyze", run)
+    assert code == 2
+    one_line_error(err, "results.json")

@@ -54,9 +54,10 @@ def test_remote_candidates_send_the_api_key_from_the_environment(keyed, engine, 
     assert remote["output"] == local.invoke({"query": "Why is the sky blue?"})["output"]
 
     without = keyed_config(keyed.urls, backend, None, retries=0)
-    if backend == "openai":  # TGI's probe is /health, open like vLLM's
-        with pytest.raises(ServerUnreachable, match=r"HTTP 401 .*set api_key"):
-            check_servers(server_probes(without))
+    with pytest.raises(ServerUnreachable, match=r"HTTP 401 .*set api_key"):  # TGI's /health is open: /info is asked
+        check_servers(server_probes(without))
+    with pytest.raises(ServerUnreachable, match=r"HTTP 401 .*the api_key given is refused"):  # before any query runs
+        check_servers(server_probes(keyed_config(keyed.urls, backend, "wrong-key", retries=0)))
     with pytest.raises(ServerError, match="401"):
         build_graph(without, engine=engine).invoke({"query": "Why is the sky blue?"})
 

@@ -6,7 +6,6 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
-import switchgen.graph  # noqa: F401  isort: skip
 from switchgen.core.errors import InputError
 from switchgen.graph import build_graph
 from switchgen.nodes.context import Context

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-import switchgen.graph  # noqa: F401  isort: skip  (import order; see test_switcher_prompt)
 from conftest import toy_config_dict
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from switchgen.core.errors import ConfigError
 from switchgen.core.prompts import switcher_prompt, user_turn

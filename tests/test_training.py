@@ -270,7 +270,7 @@ def test_several_data_files_mix_into_one_switch_global_set(rollouts, tmp_path):
     mixed = read_rollouts([rollouts, other])
     assert len(mixed) == 8 and {r["task"] for r in mixed} == {"toy-qa", "other"}
     chain = tmp_path / "other-chain.jsonl"
-    chain.write_text(json.dumps({**json.loads(rollouts.read_text().splitlines()[0]), "candidates": ["X", "Y"]}) + "\n")
+    chain.write_text(json.dumps({**json.loads(rollouts.read_text().splitlines()[0]), "candidates": ["X", "Y", "Z"]}) + "\n")
     with pytest.raises(InputError, match="differ"):
         read_rollouts([rollouts, chain])
 

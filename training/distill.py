@@ -17,11 +17,9 @@ authors' repeated rounds). Then the result is evaluated on the test split as the
 
 from __future__ import annotations
 
-import gc
 import json
 import shutil
-import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +27,9 @@ from switchgen.analysis.stats import method_cost
 from switchgen.core.config import SwitchConfig, load_config
 from switchgen.core.errors import ConfigError, InputError
 from switchgen.core.files import atomic_write_text
-from switchgen.core.records import EvalRecord, read_eval_records
+from switchgen.core.records import EvalRecord, read_eval_records, read_results
 from switchgen.training.settings import DistillSettings
+from switchgen.training.sft import SFTJob, check_out, fine_tune, require_trl
 
 DISTILLED = "D"  # the distilled model's candidate name in its evaluation
 
@@ -71,62 +70,6 @@ def sft_examples(tokenizer, config: SwitchConfig, records: list[EvalRecord]) -> 
     return examples
 
 
-def fine_tune(base: str, examples: list[dict[str, list[int]]], out: Path, settings: DistillSettings,
-              progress: bool) -> float:
-    """LoRA SFT of `base` on `examples`, merged into a full checkpoint in `out`; returns the train loss."""
-    try:
-        from datasets import Dataset
-        from peft import LoraConfig
-        from trl import SFTConfig, SFTTrainer
-    except ImportError as err:
-        raise ConfigError(f"switchgen distill needs TRL ({err.name} is missing): pip install 'switchgen[train]'") from None
-    import torch
-
-    from switchgen.servers.engine.loading import (
-        load_model,
-        load_tokenizer,
-        resolve_device,
-        resolve_dtype,
-        resolve_model,
-    )
-    from switchgen.training.train import quiet_when_asked
-
-    location = resolve_model(base)
-    tokenizer = load_tokenizer(location)
-    device = resolve_device("auto")
-    on_gpu = device.type == "cuda"
-    model = load_model(location, torch.device("cpu"), resolve_dtype("auto", device))
-    model.train()
-    work = Path(tempfile.mkdtemp(prefix="switchgen-distill-"))
-    try:
-        args = SFTConfig(
-            output_dir=str(work), num_train_epochs=settings.epochs, per_device_train_batch_size=settings.batch_size,
-            learning_rate=settings.lr, seed=settings.seed, data_seed=settings.seed, completion_only_loss=True,
-            max_length=None, use_cpu=not on_gpu, bf16=on_gpu and torch.cuda.is_bf16_supported(),
-            save_strategy="no", report_to="none", logging_steps=10, disable_tqdm=not progress,
-        )
-        lora = LoraConfig(r=settings.lora_r, lora_alpha=2 * settings.lora_r, lora_dropout=0.0,
-                          target_modules="all-linear", task_type="CAUSAL_LM")
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                             processing_class=tokenizer, peft_config=lora)
-        quiet_when_asked(trainer, progress)
-        loss = float(trainer.train().training_loss)
-        merged = trainer.model.merge_and_unload()
-        merged.config.use_cache = True  # training switched the KV cache off; the checkpoint is for inference
-        partial = out.with_name(out.name + ".partial")  # nothing half-written under `out`
-        shutil.rmtree(partial, ignore_errors=True)
-        merged.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        del trainer, model, merged
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    gc.collect()
-    if out.exists():
-        shutil.rmtree(out)
-    partial.replace(out)
-    return loss
-
-
 def with_aligned_model(config: SwitchConfig, model: str) -> SwitchConfig:
     """`config` with the aligned candidate's checkpoint replaced (the switcher keeps its own model)."""
     data = config.model_dump()
@@ -147,11 +90,11 @@ def distilled_config(config: SwitchConfig, model: str) -> SwitchConfig:
 def _compared(folder: Path, task: str, methods: list[str], records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int | None]:
     """results.json's rows of `methods` from an earlier eval of the same test examples, and the
     concurrency it ran at (None from a results.json written before it was recorded)."""
-    try:
-        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-        rows = results["results"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise InputError(f"--compare {folder}: no results.json of `switchgen eval` there") from None
+    path = folder / "results.json"
+    if not path.is_file():
+        raise InputError(f"--compare {folder}: no results.json of `switchgen eval` there")
+    results = read_results(path)
+    rows = results.rows()
     ids = [r["id"] for r in records]
     for method in methods:
         if not any(r.get("task") == task and r.get("method") == method for r in rows):
@@ -159,7 +102,7 @@ def _compared(folder: Path, task: str, methods: list[str], records: list[dict[st
         answered = [r.id for r in read_eval_records(folder / task / f"{method}.jsonl")]
         if answered != ids:
             raise InputError(f"--compare {folder}: {method} answered other test examples than these {len(ids)} (check --limit)")
-    return [r for r in rows if r.get("task") == task], results.get("concurrency")
+    return [r for r in rows if r.get("task") == task], results.concurrency
 
 
 def _concurrency(asked: int | None, compared: int | None, compare: Path | None) -> int | None:
@@ -173,6 +116,20 @@ def _concurrency(asked: int | None, compared: int | None, compare: Path | None) 
 
 def _row(rows: list[dict[str, Any]], method: str) -> dict[str, Any]:
     return next(r for r in rows if r["method"] == method)
+
+
+@dataclass
+class Plan:
+    """A distillation checked before anything trains: the task, the answers, the evaluation to run."""
+
+    config: SwitchConfig
+    task: Any
+    records: list[EvalRecord]
+    aligned: str  # the aligned model's method (single:<name>)
+    test: Any  # the prepared test-split evaluation
+    compared: list[dict[str, Any]] | None  # results.json rows from --compare, else None
+    concurrency: int
+    same_concurrency: bool  # False: an older --compare results.json did not record its concurrency
 
 
 def distill(
@@ -194,45 +151,66 @@ def distill(
     `compare`: a `switchgen eval` folder on the test split that already holds the aligned model and
     the method; their results are taken from it (and the distilled model answers the same examples)
     instead of being generated again."""
-    from switchgen.core.jobs import default_concurrency
-    from switchgen.evaluation import prepare, run_eval
-    from switchgen.evaluation.run import aligned_method
-    from switchgen.servers.engine.loading import load_tokenizer, resolve_model
     from switchgen.servers.engine.local import LocalEngine
+
+    plan = _plan(config, task_name, outputs, out, settings, compare)
+    engine = engine or LocalEngine()
+    start = base or config.candidates[config.aligned_index].model
+    rounds = _train_rounds(plan, start, out, settings, adapter=adapter, progress=progress, engine=engine, log=log)
+    methods, answered = _evaluate(plan, str(out.resolve()), out, settings, adapter=adapter, compare=compare,
+                                  progress=progress, engine=engine, log=log)
+    report = _report(plan, methods, answered, settings, model=str(out.resolve()), base=start, outputs=outputs,
+                     compared_with=str(compare) if compare else str(out / "eval"), rounds=rounds)
+    atomic_write_text(out / "switchgen-distill.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "switchgen-distill.md", summary(report))
+    return report
+
+
+def _plan(config: SwitchConfig, task_name: str | Path, outputs: Path, out: Path, settings: DistillSettings,
+          compare: Path | None) -> Plan:
+    """Everything checked that can be checked before training: bad input stops here."""
+    from switchgen.core.jobs import default_concurrency
+    from switchgen.evaluation import prepare
+    from switchgen.evaluation.run import aligned_method
     from switchgen.tasks import load_task
 
-    if settings.rounds < 1:
-        raise ConfigError(f"--rounds must be at least 1, got {settings.rounds}")
-    if settings.concurrency is not None and settings.concurrency < 1:
-        raise ConfigError(f"--concurrency must be at least 1, got {settings.concurrency}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists and is not an empty folder; choose another --out")
+    require_trl("distill")
+    check_out(out)
     task = load_task(task_name)
     records = train_records(outputs, task, settings.method)
     aligned = aligned_method(config)
-    test = prepare([task], [aligned, settings.method], config, settings.limit)  # bad input stops before training
+    test = prepare([task], [aligned, settings.method], config, settings.limit)
     compared, compared_at = (_compared(compare, task.name, [aligned, settings.method], test.records[task.name])
                              if compare else (None, None))
     concurrency = _concurrency(settings.concurrency, compared_at, compare) or default_concurrency(config)
-    same_concurrency = compare is None or compared_at is not None  # an older results.json did not record it
-    engine = engine or LocalEngine()
-    current = base or config.candidates[config.aligned_index].model
+    return Plan(config, task, records, aligned, test, compared, concurrency, compare is None or compared_at is not None)
+
+
+def _train_rounds(plan: Plan, current: str, out: Path, settings: DistillSettings, *, adapter, progress, engine,
+                  log) -> list[dict[str, Any]]:
+    """Each round fine-tunes the current model; the last round's model is moved into `out`."""
+    from switchgen.evaluation import prepare, run_eval
+    from switchgen.servers.engine.loading import load_tokenizer, resolve_model
+
     work = out.with_name(out.name + ".rounds")
     shutil.rmtree(work, ignore_errors=True)
-    rounds = []
+    rounds, records = [], plan.records
     try:
         for r in range(1, settings.rounds + 1):
             if r > 1:  # switch generation again, the aligned candidate now the previous round's model
-                chain = with_aligned_model(config, current)
+                chain = with_aligned_model(plan.config, current)
                 regen = work / f"round-{r}-outputs"
-                run_eval(chain, prepare([task], [settings.method], chain, None, split="train"), regen, seed=settings.seed,
-                         concurrency=concurrency, adapter=adapter, progress=progress, engine=engine)
-                records = train_records(regen, task, settings.method)
-            examples = sft_examples(load_tokenizer(resolve_model(current)), config, records)
+                run_eval(chain, prepare([plan.task], [settings.method], chain, None, split="train"), regen,
+                         seed=settings.seed, concurrency=plan.concurrency, adapter=adapter, progress=progress,
+                         engine=engine)
+                records = train_records(regen, plan.task, settings.method)
+            examples = sft_examples(load_tokenizer(resolve_model(current)), plan.config, records)
             target = work / f"round-{r}"
             log(f"round {r}: fine-tuning {current} on {len(examples)} answers")
-            loss = fine_tune(current, examples, target, settings, progress)
-            rounds.append({"round": r, "base": str(current), "examples": len(examples), "train_loss": loss})
+            job = SFTJob(current, settings.epochs, settings.batch_size, settings.lr, settings.lora_r, settings.seed,
+                         progress, merge=True)
+            rounds.append({"round": r, "base": str(current), "examples": len(examples),
+                           "train_loss": fine_tune(job, examples, target)})
             current = str(target.resolve())
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
@@ -240,36 +218,43 @@ def distill(
         Path(current).replace(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    model = str(out.resolve())
+    return rounds
 
-    if compared is None:
+
+def _evaluate(plan: Plan, model: str, out: Path, settings: DistillSettings, *, adapter, compare, progress, engine,
+              log) -> tuple[dict[str, dict], dict[str, list[EvalRecord]]]:
+    """results.json rows and records of the aligned model, the method and the distilled model on the test split."""
+    from switchgen.evaluation import prepare, run_eval
+
+    if plan.compared is None:
         log("evaluating on the test split: the aligned model, switching, the distilled model")
-        base_rows = run_eval(config, test, out / "eval", seed=settings.seed, concurrency=concurrency, adapter=adapter,
-                             progress=progress, engine=engine)
+        base_rows = run_eval(plan.config, plan.test, out / "eval", seed=settings.seed, concurrency=plan.concurrency,
+                             adapter=adapter, progress=progress, engine=engine)
         base_dir = out / "eval"
     else:
         log(f"evaluating the distilled model on the test split (the others from {compare})")
-        base_rows, base_dir = compared, compare
-    dconfig = distilled_config(config, model)
-    d_rows = run_eval(dconfig, prepare([task], [f"single:{DISTILLED}"], dconfig, settings.limit), out / "eval-distilled",
-                      seed=settings.seed, concurrency=concurrency, progress=progress, engine=engine)
-    distilled_method = f"single:{DISTILLED}"
-    methods = {aligned: _row(base_rows, aligned), settings.method: _row(base_rows, settings.method),
-               distilled_method: _row(d_rows, distilled_method)}
-    folders = {aligned: base_dir, settings.method: base_dir, distilled_method: out / "eval-distilled"}
-    answered = {m: read_eval_records(folders[m] / task.name / f"{m}.jsonl") for m in methods}
+        base_rows, base_dir = plan.compared, compare
+    dconfig = distilled_config(plan.config, model)
+    distilled = f"single:{DISTILLED}"
+    d_rows = run_eval(dconfig, prepare([plan.task], [distilled], dconfig, settings.limit), out / "eval-distilled",
+                      seed=settings.seed, concurrency=plan.concurrency, progress=progress, engine=engine)
+    methods = {plan.aligned: _row(base_rows, plan.aligned), settings.method: _row(base_rows, settings.method),
+               distilled: _row(d_rows, distilled)}
+    folders = {plan.aligned: base_dir, settings.method: base_dir, distilled: out / "eval-distilled"}
+    answered = {m: read_eval_records(folders[m] / plan.task.name / f"{m}.jsonl") for m in methods}
+    return methods, answered
+
+
+def _report(plan: Plan, methods: dict[str, dict], answered: dict[str, list[EvalRecord]], settings: DistillSettings,
+            **where: Any) -> dict[str, Any]:
+    """The recovered fraction of switching's gain, and each method's score and inference cost."""
     costs = {m: method_cost(m, recs) for m, recs in answered.items() if recs}  # none when every answer failed
     a, s, d = (methods[m]["mean"] for m in methods)
     gain = s - a
     report = {
-        "task": task.name,
-        "model": model,
-        "base": base or config.candidates[config.aligned_index].model,
-        "outputs": str(outputs),
-        "compared_with": str(compare) if compare else str(out / "eval"),
-        "rounds": rounds,
-        "settings": asdict(settings),
-        "concurrency": concurrency if same_concurrency else None,  # None: the --compare run's is unknown
+        "task": plan.task.name, "model": where["model"], "base": where["base"], "outputs": str(where["outputs"]),
+        "compared_with": where["compared_with"], "rounds": where["rounds"], "settings": asdict(settings),
+        "concurrency": plan.concurrency if plan.same_concurrency else None,  # None: the --compare run's is unknown
         "methods": {m: {"mean": row["mean"], "ci": row["ci"], "n": row["n"],
                         "tokens_per_answer": costs[m].tokens if m in costs else None,
                         "seconds_per_answer": costs[m].seconds if m in costs else None,
@@ -278,14 +263,12 @@ def distill(
         "switch_gain": gain,
         "recovered": (d - a) / gain if gain else None,  # undefined when switching gained nothing
     }
-    sw, dm = report["methods"][settings.method], report["methods"][distilled_method]
+    sw, dm = report["methods"][settings.method], report["methods"][f"single:{DISTILLED}"]
     report["cost_vs_switch"] = {
         key: dm[f"{key}_per_answer"] / sw[f"{key}_per_answer"]
         if dm[f"{key}_per_answer"] is not None and sw[f"{key}_per_answer"] else None
         for key in ("tokens", "seconds")
     }
-    atomic_write_text(out / "switchgen-distill.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out / "switchgen-distill.md", summary(report))
     return report
 
 

@@ -19,8 +19,8 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from switchgen.core.errors import ConfigError, InputError
-from switchgen.core.jsonl import loads_record, split_lines
 from switchgen.core.prompts import switcher_prompt, user_turn
+from switchgen.core.records import read_rollouts_file
 from switchgen.servers.choices import choice_token_ids
 from switchgen.servers.engine.local import encode
 from switchgen.training.rollouts import TIE
@@ -38,23 +38,13 @@ class Example:
 def read_rollouts(paths: list[Path]) -> list[dict[str, Any]]:
     """Every finished record of the files (failed ones skipped); all files must share one candidate list."""
     records: list[dict[str, Any]] = []
-    names: list[str] | None = None
     for path in paths:
         if not path.is_file():
             raise InputError(f"{path}: no such file")
-        for lineno, line in enumerate(split_lines(path.read_bytes()), 1):
-            if not line.strip():
-                continue
-            rec = loads_record(line, f"{path}:{lineno}")
-            if not isinstance(rec, dict) or ("label" not in rec and "error" not in rec):
-                raise InputError(f"{path}:{lineno}: not a rollouts record (made by `switchgen rollouts`)")
-            if "error" in rec:
-                continue
-            if names is None:
-                names = rec["candidates"]
-            elif rec["candidates"] != names:
+        for rec in read_rollouts_file(path):
+            if records and rec["candidates"] != records[0]["candidates"]:
                 raise InputError(
-                    f"{path}:{lineno}: candidates {rec['candidates']} differ from {names}: "
+                    f"{path}: candidates {rec['candidates']} differ from {records[0]['candidates']}: "
                     "a switcher is trained for one chain (mix tasks, not chains)"
                 )
             records.append(rec)

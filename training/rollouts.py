@@ -116,88 +116,77 @@ class Rollouts:
                 "patch_size": cfg.patch_size, "models": [c.model for c in cfg.candidates]}
 
     def instance(self, record: dict[str, Any]) -> dict[str, Any]:
+        """One query's rollouts record: a trace cut at random, each candidate's next patch, scored continuations."""
         cfg = self.config
         rid, query = str(record["id"]), record["query"]
-        budget, patch = cfg.max_new_tokens, cfg.patch_size
         lo, hi = self.settings.cut
-        length = random.Random(self._seed(rid, "cut")).uniform(lo, hi) * budget
-        cut = int(length) // patch * patch  # down to a patch boundary (0: the first decision)
+        length = random.Random(self._seed(rid, "cut")).uniform(lo, hi) * cfg.max_new_tokens
+        cut = int(length) // cfg.patch_size * cfg.patch_size  # down to a patch boundary (0: the first decision)
+        trace, tokens = self._trace(rid, query, cut)
+        used = sum(s["tokens"] for s in trace)
+        patches = self._map(lambda name: self._divergent(rid, query, trace, name), cfg.names)
+        runs = self._continuations(rid, query, trace, patches)
+        per = self._per_candidate(record, trace, patches, runs)
+        tokens += sum(p["tokens"] for p in patches) + sum(sum(p["continuation_tokens"]) for p in per)
+        label, margin, tie = pick_label([p["mean"] for p in per], cfg.aligned_index)
+        return {
+            "id": rid, "task": self.task, "query": query, "reference": record.get("reference"),
+            "candidates": cfg.names, "base": switcher_base(cfg), "settings": self.settings_record(),
+            "cut": cut, "trace": trace, "trace_tokens": used, "patches": per,
+            "label": label, "label_name": cfg.names[label], "margin": margin, "tie": tie, "tokens": tokens,
+        }
 
-        # 1. the trace: random switching up to `cut` tokens
+    def _trace(self, rid: str, query: str, cut: int) -> tuple[list[Segment], int]:
+        """Step 1: random switching up to `cut` tokens; (the trace as graph input, tokens generated)."""
         run = self._run(query, self._seed(rid, "trace"), max_new_tokens=cut) if cut else {"segments": [], "tokens_used": 0}
         written = list(run["segments"])
         if written and written[-1]["finish_reason"] in ("eos", "stop"):
             written.pop()  # it ended before the cut: the decision before its last patch is still open
-        trace = [_as_input(s) for s in written]
-        used = sum(s["tokens"] for s in trace)
-        tokens = run["tokens_used"]
+        return [_as_input(s) for s in written], run["tokens_used"]
 
-        # 2. the divergent step: each candidate writes the next patch
-        cap = min(budget, used + patch)
+    def _divergent(self, rid: str, query: str, trace: list[Segment], name: str) -> Segment:
+        """Step 2: candidate `name` writes the next patch."""
+        budget = self.config.max_new_tokens
+        cap = min(budget, sum(s["tokens"] for s in trace) + self.config.patch_size)
+        out = self._run(query, self._seed(rid, "patch", name), trace, forced=name, max_new_tokens=cap)
+        new = out["segments"][len(trace)]
+        if new["finish_reason"] == "budget" and cap < budget:
+            new = {**new, "finish_reason": "length"}  # only this run's cap was reached
+        return new
 
-        def divergent(name: str) -> Segment:
-            out = self._run(query, self._seed(rid, "patch", name), trace, forced=name, max_new_tokens=cap)
-            new = out["segments"][len(trace)]
-            if new["finish_reason"] == "budget" and cap < budget:
-                new = {**new, "finish_reason": "length"}  # only this run's cap was reached
-            return new
-
-        patches = self._map(divergent, cfg.names)
-        tokens += sum(p["tokens"] for p in patches)
-
-        # 3. k continuations per candidate, by random switching, to EOS or the budget
-        k = self.settings.k
-        jobs = [(i, j) for i, p in enumerate(patches) if p["finish_reason"] not in ENDED for j in range(k)]
-        base_text = "".join(s["text"] for s in trace)
+    def _continuations(self, rid: str, query: str, trace: list[Segment], patches: list[Segment]) -> dict:
+        """Step 3: k continuations by random switching (to EOS or the budget) after each patch that did not end."""
+        names = self.config.names
+        jobs = [(i, j) for i, p in enumerate(patches) if p["finish_reason"] not in ENDED for j in range(self.settings.k)]
 
         def continuation(job: tuple[int, int]) -> dict:
             i, j = job
-            return self._run(query, self._seed(rid, "continue", cfg.names[i], j), [*trace, _as_input(patches[i])])
+            return self._run(query, self._seed(rid, "continue", names[i], j), [*trace, _as_input(patches[i])])
 
-        runs = dict(zip(jobs, self._map(continuation, jobs), strict=True))
+        return dict(zip(jobs, self._map(continuation, jobs), strict=True))
+
+    def _per_candidate(self, record: dict, trace: list[Segment], patches: list[Segment], runs: dict) -> list[dict]:
+        """Step 4: every output scored by the task's metric; per candidate its scores and their mean."""
+        k, base_text = self.settings.k, "".join(s["text"] for s in trace)
+        used = sum(s["tokens"] for s in trace)
         outputs: list[str] = []
-        owners: list[tuple[int, int | None]] = []
+        owners: list[int] = []
         for i, p in enumerate(patches):
-            if p["finish_reason"] in ENDED:
-                outputs.append(base_text + p["text"])
-                owners.append((i, None))
-            else:
-                for j in range(k):
-                    outputs.append(runs[(i, j)]["output"])
-                    owners.append((i, j))
+            ended = p["finish_reason"] in ENDED
+            outputs += [base_text + p["text"]] if ended else [runs[(i, j)]["output"] for j in range(k)]
+            owners += [i] * (1 if ended else k)
         scores = [float(s) for s in self.score(outputs, record)]
         if len(scores) != len(outputs):
             raise InputError(f"the metric gave {len(scores)} scores for {len(outputs)} outputs")
-
         per: list[dict[str, Any]] = []
         for i, p in enumerate(patches):
-            mine = [s for (owner, _), s in zip(owners, scores, strict=True) if owner == i]
-            if len(mine) == 1:
-                mine = mine * k
+            mine = [s for owner, s in zip(owners, scores, strict=True) if owner == i]
+            mine = mine * k if len(mine) == 1 else mine
             cont_tokens = [runs[(i, j)]["tokens_used"] - used - p["tokens"] for j in range(k) if (i, j) in runs]
-            tokens += sum(cont_tokens)
             per.append({"candidate": p["candidate"], "index": i, "text": p["text"], "tokens": p["tokens"],
                         "finish_reason": p["finish_reason"], "scores": mine, "mean": statistics.fmean(mine),
                         "continuation_tokens": cont_tokens})
-        label, margin, tie = pick_label([p["mean"] for p in per], cfg.aligned_index)
-        return {
-            "id": rid,
-            "task": self.task,
-            "query": query,
-            "reference": record.get("reference"),
-            "candidates": cfg.names,
-            "base": switcher_base(cfg),
-            "settings": self.settings_record(),
-            "cut": cut,
-            "trace": trace,
-            "trace_tokens": used,
-            "patches": per,
-            "label": label,
-            "label_name": cfg.names[label],
-            "margin": margin,
-            "tie": tie,
-            "tokens": tokens,
-        }
+        return per
 
 
 class RolloutsResult(NamedTuple):

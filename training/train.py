@@ -13,22 +13,16 @@ skills kits) need a far larger learning rate (1e-3 to 5e-3). On GPUs run it unde
 
 from __future__ import annotations
 
-import gc
 import json
-import os
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from switchgen.core.errors import ConfigError
 from switchgen.core.files import atomic_write_text
 from switchgen.servers.choices import choice_token_ids
-from switchgen.servers.engine.loading import load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_model
+from switchgen.servers.engine.loading import load_tokenizer, resolve_model
 from switchgen.servers.engine.local import LocalEngine
 from switchgen.training.examples import (
     Example,
@@ -40,6 +34,7 @@ from switchgen.training.examples import (
     split,
 )
 from switchgen.training.settings import TrainSettings
+from switchgen.training.sft import SFTJob, check_out, fine_tune, is_first_process, require_trl
 
 
 def switcher_scores(engine: LocalEngine, base: str, adapter: str | None, examples: list[Example]) -> dict[str, Any]:
@@ -56,32 +51,6 @@ def switcher_scores(engine: LocalEngine, base: str, adapter: str | None, example
     return {"accuracy": hits / len(examples), "digit_mass": mass / len(examples), "n": len(examples)}
 
 
-def _trainer(base: type) -> type:
-    class SwitcherTrainer(base):  # type: ignore[misc, valid-type]
-        """The loss from the model's own forward: TRL's fused LM-head loss reads the head's base
-        weight, which would leave out the trained digit rows (peft's trainable tokens)."""
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            outputs = model(**inputs)
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
-
-    return SwitcherTrainer
-
-
-def quiet_when_asked(trainer, progress: bool) -> None:
-    """With progress off (`--no-progress`, a notebook) the trainer prints nothing per step: transformers
-    swaps its bar for a printer of every log dict. The final loss is in the command's summary."""
-    if not progress:
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists and is not an empty folder; choose another --out")
-
-
 def train_switcher(
     data: list[Path],
     out: Path,
@@ -92,18 +61,11 @@ def train_switcher(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train, save the adapter in `out` (and a merged model in `out`/merged), and return the report."""
-    try:
-        from datasets import Dataset
-        from peft import LoraConfig
-        from trl import SFTConfig, SFTTrainer
-    except ImportError as err:
-        raise ConfigError(f"switchgen train needs TRL ({err.name} is missing): pip install 'switchgen[train]'") from None
-
-    _check_out(out)
+    require_trl("train")
+    check_out(out)
     records = read_rollouts(data)
     base = base or recorded_base(records)
-    location = resolve_model(base)
-    tokenizer = load_tokenizer(location)
+    tokenizer = load_tokenizer(resolve_model(base))
     kept = select(records, settings.min_margin, settings.keep_uninformative)
     if len(kept) < 2:
         raise ConfigError(
@@ -112,71 +74,34 @@ def train_switcher(
         )
     examples = [make_example(tokenizer, r) for r in kept]
     train, held = split(examples, settings.eval_fraction, settings.seed)
-
-    # Under `accelerate launch` every process trains; the first one alone measures and writes.
-    first = int(os.environ.get("RANK", "0")) == 0
     engine = LocalEngine()
-    before = switcher_scores(engine, base, None, held) if first else {}
+    before = switcher_scores(engine, base, None, held) if is_first_process() else {}
+    # The digits' own embedding rows train too: a checkpoint that never wrote a digit there (a
+    # tiny kit's model) cannot put mass on them through LoRA alone.
+    digits = sorted({t for i in range(len(records[0]["candidates"])) for t in choice_token_ids(tokenizer, [str(i)])[0]})
+    job = SFTJob(base, settings.epochs, settings.batch_size, settings.lr, settings.lora_r, settings.seed, progress,
+                 trainable_tokens=tuple(digits))
+    loss = fine_tune(job, [{"input_ids": e.input_ids, "completion_mask": e.completion_mask} for e in train], out)
+    if loss is None:
+        return {}
+    adapter = str(out.resolve())
+    report = _report(data, records, examples, train, held, settings, base=base, adapter=adapter, before=before,
+                     after=switcher_scores(engine, base, adapter, held), train_loss=loss)
+    if merge:
+        from switchgen.servers.serve.merge import merge_adapter
 
-    device = resolve_device("auto")
-    on_gpu = device.type == "cuda"
-    model = load_model(location, torch.device("cpu"), resolve_dtype("auto", device))  # the trainer places it
-    model.train()
-    work = Path(tempfile.mkdtemp(prefix="switchgen-train-"))
-    try:
-        args = SFTConfig(
-            output_dir=str(work),
-            num_train_epochs=settings.epochs,
-            per_device_train_batch_size=settings.batch_size,
-            learning_rate=settings.lr,
-            seed=settings.seed,
-            data_seed=settings.seed,
-            completion_only_loss=True,  # the loss is on the digit token alone
-            max_length=None,  # never truncate: the digit is the last token
-            use_cpu=not on_gpu,
-            bf16=on_gpu and torch.cuda.is_bf16_supported(),
-            activation_checkpointing=on_gpu,
-            save_strategy="no",
-            report_to="none",
-            logging_steps=10,
-            disable_tqdm=not progress,
-        )
-        # The digits' own embedding rows train too: a checkpoint that never wrote a digit there (a
-        # tiny kit's model) cannot put mass on them through LoRA alone.
-        digits = sorted({t for i in range(len(records[0]["candidates"])) for t in choice_token_ids(tokenizer, [str(i)])[0]})
-        lora = LoraConfig(
-            r=settings.lora_r, lora_alpha=2 * settings.lora_r, lora_dropout=0.0, target_modules="all-linear",
-            trainable_token_indices=digits, task_type="CAUSAL_LM",
-        )
-        dataset = Dataset.from_dict(
-            {"input_ids": [e.input_ids for e in train], "completion_mask": [e.completion_mask for e in train]}
-        )
-        trainer = _trainer(SFTTrainer)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=lora)
-        quiet_when_asked(trainer, progress)
-        result = trainer.train()
-        if not trainer.is_world_process_zero():
-            return {}
-        partial = out.with_name(out.name + ".partial")  # nothing half-written under `out`
-        shutil.rmtree(partial, ignore_errors=True)
-        trainer.model.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        train_loss = float(result.training_loss)
-        del trainer, model
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    gc.collect()
-    if on_gpu:
-        torch.cuda.empty_cache()
-    if out.exists():
-        out.rmdir()
-    partial.replace(out)
+        report["merged"] = str(merge_adapter(base, adapter, out / "merged").resolve())
+    atomic_write_text(out / "switchgen-training.json", json.dumps(report, indent=2))
+    return report
 
-    after = switcher_scores(engine, base, str(out.resolve()), held)
+
+def _report(data: list[Path], records: list[dict], examples: list[Example], train: list[Example], held: list[Example],
+            settings: TrainSettings, **measured: Any) -> dict[str, Any]:
+    """What was trained on and how the switcher scores the held-out labels before and after."""
     majority = Counter(e.label for e in train).most_common(1)[0][0]
-    report = {
-        "base": base,
-        "adapter": str(out.resolve()),
+    return {
+        "base": measured["base"],
+        "adapter": measured["adapter"],
         "data": [str(p) for p in data],
         "tasks": sorted({r.get("task", "") for r in records}),
         "candidates": records[0]["candidates"],
@@ -187,17 +112,11 @@ def train_switcher(
         "eval_examples": len(held),
         "label_counts": dict(sorted(Counter(e.label for e in examples).items())),
         "majority_accuracy": (sum(e.label == majority for e in held) / len(held)) if held else None,
-        "before": before,
-        "after": after,
-        "train_loss": train_loss,
+        "before": measured["before"],
+        "after": measured["after"],
+        "train_loss": measured["train_loss"],
         "settings": asdict(settings),
     }
-    if merge:
-        from switchgen.servers.serve.merge import merge_adapter
-
-        report["merged"] = str(merge_adapter(base, str(out.resolve()), out / "merged").resolve())
-    atomic_write_text(out / "switchgen-training.json", json.dumps(report, indent=2))
-    return report
 
 
 def snippet(report: dict[str, Any]) -> str:

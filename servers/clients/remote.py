@@ -320,10 +320,19 @@ async def _probe(probe: Probe, client: httpx.AsyncClient) -> str | None:
     except httpx.HTTPError as err:
         return f"no server answers at {ep.url} ({type(err).__name__}: {err or 'refused'})"
     if response.status_code in (401, 403):
-        given = "the api_key given is refused" if ep.api_key else "set api_key (e.g. api_key: ${MY_API_KEY})"
-        return f"{ep.url}{path} answers HTTP {response.status_code} ({error_detail(response)}): {given}"
+        return _refused(ep, path, response)
     if response.status_code != 200:
         return f"{ep.url}{path} answers HTTP {response.status_code}: {error_detail(response)}"
+    if probe.engine == "tgi":
+        # /health is open even where generating needs a key: a key (or its absence) is checked on /info,
+        # which TGI itself serves openly and a server or proxy that wants a key guards with it.
+        try:
+            info = await client.get(ep.url + "/info", headers=ep.auth_headers(),
+                                    timeout=httpx.Timeout(ep.connect_timeout * 3, connect=ep.connect_timeout))
+        except httpx.HTTPError as err:
+            return f"{ep.url}/info does not answer ({type(err).__name__}: {err or 'refused'})"
+        if info.status_code in (401, 403):
+            return _refused(ep, "/info", info)
     if probe.engine == "openai" and probe.served_model:
         try:
             body = response.json()
@@ -333,6 +342,11 @@ async def _probe(probe: Probe, client: httpx.AsyncClient) -> str | None:
         if probe.served_model not in listed:
             return f"{ep.url} does not serve model {probe.served_model!r} (it serves {listed}); set served_model"
     return None
+
+
+def _refused(ep: Endpoint, path: str, response: httpx.Response) -> str:
+    given = "the api_key given is refused" if ep.api_key else "set api_key (e.g. api_key: ${MY_API_KEY})"
+    return f"{ep.url}{path} answers HTTP {response.status_code} ({error_detail(response)}): {given}"
 
 
 def check_servers(probes: Sequence[Probe]) -> None:

@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
@@ -127,10 +127,18 @@ class LocalBackend:
         return ids + (self.tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else [])
 
     def generate(self, prompt: str, params: GenerationParams, on_text: TextCallback | None = None) -> Patch:
+        """One patch; where the context cannot hold max_new_tokens more, as many as fit (`context_full`)."""
         ids = self.encode(prompt)
-        self.check_length(len(ids), params.max_new_tokens)
+        self.check_length(len(ids), 1)  # the prompt itself must leave room to write
+        room = self.max_total_tokens - len(ids)
+        clamped = params.max_new_tokens + params.finish_character > room
+        if clamped:
+            size = min(params.max_new_tokens, room)
+            params = replace(params, max_new_tokens=size, finish_character=room - size)
         done = self.worker.run(self, Request(ids, params, streaming=on_text is not None), on_text)
         patch = to_patch(done)
+        if clamped and patch.finish_reason == "length" and patch.tokens >= room:
+            patch = replace(patch, context_full=True)
         if patch.finish_reason == "length":  # the text is exactly the tokens: remember them
             self.remember(prompt + patch.text, ids + done.out)
         return patch

@@ -105,6 +105,10 @@ def served_config(
     compose), so no adapter is sent.
     """
     data = config.model_dump(exclude_defaults=True)
+    # Printed and written: every secret as the user wrote it (${VAR}), never its value.
+    data["candidates"] = [cand.redact(out) for cand, out in zip(config.candidates, data["candidates"], strict=True)]
+    if "switcher" in data:
+        data["switcher"] = config.switcher.redact(data["switcher"])
     backend = "tgi" if engine == "tgi" else "openai"
     server_of = {user: s for s in servers for user in s.users}
     for cand, out in zip(config.candidates, data["candidates"], strict=True):

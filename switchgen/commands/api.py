@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from switchgen.commands.options import add_config_args, load_command_config, port, positive_int, quiet_transformers
+from switchgen.commands.options import (
+    add_config_args,
+    add_listen_args,
+    load_command_config,
+    positive_int,
+    quiet_transformers,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,13 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "`model` in requests is the preset name or the config file's stem.",
     )
     add_config_args(api)
-    api.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    api.add_argument("--port", type=port, default=8000, help="port (default 8000; 0: any free)")
+    add_listen_args(api, default_port=8000, port_help="port (default 8000; 0: any free)")
     api.add_argument("--max-concurrent-requests", type=positive_int, default=32, help="requests run at once (default 32)")
-    api.add_argument(
-        "--api-key", default=os.environ.get("SWITCHGEN_API_KEY"),
-        help="require `Authorization: Bearer KEY` on every route but /health (default: $SWITCHGEN_API_KEY; none)",
-    )
     api.set_defaults(func=run)
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from switchgen.commands.options import (
     add_config_args,
+    add_sft_args,
     load_command_config,
     log,
-    positive_float,
     positive_int,
     quiet_transformers,
 )
@@ -32,12 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     distill.add_argument("--base", help="model to fine-tune (default: the aligned candidate's)")
     distill.add_argument("--rounds", type=positive_int, default=DEFAULTS.rounds,
                          help=f"rounds of regenerate + fine-tune (default {DEFAULTS.rounds})")
-    distill.add_argument("--epochs", type=positive_float, default=DEFAULTS.epochs, help=f"default {DEFAULTS.epochs:g}")
-    distill.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, help=f"default {DEFAULTS.batch_size}")
-    distill.add_argument("--lr", type=positive_float, default=DEFAULTS.lr,
-                         help=f"default {DEFAULTS.lr:g}; the skills kit: 5e-4 with --epochs 20")
-    distill.add_argument("--lora-r", type=positive_int, default=DEFAULTS.lora_r,
-                         help=f"LoRA rank (alpha = 2r); default {DEFAULTS.lora_r}")
+    add_sft_args(distill, DEFAULTS, lr_hint="the skills kit: 5e-4 with --epochs 20")
     distill.add_argument("--method", default=DEFAULTS.method,
                          help=f"the method whose answers are distilled (default {DEFAULTS.method})")
     distill.add_argument("--limit", type=positive_int, help="the first N test examples in the evaluation")

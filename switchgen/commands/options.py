@@ -76,6 +76,25 @@ def add_config_args(parser: argparse.ArgumentParser, *, preset_default: str | No
     parser.add_argument("--patch-size", type=positive_int, help="tokens per patch")
 
 
+def add_listen_args(parser: argparse.ArgumentParser, *, default_port: int, port_help: str) -> None:
+    """Where a server listens, and the key it requires: `switchgen serve` and `switchgen api` alike."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=port, default=default_port, help=port_help)
+    parser.add_argument(
+        "--api-key", default=os.environ.get("SWITCHGEN_API_KEY"),
+        help="require `Authorization: Bearer KEY` on every route but /health (default: $SWITCHGEN_API_KEY; none)",
+    )
+
+
+def add_sft_args(parser: argparse.ArgumentParser, defaults: object, *, lr_hint: str) -> None:
+    """The LoRA SFT flags of `switchgen train` and `switchgen distill`, defaulting to their settings class."""
+    epochs, batch, lr, rank = (getattr(defaults, f) for f in ("epochs", "batch_size", "lr", "lora_r"))
+    parser.add_argument("--epochs", type=positive_float, default=epochs, help=f"default {epochs:g}")
+    parser.add_argument("--batch-size", type=positive_int, default=batch, help=f"per device; default {batch}")
+    parser.add_argument("--lr", type=positive_float, default=lr, help=f"default {lr:g}; {lr_hint}")
+    parser.add_argument("--lora-r", type=positive_int, default=rank, help=f"LoRA rank (alpha = 2r); default {rank}")
+
+
 def load_command_config(args: argparse.Namespace) -> SwitchConfig:
     """The configuration the command names (--preset or --config) with add_config_args's flags applied."""
     from switchgen.core.config import load_config

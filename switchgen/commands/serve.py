@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from switchgen.commands.options import (
     add_config_args,
+    add_listen_args,
     load_command_config,
     non_negative_int,
-    port,
     positive_int,
     quiet_transformers,
     source_args,
@@ -28,18 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(ports BASE, BASE+1, ...), or print the config that points at them, or a Docker Compose file.",
     )
     add_config_args(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=port, default=8080, help="first port; one per server (default 8080; 0: any free)")
+    add_listen_args(serve, default_port=8080, port_help="first port; one per server (default 8080; 0: any free)")
     serve.add_argument("--max-top-n-tokens", type=non_negative_int, default=1024,
                        help="largest top_n_tokens / logprobs allowed")
     serve.add_argument("--max-input-tokens", type=positive_int, help="TGI's: longest input in tokens (default: total - 1)")
     serve.add_argument("--max-total-tokens", type=positive_int,
                        help="TGI's: input + new tokens (default: the model's context)")
     serve.add_argument("--payload-limit", type=positive_int, help="TGI's: largest request body in bytes (default 2000000)")
-    serve.add_argument(
-        "--api-key", default=os.environ.get("SWITCHGEN_API_KEY"),
-        help="require `Authorization: Bearer KEY` on every route but /health (default: $SWITCHGEN_API_KEY; none)",
-    )
     serve.add_argument("--print-config", action="store_true", help="print a config pointing at the servers, and exit")
     serve.add_argument("--compose", action="store_true", help="print a Docker Compose file for GPUs instead of serving")
     serve.add_argument(

@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 
 from switchgen.commands.options import (
+    add_sft_args,
     fraction,
     non_negative_float,
-    positive_float,
-    positive_int,
     quiet_transformers,
     seed,
 )
@@ -28,12 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--data", type=Path, action="append", required=True, help="a rollouts JSONL (repeatable)")
     train.add_argument("--out", type=Path, required=True, help="the adapter folder (must not exist or be empty)")
     train.add_argument("--base", help="the switcher's base model (default: the aligned model the rollouts recorded)")
-    train.add_argument("--epochs", type=positive_float, default=DEFAULTS.epochs, help=f"default {DEFAULTS.epochs:g} (the paper's)")
-    train.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size,
-                       help=f"per device; default {DEFAULTS.batch_size} (the paper's)")
-    train.add_argument("--lr", type=positive_float, default=DEFAULTS.lr,
-                       help=f"default {DEFAULTS.lr:g} (the paper's, 8B); tiny models: ~2e-3")
-    train.add_argument("--lora-r", type=positive_int, default=DEFAULTS.lora_r, help=f"LoRA rank (alpha = 2r); default {DEFAULTS.lora_r}")
+    add_sft_args(train, DEFAULTS, lr_hint="the paper's, for 8B models; tiny models: ~2e-3")
     train.add_argument("--min-margin", type=non_negative_float, default=DEFAULTS.min_margin,
                        help=f"drop records whose margin is below (default {DEFAULTS.min_margin:g})")
     train.add_argument("--keep-uninformative", action="store_true",
