@@ -365,14 +365,18 @@ def goal(name: str, value: float) -> tuple[str, bool]:
     return "<= 1.10", value <= 1.10
 
 
+def switcher_note(report: dict) -> str:
+    """The switcher's cost in forward passes per answer (switcher.calibration multiplies them), as a line of its own."""
+    sw = report.get("switcher")
+    return f"\nswitcher: calibration {sw['calibration']}, {sw['passes_per_answer']:g} switcher passes per answer (median)" if sw else ""
+
+
 def markdown(report: dict) -> str:
     r = report["ratios"]
     v = report["variants"]
     lines = [
         f"device: {report['device']} ({report['torch_threads']} torch threads); budget {report['budget']}, "
-        f"patch {report['patch_size']}, median of {report['reps']} interleaved reps after a warm-up",
-        *([f"switcher: calibration {sw['calibration']}, {sw['passes_per_answer']:g} switcher passes per answer (median)"]
-          if (sw := report.get("switcher")) else []),
+        f"patch {report['patch_size']}, median of {report['reps']} interleaved reps after a warm-up{switcher_note(report)}",
         "",
         "| variant | median s | tokens | ms/token |",
         "|---|---:|---:|---:|",
