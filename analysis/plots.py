@@ -31,8 +31,17 @@ def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
 
 
-def position_heatmaps(task: str, shares: dict[str, PositionShares], path: Path) -> None:
-    """One heat map per switching method: candidate (rows) x patch index (columns), share of answers."""
+def support(answers: Sequence[int]) -> list[float]:
+    """Each column's opacity in a heat map: the square root of its answers over the largest column's
+    (at least 0.15), so a share measured on one answer looks faint, not like strong evidence."""
+    most = max(answers, default=0) or 1
+    return [max(0.15, (n / most) ** 0.5) for n in answers]
+
+
+def position_heatmaps(task: str, shares: dict[str, PositionShares], path: Path) -> Figure:
+    """One heat map per switching method: candidate (rows) x patch index (columns), share of answers.
+    Each cell shows count/n (answers whose patch i the candidate wrote / answers that reach patch i),
+    and a column is faded by its n (`support`)."""
     methods = list(shares)
     width = max(6.0, min(16.0, 1.0 + 0.55 * max(len(s.answers) for s in shares.values())))
     fig = _figure(width, 1.0 + 1.7 * len(methods))
@@ -40,38 +49,49 @@ def position_heatmaps(task: str, shares: dict[str, PositionShares], path: Path) 
     image = None
     for ax, method in zip(axes[:, 0], methods, strict=True):
         s = shares[method]
-        image = ax.imshow(s.shares, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
+        alpha = [support(s.answers)] * len(s.candidates)
+        image = ax.imshow(s.shares, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, alpha=alpha or None)
         ax.set_yticks(range(len(s.candidates)), s.candidates)
         ax.set_xticks(range(len(s.answers)), [f"{i}\n(n={n})" for i, n in enumerate(s.answers)], fontsize=8)
-        ax.set_title(f"{method}: who writes patch i", fontsize=10)
+        ax.set_title(f"{method}: who writes patch i (faded: few answers reach it)", fontsize=10)
         ax.set_ylabel("author")
         if len(s.answers) <= 24:
             for row, values in enumerate(s.shares):
                 for col, v in enumerate(values):
-                    ax.text(col, row, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                            color="black" if v > 0.6 else "white")
-    axes[-1, 0].set_xlabel("patch index (answers that reach it)")
+                    bright = v > 0.6 or alpha[row][col] < 0.6  # on yellow or on a faded (pale) cell
+                    ax.text(col, row, f"{round(v * s.answers[col])}/{s.answers[col]}", ha="center", va="center",
+                            fontsize=7, color="black" if bright else "white")
+    axes[-1, 0].set_xlabel("patch index (n = answers that reach it)")
     fig.suptitle(f"{task}: share of answers whose patch i each candidate wrote", fontsize=11)
     fig.tight_layout()
     if image is not None:
         fig.colorbar(image, ax=axes[:, 0].tolist(), label="share of answers", shrink=0.9)
     _save(fig, path)
+    return fig
+
+
+def marker_area(used: int, most: int) -> float:
+    """A sequence's marker area in points², in proportion to the answers using it (its n)."""
+    return 12.0 + 188.0 * used / max(most, 1)
 
 
 def sequence_scatter(
     task: str, method: str, by_length: dict[int, list[SequenceStat]], r: dict[int, float | None], path: Path
-) -> None:
-    """Frequency against treatment effect of each author sequence, one marker per length."""
+) -> Figure:
+    """Frequency against treatment effect of each author sequence, one marker shape per length, its
+    area in proportion to n (the answers using it); named sequences show their n."""
     fig = _figure(7.5, 5.0)
     ax = fig.subplots()
     markers = {2: ("o", "tab:blue"), 3: ("^", "tab:orange")}
+    most = max((s.used for stats in by_length.values() for s in stats), default=1)
     for n, stats in by_length.items():
         points = [s for s in stats if s.effect is not None]
         marker, colour = markers.get(n, ("s", "tab:green"))
         rn = r.get(n)
         label = f"length {n} ({len(points)} sequences, r = {rn:.2f})" if rn is not None else f"length {n} ({len(points)} sequences, r undefined)"
         ax.scatter([s.frequency for s in points], [s.effect for s in points], marker=marker, color=colour,
-                   alpha=0.75, label=label, edgecolors="black", linewidths=0.4)
+                   s=[marker_area(s.used, most) for s in points], alpha=0.75, label=label, edgecolors="black",
+                   linewidths=0.4)
     _name_points(ax, [s for stats in by_length.values() for s in stats if s.effect is not None])
     if not any(s.effect is not None for stats in by_length.values() for s in stats):
         ax.text(0.5, 0.75, "no sequence with a defined effect:\nevery answer uses the same sequences",
@@ -80,10 +100,13 @@ def sequence_scatter(
     ax.set_xlim(0.0, 1.05)  # frequencies are shares
     ax.set_xlabel("frequency (share of answers using the sequence)")
     ax.set_ylabel("treatment effect (mean score used − not used)")
-    ax.set_title(f"{task} / {method}: author sequences", fontsize=11)
-    ax.legend(fontsize=8, loc="best")
+    ax.set_title(f"{task} / {method}: author sequences (marker area: n answers using it)", fontsize=11)
+    legend = ax.legend(fontsize=8, loc="best")
+    for handle in legend.legend_handles:  # the legend's markers at one size: area means n, not length
+        handle.set_sizes([40.0])
     ax.grid(alpha=0.3)
     _save(fig, path)
+    return fig
 
 
 def _name_points(ax, points: Sequence[SequenceStat], most: int = 8) -> None:
@@ -104,7 +127,8 @@ def _name_points(ax, points: Sequence[SequenceStat], most: int = 8) -> None:
         side = min(set(range(len(sides))) - near)
         (dx, dy), align = sides[side]
         placed.append((s, side))
-        ax.annotate(s.label, (s.frequency, s.effect), textcoords="offset points", xytext=(dx, dy), ha=align, fontsize=7)
+        ax.annotate(f"{s.label} (n={s.used})", (s.frequency, s.effect), textcoords="offset points", xytext=(dx, dy),
+                    ha=align, fontsize=7)
 
 
 def token_shares(task: str, tokens: dict[str, dict[str, int]], candidates: Sequence[str], path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from switchgen.analysis.stats import (
     singles_vs_switch,
     tokens_by_candidate,
 )
-from switchgen.core.errors import OutputError
+from switchgen.core.errors import InputError, OutputError
 from switchgen.core.files import atomic_write_text
 from switchgen.core.records import EvalRecord, EvalRun, TaskRun, load_eval_run
 
@@ -84,15 +85,31 @@ class Page:
         return name, self.out / name
 
 
-def analyze_task(run: EvalRun, task: TaskRun, out: Path, method: str, threshold: float | None) -> tuple[str, dict]:
+DEFAULT_METHOD = "switch"
+
+
+def focus_of(task: TaskRun, switching: list[str], method: str | None) -> tuple[str | None, str]:
+    """The method whose author sequences (and single-vs-switching table) are analysed, and why that one:
+    `method` (--method, which must be in the run), else switch, else the first switching method."""
+    if method is not None:
+        return method, "--method"
+    if DEFAULT_METHOD in task.methods:
+        return DEFAULT_METHOD, "the default"
+    if switching:
+        return switching[0], f"no {DEFAULT_METHOD} in this run: the first switching method; --method picks another"
+    return None, "no switching method in this run"
+
+
+def analyze_task(run: EvalRun, task: TaskRun, out: Path, method: str | None, threshold: float | None) -> tuple[str, dict]:
     """The markdown section and the figures of one task; returns (markdown, numbers)."""
     methods = _order(run, task)
     switching = [m for m in methods if m != "oracle" and "@" not in m and is_switching(task.methods[m])]
-    focus = method if method in task.methods else (switching[0] if switching else None)
+    focus, why = focus_of(task, switching, method)
     if focus is not None and any(r.segments for r in task.methods[focus]):  # its heat map first, even with one author
         switching = [focus] + [m for m in switching if m != focus]
-    page = Page(run, task, out, methods, _candidates(task), switching, focus, md=[f"## {task.task}", ""])
-    page.numbers.update(methods=methods, candidates=page.candidates, switching=switching, focus=focus)
+    named = f"Analysed method: `{focus}` ({why})." if focus else f"Analysed method: none ({why})."
+    page = Page(run, task, out, methods, _candidates(task), switching, focus, md=[f"## {task.task}", "", named, ""])
+    page.numbers.update(methods=methods, candidates=page.candidates, switching=switching, focus=focus, focus_why=why)
     for section in (_results, _positions, _sequences, lambda p: _singles(p, threshold), _tokens, _patch_sizes, _costs):
         section(page)
     return "\n".join(page.md), page.numbers
@@ -119,8 +136,9 @@ def _positions(page: Page) -> None:
     name, path = page.figure("positions")
     position_heatmaps(page.task.task, shares, path)
     page.md += ["### Who writes where", "",
-                "Share of the answers that reach patch *i* whose patch *i* each candidate wrote "
-                "(n = answers with a patch *i*).", "", f"![authors by position]({name})", ""]
+                "Share of the answers that reach patch *i* whose patch *i* each candidate wrote; each cell reads "
+                "count/n (n = answers with a patch *i*), and a column is faded in proportion to √n, so a share "
+                "measured on few answers does not look like strong evidence.", "", f"![authors by position]({name})", ""]
     page.numbers["positions"] = {m: asdict(s) for m, s in shares.items()}
 
 
@@ -137,7 +155,8 @@ def _sequences(page: Page) -> None:
                 "Frequency: share of answers with the sequence as consecutive patches. Treatment effect: mean "
                 "score of those answers minus that of the others. Pearson's r between the two: "
                 + ", ".join(f"length {n}: {_f(r[n])}" for n in LENGTHS) + " (– : undefined, fewer than 3 sequences "
-                "with a defined effect or a constant variable).", "", f"![author sequences]({name})", ""]
+                "with a defined effect or a constant variable). A marker's area is in proportion to the answers "
+                "using the sequence (n); named sequences show it.", "", f"![author sequences]({name})", ""]
     for n in LENGTHS:
         page.md += [f"| sequence (length {n}) | answers | frequency | treatment effect |", "|---|---:|---:|---:|"]
         page.md += [f"| {s.label} | {s.used} | {s.frequency:.2f} | {_f(s.effect, signed=True)} |" for s in by_length[n][:TOP]]
@@ -236,9 +255,18 @@ def _ablation(run: EvalRun, task: TaskRun, methods: list[str]) -> dict[str, list
     return {m: points for m, points in lines.items() if points}
 
 
-def analyze(root: Path, out: Path | None = None, *, method: str = "switch", threshold: float | None = None) -> Path:
-    """Write report.md, its PNGs and analysis.json into `out` (default ROOT/report); returns report.md's path."""
+def analyze(root: Path, out: Path | None = None, *, method: str | None = None, threshold: float | None = None,
+            log: Callable[[str], None] = lambda line: None) -> Path:
+    """Write report.md, its PNGs and analysis.json into `out` (default ROOT/report); returns report.md's path.
+
+    `method`: whose author sequences are analysed (default: switch, else the first switching method);
+    one absent from a task of the run is refused (InputError). `log` hears which method each task got."""
     run = load_eval_run(root)
+    if method is not None:
+        for task in run.tasks.values():
+            if method not in task.methods:
+                raise InputError(f"--method {method}: not in {root} (task {task.task} has "
+                                 f"{', '.join(_order(run, task))}); choose one of those")
     out = out or root / "report"
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} exists and is not a folder; choose another --out")
@@ -250,6 +278,7 @@ def analyze(root: Path, out: Path | None = None, *, method: str = "switch", thre
     for task in run.tasks.values():
         text, numbers[task.task] = analyze_task(run, task, out, method, threshold)
         sections.append(text)
+        log(f"{task.task}: author sequences of {numbers[task.task]['focus']} ({numbers[task.task]['focus_why']})")
     head = [f"# Analysis of `{root}`", "",
             f"{len(run.tasks)} task(s): {', '.join(run.tasks)}. Written by `switchgen analyze`; numbers in analysis.json.", ""]
     atomic_write_text(out / "analysis.json", json.dumps(numbers, indent=1, ensure_ascii=False) + "\n")

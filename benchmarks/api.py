@@ -27,11 +27,13 @@ def main() -> None:
     import openai
 
     from switchgen.api import BackgroundAPI, create_api_app
-    from switchgen.graph import build_graph, load_config
+    from switchgen.graph import load_config
+    from switchgen.servers.serve.settings import ServiceSettings
 
-    graph = build_graph(load_config("toy", seed=0, sampling={"ignore_eos": True}))
+    config = load_config("toy", seed=0, sampling={"ignore_eos": True})
     questions = [f"Question {i}: why is the sky blue?" for i in range(args.queries)]
-    with BackgroundAPI(create_api_app(graph, "toy", max_concurrent_requests=64)) as server:
+    settings = ServiceSettings(max_concurrent_requests=64, access_log=False)
+    with BackgroundAPI(create_api_app(config, "toy", settings=settings)) as server:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
 
         def ask(q: str) -> int:

@@ -46,6 +46,7 @@ class SwitchgenLM(LM):
     ) -> None:
         super().__init__()
         from switchgen.graph import load_config
+        from switchgen.graph.variants import GraphVariants
         from switchgen.servers.engine.local import LocalEngine
 
         if preset and config:
@@ -58,18 +59,11 @@ class SwitchgenLM(LM):
         self.default_budget = int(max_new_tokens) if max_new_tokens else DEFAULT_BUDGET
         self.concurrency = int(concurrency)
         self.engine = LocalEngine()
-        self._graphs: dict[tuple[str, ...], Any] = {}
+        self._graphs = GraphVariants(self.config, self.engine)
 
     def _graph(self, until: tuple[str, ...]):
-        """One graph per set of stop strings, all over the same engine (nothing loads twice)."""
-        if until not in self._graphs:
-            from switchgen.graph import build_graph, load_config
-
-            data = self.config.model_dump()
-            for cand in data["candidates"]:
-                cand["stop"] = sorted(set(cand["stop"]) | set(until))
-            self._graphs[until] = build_graph(load_config(data), engine=self.engine)
-        return self._graphs[until]
+        """One graph per set of stop strings, all over the same engine (graph/variants.py: nothing loads twice)."""
+        return self._graphs.get(until)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         from switchgen.core.jobs import in_order

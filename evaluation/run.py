@@ -6,7 +6,11 @@ and `results.md`. Records are written by `switchgen generate`'s resumable writer
 (core/jobs.py `write_records`): a killed run keeps every finished record and a rerun
 resumes after the last one. Scores are filled in afterwards in batches (a reward model scores a
 batch per forward pass) and the file is rewritten atomically; `oracle.jsonl` is derived from the
-other methods' files every run.
+other methods' files every run. Each method file's fingerprint (`<method>.jsonl.fingerprint.json`:
+the run's configuration, seed, split and task, and the method's name, patch size and adapter) is
+checked before any model loads: a rerun with other settings is refused, and so is one whose run
+settings differ from another method's file in the same task folder (their results would be
+compared as if one run made them). `overwrite` starts those files over instead.
 """
 
 from __future__ import annotations
@@ -22,12 +26,28 @@ from typing import Any
 from switchgen.core.config import SwitchConfig
 from switchgen.core.errors import ConfigError, InputTooLong, ServerError, ServerUnreachable
 from switchgen.core.files import atomic_write_text
-from switchgen.core.jobs import default_concurrency, records_done, write_records
+from switchgen.core.fingerprint import (
+    check_fingerprint,
+    config_fingerprint,
+    differences,
+    fingerprint_path,
+    location,
+    read_fingerprint,
+)
+from switchgen.core.jobs import check_resumable, default_concurrency, discard, write_records
 from switchgen.core.jsonl import dumps_record
-from switchgen.core.records import complete_lines, is_failed, read_jsonl
+from switchgen.core.records import complete_lines, is_failed, method_name, read_jsonl
 from switchgen.core.seeds import derive_seed
-from switchgen.evaluation.methods import ORACLE, EvalSetup, build_method, check_methods, patch_size_of, variant
-from switchgen.evaluation.stats import bootstrap_ci, paired_difference
+from switchgen.evaluation.methods import (
+    ORACLE,
+    EvalSetup,
+    build_method,
+    check_methods,
+    patch_size_of,
+    split_patch_size,
+    variant,
+)
+from switchgen.evaluation.stats import mean_interval, paired_difference
 from switchgen.tasks import Task, load_task
 
 
@@ -43,6 +63,7 @@ class Prepared:
     tasks: list[Task]
     records: dict[str, list[dict[str, Any]]]
     methods: list[str]
+    split: str = "test"
 
 
 def prepare(
@@ -61,12 +82,69 @@ def prepare(
     records = {t.name: t.records(split, limit=limit) for t in loaded}
     methods = list(methods)
     check_methods(methods, config)
-    return Prepared(loaded, records, methods)
+    return Prepared(loaded, records, methods, split)
 
 
 def aligned_method(config: SwitchConfig) -> str:
     """The baseline every method's paired difference is taken against."""
     return f"single:{config.names[config.aligned_index]}"
+
+
+def fingerprints(config: SwitchConfig, prepared: Prepared, seed: int | None,
+                 adapter: str | None) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each (task, method) file's fingerprint: `run` (shared by every method file of a task folder:
+    configuration, model revisions, seed, split, task) and `method` (name, patch size, adapter)."""
+    from switchgen.servers.engine.loading import model_revision, model_revisions
+
+    shared = {"config": config_fingerprint(config), "revisions": model_revisions(config), "seed": seed,
+              "split": prepared.split}
+    out = {}
+    for task in prepared.tasks:
+        run = {**shared, "task": task.fingerprint()}
+        for method in prepared.methods:
+            own = location(adapter) if split_patch_size(method)[0] == "switch" else None  # only switch runs --adapter
+            out[task.name, method] = {"command": "eval", "run": run, "method": {
+                "name": method, "patch_size": patch_size_of(method, config), "adapter": own,
+                "revisions": {own: model_revision(own)} if own else {}}}
+    return out
+
+
+def check_outputs(out: Path, prepared: Prepared, prints: dict[tuple[str, str], dict[str, Any]],
+                  overwrite: bool = False) -> None:
+    """Before any model loads: every method file this run adds to was made by the same settings, and
+    so was every other method file of its task folders (with `overwrite`, those that were not are
+    removed, and this run's own files start over when written)."""
+    for task in prepared.tasks:
+        records = prepared.records[task.name]
+        mine = [m for m in prepared.methods if m != ORACLE]
+        for method in mine:
+            path = method_file(out, task.name, method)
+            if overwrite:
+                continue
+            if len(complete_lines(path)) > len(records):  # a file of another split or task stops the run now
+                raise ConfigError(f"{path} holds more records than this run's {len(records)} examples (a larger "
+                                  "--limit?): use the same --limit, pass --overwrite to start over, or choose another --out")
+            check_resumable(path, prints[task.name, method], inputs=records, key="id")
+        run = prints[task.name, mine[0]]["run"] if mine else None
+        for path in sorted((out / task.name).glob("*.jsonl")):
+            if run is not None and method_name(path) not in prepared.methods and complete_lines(path):
+                _check_sibling(path, run, overwrite)
+
+
+def _check_sibling(path: Path, run: dict[str, Any], overwrite: bool) -> None:
+    """Another method's file in a task folder this run writes to: made by this run's settings, or
+    refused (removed with `overwrite`). oracle.jsonl, derived from the others, goes with them."""
+    if method_name(path) == ORACLE:
+        if overwrite:
+            discard(path)
+        return
+    recorded = read_fingerprint(fingerprint_path(path))
+    if recorded is not None and not differences(recorded.get("run"), run):
+        return
+    if overwrite:
+        discard(path)
+        return
+    check_fingerprint(fingerprint_path(path), {**(recorded or {}), "run": run}, output=path, flag="--out")
 
 
 def run_eval(
@@ -80,8 +158,10 @@ def run_eval(
     progress: bool = True,
     engine=None,
     log: Callable[[str], None] = lambda line: None,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
-    """Generate, score and summarise; returns results.json's rows (and writes the three outputs)."""
+    """Generate, score and summarise; returns results.json's rows (and writes the three outputs).
+    `overwrite`: start over the method files this run writes (see `check_outputs`)."""
     from switchgen.graph.backends import connect, server_probes
     from switchgen.servers.clients.remote import check_servers
     from switchgen.servers.engine.local import LocalEngine
@@ -90,14 +170,8 @@ def run_eval(
         concurrency = default_concurrency(config)  # as switchgen generate: fill the engine's batches
     if concurrency < 1:
         raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
-    for task in prepared.tasks:  # a file that belongs to another split or task stops the run now
-        records = prepared.records[task.name]
-        for method in [m for m in prepared.methods if m != ORACLE]:
-            path = method_file(out, task.name, method)
-            if len(complete_lines(path)) > len(records):
-                raise ConfigError(f"{path} holds more records than this run's {len(records)} examples (a larger "
-                                  "--limit?): use another --out, or the same --limit")
-            records_done(path, records, key="id")
+    prints = fingerprints(config, prepared, seed, adapter)
+    check_outputs(out, prepared, prints, overwrite)
     check_servers(server_probes(config))
     engine = engine or LocalEngine()
     candidates, _ = connect(variant(config, strategy="random"), engine)  # the candidates' backends, once
@@ -118,8 +192,8 @@ def run_eval(
             def one(i: int, method=method, task=task, records=records) -> dict[str, Any]:
                 return _answer(method, records[i], derive_seed(seed, "eval", task.name, records[i]["id"]))
 
-            res = write_records(path, records, one, key="id", progress=progress, concurrency=concurrency,
-                                desc=f"{task.name} {name}")
+            res = write_records(path, records, one, fingerprint=prints[task.name, name], overwrite=overwrite, key="id",
+                                progress=progress, concurrency=concurrency, desc=f"{task.name} {name}")
             if res.failed:
                 log(f"{task.name} {name}: {res.failed} queries failed on a server (records hold \"error\"; rerun to retry)")
             _score_file(path, records, metric)
@@ -195,13 +269,15 @@ def summarise(config: SwitchConfig, prepared: Prepared, out: Path) -> list[dict[
         for m in prepared.methods:
             recs = read_jsonl(method_file(out, task.name, m))
             values = list(scores[m].values())
+            ci, ci_method = mean_interval(values) if values else (None, None)
             row: dict[str, Any] = {
                 "task": task.name,
                 "method": m,
                 "patch_size": None if m == ORACLE else patch_size_of(m, config),
                 "metric": task.metric_name,
                 "mean": sum(values) / len(values) if values else None,
-                "ci": list(bootstrap_ci(values)) if values else None,
+                "ci": list(ci) if ci else None,
+                "ci_method": ci_method,  # wilson (0/1 scores) or bootstrap
                 "n": len(values),
                 "delta_vs_aligned": None,
                 "delta_ci": None,
@@ -255,4 +331,6 @@ def write_results(out: Path, rows: list[dict[str, Any]], prepared: Prepared, con
     atomic_write_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
     note = "" if baseline in prepared.methods else f"\n(Add {baseline} to the methods for paired differences.)\n"
     timing = f"\nSeconds: each answer's latency, summed, with {concurrency} queries in flight.\n"
-    atomic_write_text(out / "results.md", markdown(rows, baseline) + note + timing)
+    intervals = ("\n95% CI of a mean: Wilson's score interval when every score is 0 or 1, else the percentile "
+                 "bootstrap; of a Δ: the paired bootstrap over the examples both methods answered.\n")
+    atomic_write_text(out / "results.md", markdown(rows, baseline) + note + timing + intervals)

@@ -14,11 +14,12 @@ from switchgen.kits import skills, toy
 class Kit:
     ensure: Callable[[], dict[str, Path]]  # builds the kit on first use; its folders by name
     models: tuple[str, ...]  # the names among them that are checkpoints
+    version: str  # changes whenever a rebuild would write other weights: a model revision
 
 
 KITS = {
-    "toy": Kit(toy.ensure_toy_models, (*toy.TOY_CANDIDATES, toy.SWITCHER)),
-    "skills": Kit(skills.ensure_skills_kit, skills.CANDIDATES),
+    "toy": Kit(toy.ensure_toy_models, (*toy.TOY_CANDIDATES, toy.SWITCHER), toy.TOY_VERSION),
+    "skills": Kit(skills.ensure_skills_kit, skills.CANDIDATES, skills.SKILLS_VERSION),
 }
 
 

@@ -1,66 +1,68 @@
-"""`switchgen api`: the whole switch graph behind OpenAI's chat completions API.
+"""`switchgen api`: the whole switch graph behind OpenAI's chat completions and completions APIs.
 
-    POST /v1/chat/completions (JSON, or server-sent events with "stream": true), GET /v1/models, GET /health
+    POST /v1/chat/completions, POST /v1/completions (JSON, or server-sent events with "stream": true),
+    GET /v1/models, GET /metrics (Prometheus), GET /health
 
-Any OpenAI client (the `openai` SDK, LangChain's ChatOpenAI, OpenWebUI) gets an answer written by
-Switch Generation. `model` names the served configuration (the preset name, or the YAML file's
-stem). The answer's trace is in an extra field, `switchgen`: segments and decisions in a
-response; in a stream each chunk names the candidate writing it (`switchgen.candidate`,
-`switchgen.patch`) and the chunk with the finish_reason holds the whole trace. Per-request run
-settings (nodes/context.py: strategy, candidate, patch_size, seed, ...) go in the request's
-`switchgen` object (`extra_body={"switchgen": {...}}` in the SDK); `max_tokens` is the budget.
+Any OpenAI client (the `openai` SDK, LangChain's ChatOpenAI, OpenWebUI, lm-eval's API models) gets
+an answer written by Switch Generation. `model` names the served configuration (`--served-model-name`,
+else the preset name or the YAML file's stem). The trace is in an extra field, `switchgen`: each
+choice's segments and decisions (the top-level field is the first choice's); in a stream each chunk
+names the candidate writing it (`switchgen.candidate`, `switchgen.patch`) and the chunk with a
+choice's finish_reason holds its trace. Per-request run settings (nodes/context.py: strategy,
+candidate, patch_size, sequence, seed, ...) go in the request's `switchgen` object.
 
-Each request runs the graph in a worker thread; the in-process engine batches the concurrent
-requests' forward passes. Errors have OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
-Generator sampling (temperature, top_p) is the configuration's: those request fields are accepted
-and not applied, as the candidates' sampling is part of the method.
+OpenAI's semantics are kept or refused, never ignored: `max_tokens` is the budget (above the
+smallest in-process model's context: 400 before any work); `stop` strings become every candidate's
+stop strings and cut the joined answer (graph/variants.py, as the lm-eval plug-in applies them);
+`n` runs the graph n times (choice i > 0 seeded from the request's seed and i); `temperature` and
+`top_p` set the candidates' sampling (0: greedy, with a seeded switcher so the answer repeats);
+the other sampling fields (servers/serve/chat.py) are 400s naming the field. The HTTP ground
+(bounded bodies, errors, key, Host/Origin, X-Request-Id, access log) is servers/serve/http.py,
+shared with `switchgen serve`; admission (the concurrency limit, a bounded queue, Retry-After) is
+servers/serve/admission.py. Errors have OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
 
 from langchain_core.messages import AIMessage
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from starlette.applications import Starlette
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.types import ASGIApp
 
-from switchgen.core.errors import InputError, ServerError, SwitchgenError, describe
+from switchgen.core.config import SwitchConfig, SwitcherConfig
+from switchgen.core.errors import InputError, ServerError, SwitchgenError
+from switchgen.core.jsonl import invalid_text
+from switchgen.core.seeds import derive_seed
+from switchgen.graph.variants import GraphVariants
+from switchgen.servers.engine.local import LocalEngine
+from switchgen.servers.serve.admission import Admission, Holding, Slot
+from switchgen.servers.serve.bridge import Work, bridged
+from switchgen.servers.serve.chat import ChatMessage, TextOnly
+from switchgen.servers.serve.http import HttpError, HttpService, allowed_hosts, openai_shape, sse
+from switchgen.servers.serve.metrics import Metrics
+from switchgen.servers.serve.settings import ServiceSettings
+from switchgen.servers.stops import StopHoldback, cut_at_stop
 
-MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's and vLLM's default for /v1/completions
+MAX_BUDGET = 2**31 - 1  # with no in-process model to tell the context
+MAX_SEED = 2**64 - 1
+MAX_STOPS = 4  # OpenAI's
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "budget": "length", None: "stop"}
 STREAM_MODES = ["custom", "values"]
 
 
-class ApiError(Exception):
-    """A request refused with OpenAI's error shape."""
-
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", *, param: str | None = None,
-                 code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.param, self.code = status, kind, param, code
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
-
-
-# -- the request ---------------------------------------------------------------------------
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+# -- the requests -------------------------------------------------------------------------------
 
 
 class StreamOptions(BaseModel):
@@ -69,36 +71,47 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatRequest(BaseModel):
-    """OpenAI's chat completion request; what Switch Generation cannot do is refused, not ignored."""
-
-    model_config = ConfigDict(extra="ignore")
+class _Request(TextOnly):
+    """What both completion routes take: the budget, sampling, stop strings, n, and the run settings."""
 
     model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    seed: int | None = None
-    n: int = Field(1, ge=1, le=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)  # accepted, not applied (see the module docstring)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    n: int = Field(1, ge=1, le=128)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
-    logprobs: bool | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
     switchgen: dict[str, Any] | None = None  # run settings: nodes/context.py's fields
 
     @field_validator("stop")
     @classmethod
-    def _no_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        if stop:
-            raise ValueError("stop strings are set per candidate in the configuration (candidates[].stop)")
-        return stop
+    def _stops(cls, stop: str | list[str] | None) -> list[str]:
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop strings")
+        for s in stops:
+            if not s or invalid_text(s):
+                raise ValueError(f"stop string {s!r} is {invalid_text(s) or 'empty'}")
+        return stops
+
+    @property
+    def budget(self) -> int | None:
+        return self.max_tokens
+
+    def graph_input(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ChatRequest(_Request):
+    """OpenAI's chat completion request."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
 
     @field_validator("tools")
     @classmethod
@@ -114,63 +127,106 @@ class ChatRequest(BaseModel):
             raise ValueError("only text responses are supported (no JSON mode or structured output)")
         return fmt
 
-    @field_validator("logprobs")
+    @property
+    def budget(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def graph_input(self) -> dict[str, Any]:
+        return {"messages": [m.as_dict() for m in self.messages]}
+
+
+class CompletionRequest(_Request):
+    """OpenAI's (legacy) completions request: the prompt is the query the candidates answer."""
+
+    prompt: str | list[str]
+    max_tokens: int | None = Field(DEFAULT_COMPLETION_TOKENS, ge=1)
+    echo: bool = False
+    suffix: str | None = None
+
+    @field_validator("prompt")
     @classmethod
-    def _no_logprobs(cls, value: bool | None) -> bool | None:
+    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and len(prompt) != 1:
+            raise ValueError("send exactly one prompt per request (n gives several answers to one)")
+        if not (prompt[0] if isinstance(prompt, list) else prompt):
+            raise ValueError("prompt is empty")
+        return prompt
+
+    @field_validator("echo", "suffix")
+    @classmethod
+    def _refused(cls, value: Any, info: Any) -> Any:
         if value:
-            raise ValueError("logprobs are not returned: an answer mixes several checkpoints' tokens")
+            raise ValueError(f"{info.field_name} is not supported: the answer is the graph's, after the prompt")
         return value
 
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalty(cls, value: float | None, info: Any) -> float | None:
-        if value:
-            raise ValueError(f"{info.field_name} is not supported")
-        return value
+    def graph_input(self) -> dict[str, Any]:
+        return {"query": self.prompt[0] if isinstance(self.prompt, list) else self.prompt}
 
 
-def _parse(raw: bytes) -> ChatRequest:
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        data = json.loads(raw)
-    except ValueError as err:
-        raise ApiError(400, f"the body is not valid JSON: {err}") from None
-    try:
-        return ChatRequest.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]["loc"] if err.errors() else ()
-        raise ApiError(400, describe(err, root="body"), param=".".join(str(p) for p in first) or None) from None
+# -- a request as graph runs --------------------------------------------------------------------
 
 
-def graph_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """OpenAI messages as LangChain message dicts (the graph's `messages` input)."""
-    out = []
-    for m in messages:
-        data = m.model_dump(exclude_none=True)
-        if data["role"] == "developer":
-            data["role"] = "system"
-        data.setdefault("content", "")
-        out.append(data)
-    return out
+@dataclass
+class Run:
+    """What a request runs: one graph (its stop strings and sampling), an input, a context per choice."""
+
+    graph: Any
+    inputs: dict[str, Any]
+    contexts: list[dict[str, Any] | None]
+    stop: tuple[str, ...]
 
 
-def run_input(config: Any, req: ChatRequest) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The graph input and run context for a request."""
+def sampling_of(req: _Request) -> dict[str, Any]:
+    """The candidates' sampling a request asks for (empty: the configuration's)."""
+    if req.temperature == 0:
+        return {"greedy": True}
+    sampling: dict[str, Any] = {}
+    if req.temperature is not None:
+        sampling.update(greedy=False, temperature=req.temperature)
+    if req.top_p is not None:
+        sampling.update(greedy=False, top_p=req.top_p)
+    return sampling
+
+
+def choice_seeds(req: _Request, config: SwitchConfig) -> list[int | None]:
+    """A seed per choice: the request's (else the configuration's; 0 for temperature 0, so greedy
+    answers repeat), the first as given and the others derived from it, so n answers differ."""
+    base = req.seed if req.seed is not None else config.seed
+    if base is None and req.temperature == 0:
+        base = 0
+    return [base if i == 0 else derive_seed(base, "choice", i) for i in range(req.n)]
+
+
+def run_context(req: _Request, config: SwitchConfig) -> dict[str, Any]:
+    """The request's `switchgen` run settings, with its budget (its patches no longer than it)."""
     context = dict(req.switchgen or {})
     if context.get("review"):
-        raise ApiError(400, "review mode pauses for a reviewer: use the graph (langgraph dev), not this API",
-                       param="switchgen.review")
-    budget = req.max_completion_tokens or req.max_tokens
+        raise HttpError(400, "review mode pauses for a reviewer: use the graph (langgraph dev), not this API",
+                        param="switchgen.review")
+    if isinstance(context.get("sequence"), str):  # "A P A", as the YAML configuration takes it
+        context["sequence"] = SwitcherConfig.model_validate({"sequence": context["sequence"]}).sequence
+    budget = req.budget
     if budget is not None:
         context["max_new_tokens"] = budget
         context["patch_size"] = min(context.get("patch_size") or config.patch_size, budget)
-    if req.seed is not None:
-        context["seed"] = req.seed
-    return {"messages": graph_messages(req.messages)}, context or None
+    return context
 
 
-# -- responses -----------------------------------------------------------------------------
+def context_limit(config: SwitchConfig, engine: LocalEngine) -> int | None:
+    """The smallest context of the in-process candidates (None: every candidate is on a server)."""
+    sizes = [engine.backend(c.model, device=c.device, dtype=c.dtype).max_total_tokens
+             for c in config.candidates if c.backend == "local"]
+    return min(sizes) if sizes else None
+
+
+# -- answers ------------------------------------------------------------------------------------
+
+
+def final_answer(state: dict[str, Any] | None) -> AIMessage:
+    message = ((state or {}).get("messages") or [None])[-1]
+    if not isinstance(message, AIMessage) or "__interrupt__" in (state or {}):
+        raise HttpError(500, "the graph returned no answer", "server_error")
+    return message
 
 
 def trace_of(answer: AIMessage) -> dict[str, Any]:
@@ -179,107 +235,102 @@ def trace_of(answer: AIMessage) -> dict[str, Any]:
     return {k: meta[k] for k in keys if k in meta}
 
 
-def usage_of(answer: AIMessage) -> dict[str, int]:
-    usage = answer.usage_metadata or {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
-    return {
-        "prompt_tokens": usage["input_tokens"],
-        "completion_tokens": usage["output_tokens"],
-        "total_tokens": usage["total_tokens"],
-    }
+def finish_of(answer: AIMessage, stop: tuple[str, ...]) -> tuple[str, str]:
+    """The answer's text cut at the first stop string, and OpenAI's finish_reason."""
+    text, cut = cut_at_stop(answer.text, stop)
+    return text, "stop" if cut else FINISH.get(answer.response_metadata.get("finish_reason"), "stop")
 
 
-def final_answer(state: dict[str, Any] | None) -> AIMessage:
-    message = ((state or {}).get("messages") or [None])[-1]
-    if not isinstance(message, AIMessage) or "__interrupt__" in (state or {}):
-        raise ApiError(500, "the graph returned no answer", "server_error")
-    return message
+def usage_of(answers: list[AIMessage]) -> dict[str, int]:
+    """The prompt counted once, the completions of every choice."""
+    prompt = (answers[0].usage_metadata or {}).get("input_tokens", 0) if answers else 0
+    completion = sum((a.usage_metadata or {}).get("output_tokens", 0) for a in answers)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _sse(payload: dict[str, Any] | str) -> bytes:
-    text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {text}\n\n".encode()
-
-
-def _as_api_error(err: BaseException) -> ApiError:
-    if isinstance(err, ApiError):
+def api_error(err: BaseException) -> HttpError:
+    if isinstance(err, HttpError):
         return err
-    if isinstance(err, InputError):
-        return ApiError(400, str(err))
+    if isinstance(err, TimeoutError):
+        return HttpError(504, "the answer took longer than the server's --request-timeout; it was stopped",
+                         "server_error", code="timeout")
     if isinstance(err, ServerError):
-        return ApiError(502, f"a checkpoint's server failed: {err}", "server_error")
-    if isinstance(err, SwitchgenError):
-        return ApiError(400, str(err))
-    return ApiError(500, f"generation failed: {type(err).__name__}: {err}", "server_error")
+        return HttpError(502, f"a checkpoint's server failed: {err}", "server_error")
+    if isinstance(err, (InputError, SwitchgenError)):
+        return HttpError(400, str(err))
+    return HttpError(500, f"generation failed: {type(err).__name__}: {err}", "server_error")
 
 
-class _Worker:
-    """A graph run in a worker thread; its events reach the event loop through a queue."""
+class _Format:
+    """How one route writes choices: chat messages and deltas, or completion texts."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.cancelled = threading.Event()
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+        self.prefix, self.object = ("chatcmpl", "chat.completion") if chat else ("cmpl", "text_completion")
+        self.chunk_object = "chat.completion.chunk" if chat else "text_completion"
 
-    def put(self, item: tuple[str, Any]) -> None:
-        if not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+    def choice(self, i: int, text: str, finish: str, trace: dict[str, Any]) -> dict[str, Any]:
+        body = {"message": {"role": "assistant", "content": text, "refusal": None}} if self.chat else {"text": text}
+        return {"index": i, **body, "finish_reason": finish, "logprobs": None, "switchgen": trace}
 
-    def run(self, events: Callable[[], Any]) -> None:
-        try:
-            for event in events():
-                if self.cancelled.is_set():  # the client went away: closing the stream stops the graph
-                    break
-                self.put(("event", event))
-            self.put(("end", None))
-        except Exception as err:  # passed on to the request
-            self.put(("error", err))
+    def chunk(self, head: dict[str, Any], i: int, text: str | None, finish: str | None = None, **extra: Any) -> bytes:
+        if self.chat:
+            delta = {"content": text} if text is not None else {}
+            choice = {"index": i, "delta": delta, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": i, "text": text or "", "finish_reason": finish, "logprobs": None}
+        return sse({**head, "object": self.chunk_object, "choices": [choice], **extra})
+
+    def role(self, head: dict[str, Any], i: int) -> bytes | None:
+        if not self.chat:
+            return None
+        return sse({**head, "object": self.chunk_object,
+                    "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
+                                 "logprobs": None}]})
+
+
+CHAT, COMPLETION = _Format(chat=True), _Format(chat=False)
+
+
+# -- the app ------------------------------------------------------------------------------------
 
 
 class ChatAPI:
-    """The switch graph behind OpenAI's chat completions routes: a method per route."""
+    """The switch graph behind OpenAI's routes: a method per route."""
 
     def __init__(
-        self, graph: Any, model_id: str, *, max_concurrent_requests: int = 32, api_key: str | None = None
+        self, config: SwitchConfig, model_id: str, *, engine: LocalEngine | None = None,
+        settings: ServiceSettings | None = None,
     ) -> None:
-        self.graph = graph
-        self.api_key = api_key
-        self.config = graph.switch_config
-        self.model_id = model_id
-        self.max_concurrent = max_concurrent_requests
-        self.executor = ThreadPoolExecutor(max_workers=max_concurrent_requests, thread_name_prefix="switchgen-api")
-        self.in_flight = 0
+        self.settings = s = settings or ServiceSettings()
+        self.config, self.model_id = config, model_id
+        self.variants = GraphVariants(config, engine)
+        self.graph = self.variants.get()  # every checkpoint loads now, not at the first request
+        self.context = context_limit(config, self.variants.engine)
+        self.metrics = Metrics("switchgen_api")
+        self.admission = Admission(s.max_concurrent_requests, queue=s.max_queued_requests,
+                                   on_change=self.metrics.admission)
+        self.http = HttpService(shape=openai_shape, name="api", api_key=s.api_key, payload_limit=s.payload_limit,
+                                hosts=allowed_hosts(s.host, s.api_key, s.allowed_hosts), access_log=s.access_log)
+        self.http.observers.append(self.metrics.observe)
+        self.executor = ThreadPoolExecutor(max_workers=s.max_concurrent_requests, thread_name_prefix="switchgen-api")
         self.created = int(time.time())
 
-    def starlette(self) -> Starlette:
-        routes = [
-            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
-            Route("/v1/models", self.models, methods=["GET"]),
-            Route("/v1/models/{model:path}", self.model, methods=["GET"]),
-            Route("/health", self.health, methods=["GET"]),
-        ]
-        if self.api_key:
-            routes = [r if r.path == "/health" else Route(r.path, self._guard(r.endpoint), methods=r.methods)
-                      for r in routes]
-        return Starlette(routes=routes, exception_handlers={404: self.not_found, 405: self.method_not_allowed})
-
-    def _guard(self, route: Callable[[Request], Any]) -> Callable[[Request], Any]:
-        """`route`, answered only with the server's API key as a bearer token (OpenAI's 401 otherwise)."""
-        import hmac
-
-        expected = f"Bearer {self.api_key}".encode()
-
-        async def guarded(request: Request) -> Response:
-            if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
-                return self._error(ApiError(401, "a valid API key is required: send Authorization: Bearer <key>",
-                                            "authentication_error", code="invalid_api_key"))
-            return await route(request)
-
-        return guarded
+    def app(self) -> ASGIApp:
+        return self.http.app([
+            ("/v1/chat/completions", self.chat_completions, ["POST"]),
+            ("/v1/completions", self.completions, ["POST"]),
+            ("/v1/models", self.models, ["GET"]),
+            ("/v1/models/{model:path}", self.model, ["GET"]),
+            ("/metrics", self.metrics.endpoint, ["GET"]),
+            ("/health", self.health, ["GET"]),
+        ])
 
     # -- routes ----------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": self.model_id, "in_flight": self.in_flight})
+        return JSONResponse({"status": "ok", "model": self.model_id, "running": self.admission.running,
+                             "waiting": self.admission.waiting})
 
     def _model_card(self) -> dict[str, Any]:
         return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "switchgen"}
@@ -289,116 +340,147 @@ class ChatAPI:
 
     async def model(self, request: Request) -> Response:
         if request.path_params["model"] != self.model_id:
-            return self._error(self._unknown_model(request.path_params["model"]))
+            raise self._unknown_model(request.path_params["model"])
         return JSONResponse(self._model_card())
 
     async def chat_completions(self, request: Request) -> Response:
+        return await self._complete(request, ChatRequest, CHAT)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._complete(request, CompletionRequest, COMPLETION)
+
+    # -- a request to graph runs -----------------------------------------------------------
+
+    def _unknown_model(self, name: str) -> HttpError:
+        return HttpError(404, f"the model {name!r} does not exist; this server serves {self.model_id!r}",
+                         param="model", code="model_not_found")
+
+    def plan(self, req: _Request) -> Run:
+        """The graph runs a request asks for, or a 4xx before any work."""
+        if req.model != self.model_id:
+            raise self._unknown_model(req.model)
+        budget, limit = req.budget, self.context or MAX_BUDGET
+        if budget is not None and budget > limit:
+            param = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+            shown = f"{budget}" if budget < 10**12 else f"a number of {len(str(budget))} digits"
+            what = f"the model's context of {limit} tokens" if self.context else f"the largest budget, {limit} tokens"
+            raise HttpError(400, f"{param} is {shown}, more than {what}", param=param, code="context_length_exceeded")
+        context = run_context(req, self.config)
         try:
-            req = _parse(await request.body())
-            if req.model != self.model_id:
-                raise self._unknown_model(req.model)
-            inputs, context = run_input(self.config, req)
-            if self.in_flight >= self.max_concurrent:
-                raise ApiError(429, f"the server is at its limit of {self.max_concurrent} concurrent requests; retry",
-                               "rate_limit_error", code="overloaded")
-        except ApiError as err:
-            return self._error(err)
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_id,
+            graph = self.variants.get(tuple(req.stop or ()), sampling_of(req))
+        except SwitchgenError as err:
+            raise HttpError(400, str(err)) from None
+        contexts = [{**context, "seed": seed} if seed is not None else (context or None)
+                    for seed in choice_seeds(req, self.config)]
+        return Run(graph, req.graph_input(), contexts, tuple(req.stop or ()))
+
+    async def _complete(self, request: Request, model: type[_Request], fmt: _Format) -> Response:
+        loop = asyncio.get_running_loop()
+        req = await self.http.parsed(request, model)
+        run = await self.http.off_loop(self.plan, req)  # a new stop set or sampling builds a graph
+        slot = await self.admission.enter(req.n, loop.time() + self.settings.queue_timeout)
+        deadline = loop.time() + self.settings.request_timeout
+        head = {"id": f"{fmt.prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_id,
                 "system_fingerprint": "switchgen"}
-
-        def events() -> Any:
-            return self.graph.stream(inputs, context=context, stream_mode=STREAM_MODES)
-
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(self._stream(events, head, include_usage), media_type="text/event-stream")
-        final = None
-        try:
-            async for mode, data in self._events(events):
-                if mode == "values":
-                    final = data
-            answer = final_answer(final)
-        except Exception as err:
-            return self._error(_as_api_error(err))
-        return JSONResponse({
-            **head,
-            "object": "chat.completion",
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": answer.text, "refusal": None},
-                "finish_reason": FINISH.get(answer.response_metadata.get("finish_reason"), "stop"),
-                "logprobs": None,
-            }],
-            "usage": usage_of(answer),
-            "switchgen": trace_of(answer),
-        })
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            events = self._stream(run, fmt, head, usage, deadline, slot)
+            return Holding(StreamingResponse(events, media_type="text/event-stream"), slot)
+        with slot:
+            try:
+                answers = await self._answers(run, deadline)
+            except Exception as err:
+                raise api_error(err) from None
+        choices = []
+        for i, answer in enumerate(answers):
+            text, finish = finish_of(answer, run.stop)
+            choices.append(fmt.choice(i, text, finish, trace_of(answer)))
+        return JSONResponse({**head, "object": fmt.object, "choices": choices, "usage": usage_of(answers),
+                             "switchgen": choices[0]["switchgen"]})
 
-    async def not_found(self, request: Request, exc: Exception) -> Response:
-        return self._error(ApiError(404, f"{request.method} {request.url.path} is not served here", code="not_found"))
+    def _works(self, run: Run) -> list[Work]:
+        """A graph run per choice: its token events emitted, its final state returned."""
 
-    async def method_not_allowed(self, request: Request, exc: Exception) -> Response:
-        return self._error(ApiError(405, f"{request.method} is not allowed on {request.url.path}"))
+        def work(context: dict[str, Any] | None) -> Work:
+            def go(emit: Callable[[Any], None], cancelled: threading.Event) -> Any:
+                final = None
+                for mode, data in run.graph.stream(run.inputs, context=context, stream_mode=STREAM_MODES):
+                    if cancelled.is_set():  # the client went away: closing the stream stops the graph
+                        break
+                    if mode == "values":
+                        final = data
+                    elif isinstance(data, dict) and data.get("text"):
+                        emit(data)
+                return final
 
-    # -- running the graph -----------------------------------------------------------------
+            return go
 
-    def _unknown_model(self, name: str) -> ApiError:
-        return ApiError(404, f"the model {name!r} does not exist; this server serves {self.model_id!r}",
-                        param="model", code="model_not_found")
+        return [work(context) for context in run.contexts]
 
-    @staticmethod
-    def _error(err: ApiError) -> Response:
-        return JSONResponse(err.body(), status_code=err.status)
+    def _answered(self, answer: AIMessage) -> None:
+        decisions = answer.response_metadata.get("decisions") or []
+        calls = sum(1 for d in decisions if d.get("digit_mass") is not None)  # the learned switcher was asked
+        self.metrics.answer(answer.response_metadata.get("usage_by_candidate") or {}, calls)
 
-    async def _events(self, events: Callable[[], Any]) -> AsyncIterator[tuple[str, Any]]:
-        """The graph's stream events, run in the pool; a worker error is raised here."""
-        worker = _Worker(asyncio.get_running_loop())
-        self.in_flight += 1
-        future = asyncio.get_running_loop().run_in_executor(self.executor, worker.run, events)
-        try:
-            while True:
-                kind, item = await worker.queue.get()
-                if kind == "event":
-                    yield item
-                elif kind == "error":
-                    raise item
-                else:
-                    return
-        finally:
-            worker.cancelled.set()
-            self.in_flight -= 1
-            del future
+    async def _answers(self, run: Run, deadline: float) -> list[AIMessage]:
+        answers: dict[int, AIMessage] = {}
+        async with aclosing(bridged(self.executor, self._works(run), deadline=deadline)) as events:
+            async for i, kind, item in events:
+                if kind == "done":
+                    answers[i] = final_answer(item)
+                    self._answered(answers[i])
+        return [answers[i] for i in range(len(run.contexts))]
 
-    async def _stream(self, events: Callable[[], Any], head: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
-        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-            return _sse({**head, "object": "chat.completion.chunk", "choices": [choice], **extra})
+    async def _stream(
+        self, run: Run, fmt: _Format, head: dict[str, Any], include_usage: bool, deadline: float, slot: Slot
+    ) -> AsyncIterator[bytes]:
+        n = len(run.contexts)
+        holds = [StopHoldback(None, run.stop) for _ in range(n)]  # never shows what a stop string may claim
+        answers: list[AIMessage] = []
+        with slot:
+            for i in range(n):
+                if (role := fmt.role(head, i)) is not None:
+                    yield role
+            try:
+                async with aclosing(bridged(self.executor, self._works(run), deadline=deadline)) as events:
+                    async for i, kind, item in events:
+                        for chunk in self._chunks(fmt, head, i, kind, item, holds[i], run.stop, answers):
+                            yield chunk
+            except Exception as err:  # the stream has started: the error is an event
+                yield sse(openai_shape(api_error(err)))
+                return
+            if include_usage:
+                yield sse({**head, "object": fmt.chunk_object, "choices": [], "usage": usage_of(answers)})
+            yield sse("[DONE]")
 
-        yield chunk({"role": "assistant", "content": ""})
-        final = None
-        try:
-            async for mode, data in self._events(events):
-                if mode == "values":
-                    final = data
-                elif isinstance(data, dict) and data.get("text"):
-                    yield chunk({"content": data["text"]},
-                                switchgen={"candidate": data["candidate"], "patch": data["patch"]})
-            answer = final_answer(final)
-        except Exception as err:  # the stream has started: the error is an event
-            yield _sse(_as_api_error(err).body())
-            return
-        finish = FINISH.get(answer.response_metadata.get("finish_reason"), "stop")
-        yield chunk({}, finish, switchgen=trace_of(answer))
-        if include_usage:
-            yield _sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage_of(answer)})
-        yield _sse("[DONE]")
+    def _chunks(
+        self, fmt: _Format, head: dict[str, Any], i: int, kind: str, item: Any, hold: StopHoldback,
+        stop: tuple[str, ...], answers: list[AIMessage],
+    ) -> list[bytes]:
+        """The chunks one event of choice i gives: new visible text, or its end (finish_reason and trace)."""
+        sent = len(hold.sent)
+        if kind == "event":
+            hold.add(item["text"])
+            new = hold.sent[sent:]
+            author = {"candidate": item["candidate"], "patch": item["patch"]}
+            return [fmt.chunk(head, i, new, switchgen=author)] if new else []
+        answer = final_answer(item)
+        self._answered(answer)
+        answers.append(answer)
+        hold.finish(answer.text)
+        text, finish = finish_of(answer, stop)
+        rest = [fmt.chunk(head, i, hold.sent[sent:])] if len(hold.sent) > sent else []
+        return [*rest, fmt.chunk(head, i, None if fmt.chat else "", finish, switchgen=trace_of(answer))]
 
 
-def model_id_for(source: str | None) -> str:
-    """The served model's name: the preset name, or the YAML file's stem."""
+def model_id_for(source: str | None, served_name: str | None = None) -> str:
+    """The served model's name: `--served-model-name`, else the preset name or the YAML file's stem."""
     from pathlib import Path
 
     from switchgen.core.config import DEFAULT_PRESET
 
+    if served_name:
+        return served_name
     if not source:
         return DEFAULT_PRESET
     path = Path(source)
@@ -406,41 +488,21 @@ def model_id_for(source: str | None) -> str:
 
 
 def create_api_app(
-    graph: Any, model_id: str, *, max_concurrent_requests: int = 32, api_key: str | None = None
-) -> Starlette:
-    """The ASGI app serving a compiled switch graph (from switchgen.graph.build_graph)."""
-    return ChatAPI(graph, model_id, max_concurrent_requests=max_concurrent_requests, api_key=api_key).starlette()
-
-
-def _uvicorn_config(app: Starlette) -> Any:
-    import uvicorn
-
-    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2)
-
-
-def _quiet_server(app: Starlette) -> Any:
-    """A uvicorn server that leaves the process's signal handlers alone (it runs on a thread)."""
-    import contextlib
-
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self):  # type: ignore[override]
-            yield
-
-    return Server(_uvicorn_config(app))
+    config: SwitchConfig, model_id: str, *, engine: LocalEngine | None = None, settings: ServiceSettings | None = None
+) -> ASGIApp:
+    """The ASGI app serving the switch graph of `config` (every checkpoint loaded on `engine` now)."""
+    return ChatAPI(config, model_id, engine=engine, settings=settings).app()
 
 
 class BackgroundAPI:
     """`switchgen api` on a daemon thread (tests, notebooks): `url` once started, `stop()` to end it."""
 
-    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0) -> None:
-        from switchgen.servers.serve.run import bind
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
+        from switchgen.servers.serve.run import bind, quiet_server
 
         self.sock = bind(host, port)
         self.url = f"http://{host}:{self.sock.getsockname()[1]}"
-        self.server = _quiet_server(app)
+        self.server = quiet_server(app)
         self._thread = threading.Thread(target=self._run, name="switchgen-api", daemon=True)
 
     def _run(self) -> None:
@@ -470,16 +532,18 @@ class BackgroundAPI:
         self.stop()
 
 
-def serve_api(app: Starlette, host: str, port: int, on_ready: Callable[[str], None] | None = None) -> None:
-    """Serve until Ctrl-C / SIGTERM (a clean exit, status 0)."""
+def serve_api(app: ASGIApp, host: str, port: int, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve until Ctrl-C / SIGTERM (a clean exit, status 0); access lines go to stderr."""
     import contextlib
     import signal
 
-    from switchgen.servers.serve.run import bind
+    from switchgen.servers.serve.http import access_log_to_stderr
+    from switchgen.servers.serve.run import bind, quiet_server
 
     sock = bind(host, port)  # a taken port is a clear error
     url = f"http://{host}:{sock.getsockname()[1]}"
-    server = _quiet_server(app)
+    server = quiet_server(app)
+    access_log_to_stderr()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

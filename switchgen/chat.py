@@ -140,7 +140,7 @@ def open_threads(path: Path, saver_class: Any) -> tuple[sqlite3.Connection, Any]
         raise InputError(f"--db {path} is a folder; {fix}")
     if path.exists():
         try:
-            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as probe:
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)) as probe:
                 tables = {
                     name: {row[1] for row in probe.execute(f"PRAGMA table_info('{name}')")}
                     for (name,) in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")

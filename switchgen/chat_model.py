@@ -5,6 +5,10 @@ earlier turns are the history each candidate sees. The answer's response_metadat
 segments and decisions, usage_metadata the token counts. invoke/ainvoke/batch/stream/astream
 come from BaseChatModel; streaming yields the text as the candidates write it (so a LangGraph
 graph calling this model streams tokens in `messages` mode), then a last chunk with the metadata.
+Each text chunk names its author as the graph's own `messages` stream does: `name` is the
+candidate, and its response_metadata holds `switchgen_candidate` and `switchgen_patch`. Those two
+keys describe one chunk: LangChain joins chunks by adding their metadata (strings concatenated,
+numbers summed), so the answer that invoke returns drops them (its `segments` say who wrote what).
 
 LangSmith sees the model as provider `switchgen` (`ls_model_name`: the candidates' checkpoints),
 with the graph's runs nested under it: a chat-model run per patch (its author, model and tokens)
@@ -38,6 +42,7 @@ from pydantic import ConfigDict, Field
 from switchgen.core.errors import InputError, UnsupportedError
 
 STREAM_MODES = ["custom", "values"]
+CHUNK_KEYS = ("switchgen_candidate", "switchgen_patch")  # a text chunk's author: per chunk, not for the answer
 
 
 def _child_callbacks(run: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun) -> Any:
@@ -48,6 +53,14 @@ def _child_callbacks(run: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMR
     child.add_tags(run.inheritable_tags)
     child.add_metadata(run.inheritable_metadata)
     return child
+
+
+def _answer_only(message: AIMessage) -> AIMessage:
+    """The answer without the per-chunk author keys that joining streamed chunks leaves behind."""
+    if any(key in message.response_metadata for key in CHUNK_KEYS):
+        meta = {k: v for k, v in message.response_metadata.items() if k not in CHUNK_KEYS}
+        message = message.model_copy(update={"response_metadata": meta})
+    return message
 
 
 class ChatSwitchGeneration(BaseChatModel):
@@ -124,12 +137,11 @@ class ChatSwitchGeneration(BaseChatModel):
         context = {**(self.context or {}), **(kwargs.get("context") or {})}
         if context.get("review"):
             raise InputError("review mode pauses the graph for a reviewer: use the graph itself, not the chat model")
-        config: dict[str, Any] = {}
-        if run_manager is not None:
-            # The graph's runs (a run per patch and per switcher call) nest under this model's run; they
-            # are not streamed in `messages` mode, where this model's own tokens already go.
+        # The graph's runs (a run per patch and per switcher call) are not streamed in `messages` mode,
+        # where this model's own tokens already go (named after their authors).
+        config: dict[str, Any] = {"tags": [TAG_NOSTREAM]}
+        if run_manager is not None:  # they nest under this model's run
             config["callbacks"] = _child_callbacks(run_manager)
-            config["tags"] = [TAG_NOSTREAM]
         if getattr(self.graph, "checkpointer", None) not in (None, False):
             config["configurable"] = {"thread_id": f"chat-{uuid.uuid4().hex}"}  # each call is its own conversation
         return {"input": {"messages": list(messages)}, "config": config, "context": context or None}
@@ -156,10 +168,20 @@ class ChatSwitchGeneration(BaseChatModel):
         )
 
     @staticmethod
-    def _token(event: Any) -> str | None:
-        if isinstance(event, dict) and isinstance(event.get("text"), str) and "candidate" in event:
-            return event["text"]
-        return None
+    def _token(event: Any) -> ChatGenerationChunk | None:
+        """A custom stream event of the graph ({candidate, text, patch}) as a chunk named after its author."""
+        if not (isinstance(event, dict) and isinstance(event.get("text"), str) and "candidate" in event):
+            return None
+        author = {"switchgen_candidate": event["candidate"], "switchgen_patch": event.get("patch")}
+        return ChatGenerationChunk(
+            message=AIMessageChunk(content=event["text"], name=event["candidate"], response_metadata=author)
+        )
+
+    def invoke(self, input: Any, config: Any = None, *, stop: list[str] | None = None, **kwargs: Any) -> AIMessage:
+        return _answer_only(super().invoke(input, config, stop=stop, **kwargs))
+
+    async def ainvoke(self, input: Any, config: Any = None, *, stop: list[str] | None = None, **kwargs: Any) -> AIMessage:
+        return _answer_only(await super().ainvoke(input, config, stop=stop, **kwargs))
 
     def _generate(
         self,
@@ -197,10 +219,9 @@ class ChatSwitchGeneration(BaseChatModel):
         ):
             if mode == "values":
                 final = data
-            elif (text := self._token(data)) is not None:
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+            elif (chunk := self._token(data)) is not None:
                 if run_manager:
-                    run_manager.on_llm_new_token(text, chunk=chunk)
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
         yield self._last_chunk(self._answer(final))
 
@@ -218,9 +239,8 @@ class ChatSwitchGeneration(BaseChatModel):
         ):
             if mode == "values":
                 final = data
-            elif (text := self._token(data)) is not None:
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+            elif (chunk := self._token(data)) is not None:
                 if run_manager:
-                    await run_manager.on_llm_new_token(text, chunk=chunk)
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
         yield self._last_chunk(self._answer(final))

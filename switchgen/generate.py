@@ -20,6 +20,7 @@ from langgraph.graph.state import CompiledStateGraph
 from switchgen.core.config import SwitchConfig
 from switchgen.core.errors import InputError, InputTooLong, OutputError, ServerError, ServerUnreachable
 from switchgen.core.files import check_writable
+from switchgen.core.fingerprint import config_fingerprint
 from switchgen.core.jobs import RunResult, default_concurrency, write_records
 from switchgen.core.jsonl import invalid_text, loads_record, split_lines
 from switchgen.core.records import error_record
@@ -71,6 +72,14 @@ def default_output(input_path: Path) -> Path:
     return input_path.with_name(input_path.name.removesuffix(".jsonl") + "_switch_generation.jsonl")
 
 
+def fingerprint(config: SwitchConfig) -> dict[str, Any]:
+    """What shapes `switchgen generate`'s records: the configuration (seed, patch size and budget
+    included) and the revisions of the models it reads."""
+    from switchgen.servers.engine.loading import model_revisions
+
+    return {"command": "generate", "config": config_fingerprint(config), "revisions": model_revisions(config)}
+
+
 def make_record(source: dict[str, Any], result: dict[str, Any], config: SwitchConfig) -> dict[str, Any]:
     """The input record plus "output" and a "generation_log" with the reference's keys and ours."""
     segments = result.get("segments", [])
@@ -99,11 +108,13 @@ def run_file(
     progress: bool = True,
     concurrency: int | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Generate for every input without a record yet (and retry failed records first).
 
     `concurrency` None: `default_concurrency(config)`. `on_record` sees each record once it is in
-    the file (the CLI counts permanent failures with it).
+    the file (the CLI counts permanent failures with it). An `output` made with another
+    `fingerprint(config)` is refused, unless `overwrite` starts it over.
     """
     if concurrency is None:
         concurrency = default_concurrency(config)
@@ -118,6 +129,7 @@ def run_file(
             return error_record(source, err)
         return make_record(source, result, config)
 
-    return write_records(output, inputs, one, progress=progress, concurrency=concurrency, on_record=on_record)
+    return write_records(output, inputs, one, fingerprint=fingerprint(config), overwrite=overwrite, flag="--output",
+                         progress=progress, concurrency=concurrency, on_record=on_record)
 
 

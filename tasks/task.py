@@ -128,6 +128,11 @@ class Task:
     def describe(self) -> str:
         return " ".join(f"{s}={self.source(s).describe()}" for s in self.splits)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What of the task shapes a run's records (core/fingerprint.py): sources, query template,
+        reference, metric. Its description does not, nor its row limit (records are matched by id)."""
+        return self.spec.model_dump(mode="json", exclude={"description", "limit"})
+
     def _get(self, row: dict[str, Any], path: str, split: str, index: int) -> Any:
         try:
             return field(row, path)

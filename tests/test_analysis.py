@@ -45,7 +45,8 @@ def test_report_embeds_every_plot(report, eval_dir):
         assert width > 300 and height > 150
     for task, task_numbers in numbers.items():
         assert f"## {task}" in text
-        assert task_numbers["focus"] == "switch"
+        assert task_numbers["focus"] == "switch" and task_numbers["focus_why"] == "the default"
+        assert "Analysed method: `switch` (the default)." in text
         assert {"switch", "random"} <= set(task_numbers["switching"])
         assert not any(m.startswith("single:") or "@" in m for m in task_numbers["switching"])
 
@@ -152,6 +153,83 @@ def test_analyze_cli_bad_input_is_one_line(eval_dir, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_analyze_names_its_method_and_refuses_one_not_in_the_run(eval_dir, tmp_path, capsys):
+    import shutil
+
+    from switchgen.cli import main
+
+    assert main(["analyze", str(eval_dir), "--out", str(tmp_path / "r1")]) == 0
+    assert "toy-words: author sequences of switch (the default)" in capsys.readouterr().err
+    assert main(["analyze", str(eval_dir), "--out", str(tmp_path / "r2"), "--method", "random"]) == 0
+    assert "toy-words: author sequences of random (--method)" in capsys.readouterr().err
+    assert "### Author sequences (random)" in (tmp_path / "r2" / "report.md").read_text()
+    assert main(["analyze", str(eval_dir), "--out", str(tmp_path / "r3"), "--method", "fixed:A+P"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--method fixed:A+P: not in" in err and "single:P, single:F, single:A, switch" in err
+    assert not (tmp_path / "r3").exists()
+    # A run without switch: the report says which method it analysed instead, and why.
+    other = tmp_path / "no-switch"
+    shutil.copytree(eval_dir, other, ignore=shutil.ignore_patterns("switch*", "report*"))
+    assert main(["analyze", str(other)]) == 0
+    assert "author sequences of random (no switch in this run" in capsys.readouterr().err
+    assert "Analysed method: `random` (no switch in this run: the first switching method" in (other / "report" / "report.md").read_text()
+
+
+def test_binary_scores_get_wilson_intervals(eval_dir):
+    """0/1 scores: Wilson's score interval, recomputed here from its formula (20/20 is not [1, 1]);
+    the paired differences keep the bootstrap."""
+    import math
+
+    from switchgen.evaluation.stats import mean_interval, wilson_ci
+
+    def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+        p = k / n
+        centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+    assert wilson_ci(20, 20) == pytest.approx((0.8389, 1.0), abs=1e-4) and wilson_ci(0, 20)[0] == 0.0
+    assert mean_interval([1.0] * 20) == (wilson_ci(20, 20), "wilson")
+    assert mean_interval([0.5, 1.0, 0.0])[1] == "bootstrap"
+    rows = json.loads((eval_dir / "results.json").read_text())["results"]
+    for row in rows:
+        scores = [a["score"] for a in raw(eval_dir, row["task"], row["method"])]
+        assert set(scores) <= {0.0, 1.0} and row["ci_method"] == "wilson"
+        assert row["ci"] == pytest.approx(wilson(int(sum(scores)), len(scores)), abs=1e-12)
+        if row["delta_ci"] is not None:
+            assert row["delta_ci"][0] <= row["delta_vs_aligned"] <= row["delta_ci"][1]
+    assert "Wilson's score interval" in (eval_dir / "results.md").read_text()
+
+
+def test_plots_show_n(report, eval_dir, tmp_path):
+    """The heat map reads count/n in each cell and fades a column by its n; the sequence scatter sizes
+    each marker by the answers using it and names n beside each label."""
+    from switchgen.analysis.plots import position_heatmaps, sequence_scatter
+    from switchgen.analysis.stats import SequenceStat, authors_by_position
+    from switchgen.core.records import read_eval_records
+
+    _, numbers = report
+    # 4-token and 12-token patches of one budget together: the later patches are reached by fewer answers.
+    records = [r for m in ("switch@4", "switch@12") for r in read_eval_records(eval_dir / "toy-words" / f"{m}.jsonl")]
+    shares = authors_by_position(records, ["P", "F", "A"])
+    answers = shares.answers
+    assert answers[-1] < answers[0]
+    fig = position_heatmaps("toy-words", {"switch": shares}, tmp_path / "h.png")
+    alpha = fig.axes[0].images[0].get_alpha()
+    assert [round(float(a), 6) for a in alpha[0]] == [round(max(0.15, (n / max(answers)) ** 0.5), 6) for n in answers]
+    assert alpha[0][-1] < 1.0 == alpha[0][0]
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts[: len(answers)] == [f"{round(v * n)}/{n}" for v, n in zip(shares.shares[0], answers, strict=True)]
+    stats = {int(n): [SequenceStat(tuple(s["sequence"]), s["used"], s["frequency"], s["mean_with"], s["mean_without"])
+                      for s in seqs] for n, seqs in numbers["toy-words"]["sequences"].items()}
+    fig = sequence_scatter("toy-words", "switch", stats, {2: None, 3: None}, tmp_path / "s.png")
+    shown = [s for n in (2, 3) for s in stats[n] if s.effect is not None]
+    sizes = [float(x) for c in fig.axes[0].collections for x in c.get_sizes()]
+    most = max(s.used for n in (2, 3) for s in stats[n])
+    assert sizes == pytest.approx([12 + 188 * s.used / most for s in shown])
+    labels = {t.get_text() for t in fig.axes[0].texts}
+    assert labels and labels <= {f"{s.label} (n={s.used})" for s in shown}
 
 
 @pytest.fixture(scope="module")

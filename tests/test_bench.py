@@ -49,7 +49,7 @@ def test_bench_reports_every_variant_sweep_and_ratio(toy_kit, tmp_path, capsys):
 
 def test_bench_rejects_a_malformed_sweep(toy_kit, capsys):
     assert main(["bench", "--budgets", "128,lots"]) == 2
-    assert "comma-separated integers" in capsys.readouterr().err
+    assert "comma-separated whole numbers" in capsys.readouterr().err
 
 
 def test_busy_processes_end_with_the_block():

@@ -48,6 +48,18 @@ def test_invoke_returns_one_ai_message_with_the_trace(chat_model):
     assert chat_model.invoke("What is 2 plus 3?").content != answer.content  # the history matters
 
 
+def check_authors(chunks: list[AIMessageChunk], segments: list[dict]) -> None:
+    """Each text chunk names its author (`name`, and switchgen_candidate/switchgen_patch in its metadata);
+    a patch's chunks join to its segment's text."""
+    texts = [c for c in chunks if c.content]
+    assert texts and all(c.name == c.response_metadata["switchgen_candidate"] for c in texts)
+    by_patch: dict[int, str] = {}
+    for c in texts:
+        assert c.name == segments[c.response_metadata["switchgen_patch"]]["candidate"]
+        by_patch[c.response_metadata["switchgen_patch"]] = by_patch.get(c.response_metadata["switchgen_patch"], "") + c.content
+    assert by_patch == {i: s["text"] for i, s in enumerate(segments) if s["text"]}
+
+
 def test_stream_yields_the_text_as_written_then_the_metadata(chat_model):
     chunks = list(chat_model.stream(MESSAGES))
     assert all(isinstance(c, AIMessageChunk) for c in chunks)
@@ -56,7 +68,10 @@ def test_stream_yields_the_text_as_written_then_the_metadata(chat_model):
     for chunk in chunks[1:]:
         whole += chunk
     check_answer(whole)
-    assert whole.content == chat_model.invoke(MESSAGES).content
+    answer = chat_model.invoke(MESSAGES)
+    assert whole.content == answer.content
+    check_authors(chunks, answer.response_metadata["segments"])
+    assert len({c.name for c in chunks if c.content}) >= 2  # the seed's answer has two authors
 
 
 def test_async_and_batch(chat_model):
@@ -83,7 +98,13 @@ def test_messages_mode_streams_tokens_through_a_graph_node(chat_model):
     assert len(parts) > 5
     assert {meta["langgraph_node"] for _, meta in parts} == {"respond"}
     text = "".join(chunk.content for chunk, _ in parts)
-    assert text == chat_model.invoke(MESSAGES).content
+    answer = chat_model.invoke(MESSAGES)
+    assert text == answer.content
+    check_authors([chunk for chunk, _ in parts], answer.response_metadata["segments"])
+    # The answer the node stored is the graph's: the per-chunk author keys are not joined into it.
+    stored = outer.invoke({"messages": MESSAGES})["messages"][-1]
+    assert stored.content == answer.content and not {"switchgen_candidate", "switchgen_patch"} & set(stored.response_metadata)
+    assert stored.response_metadata["segments"] == answer.response_metadata["segments"]
 
 
 def test_per_call_context_and_bad_calls(chat_model):

@@ -114,7 +114,9 @@ def test_round_trip_default_output_name(tmp_path: Path, config_file: Path, capsy
     assert generate("--input", inputs, "--config", config_file) == 0
     output = tmp_path / "queries_switch_generation.jsonl"
     assert output.is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["queries.jsonl", "queries_switch_generation.jsonl", "toy-small.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "queries.jsonl", "queries_switch_generation.jsonl", "queries_switch_generation.jsonl.fingerprint.json", "toy-small.yaml"
+    ]
     check_records(read_records(output))
     assert output.read_bytes().endswith(b"\n")
     assert f"{len(QUERIES)} records in {output}" in capsys.readouterr().out
@@ -229,6 +231,20 @@ def existing_record(query: str) -> str:
     return json.dumps({"input": query, "output": "kept", "generation_log": {}}) + "\n"
 
 
+def record_settings(output: Path, config: Path) -> None:
+    """The fingerprint a run of `config` records beside `output`, so that a rerun may resume it (if the
+    configuration loads at all: a YAML that does not is refused before any fingerprint is compared)."""
+    from switchgen.core.errors import SwitchgenError
+    from switchgen.core.fingerprint import fingerprint_path, write_fingerprint
+    from switchgen.generate import fingerprint
+    from switchgen.graph import load_config
+
+    try:
+        write_fingerprint(fingerprint_path(output), fingerprint(load_config(config)))
+    except SwitchgenError:
+        pass
+
+
 CASES = {
     # name: (input file text or None for a missing file, line named in the message or None)
     "malformed-json": (f"{GOOD}\n{GOOD}\n{{\"input\": \"unterminated\n", 3),
@@ -311,6 +327,7 @@ def test_bad_config(tmp_path: Path, capsys, toy_kit, yaml_text: str, needle: str
     inputs = write_inputs(tmp_path / "q.jsonl", QUERIES[:2])
     output = tmp_path / "q_switch_generation.jsonl"
     output.write_text(existing_record(QUERIES[0]))
+    record_settings(output, config)
     before = output.read_bytes()
     capsys.readouterr()
     code = generate("--input", inputs, "--config", config)
@@ -355,6 +372,7 @@ def test_console_script_errors_are_one_line(tmp_path: Path, toy_kit):
     inputs = write_inputs(tmp_path / "q.jsonl", QUERIES[:2])
     output = tmp_path / "q_switch_generation.jsonl"
     output.write_text(existing_record(QUERIES[0]))
+    record_settings(output, config)
     before = output.read_bytes()
     done = run_console("--input", inputs, "--config", config)
     line = check_error(done.returncode, done.stderr, "does/not/exist")

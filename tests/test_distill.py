@@ -33,10 +33,14 @@ def distilled(toy_kit, tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     train_out = write_eval_dir(root, toy_config_dict, "switch", "--split", "train")
     out = root / "model"
-    argv = ["distill", "--config", str(root / "toy.yaml"), "--task", str(root / "toy-words.yaml"), "--outputs",
-            str(train_out), "--out", str(out), "--lr", "5e-3", "--epochs", "4", "--batch-size", "2", "--lora-r", "8", "--no-progress"]
-    assert main(argv) == 0
+    assert main(distill_argv(root, train_out, out)) == 0
     return root, train_out, out
+
+
+def distill_argv(root, train_out, out, *extra: str) -> list[str]:
+    return ["distill", "--config", str(root / "toy.yaml"), "--task", str(root / "toy-words.yaml"), "--outputs",
+            str(train_out), "--out", str(out), "--lr", "5e-3", "--epochs", "4", "--batch-size", "2", "--lora-r", "8",
+            "--no-progress", *extra]
 
 
 def test_distilled_model_learned_the_switch_answers(distilled, toy_kit):
@@ -89,6 +93,32 @@ def test_distill_report_matches_the_eval_records(distilled):
     assert report["methods"]["single:A"]["switcher_calls_per_answer"] == 0
     assert report["methods"]["switch"]["switcher_calls_per_answer"] > 0
     assert json.loads((out / "config.json").read_text())["use_cache"] is True  # saved for inference
+
+
+def test_distill_rerun_resumes_the_same_run_and_refuses_another(distilled, capsys):
+    """OUT holds the distilled model and its fingerprint: the same command resumes with the evaluation
+    (no training: the model is byte-identical); other settings are refused before anything trains."""
+    from switchgen.cli import main
+
+    root, train_out, out = distilled
+    weights = {p: p.read_bytes() for p in out.glob("*.safetensors")}
+    report = json.loads((out / "switchgen-distill.json").read_text())
+    capsys.readouterr()
+    assert main(distill_argv(root, train_out, out)) == 0
+    assert "holds this run's distilled model: resuming with its evaluation" in capsys.readouterr().err
+    assert weights and {p: p.read_bytes() for p in out.glob("*.safetensors")} == weights
+    again = json.loads((out / "switchgen-distill.json").read_text())
+    assert again["rounds"] == report["rounds"] and again["methods"] == report["methods"]
+    assert main(distill_argv(root, train_out, out, "--epochs", "5")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "was made with other settings (settings.epochs was 4.0, now 5.0)" in err and "--overwrite" in err
+    assert len(err.splitlines()) == 1 and {p: p.read_bytes() for p in out.glob("*.safetensors")} == weights
+    stranger = root / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("not a distilled model")
+    assert main(distill_argv(root, train_out, stranger)) == 2
+    assert "has no record of the settings that made it" in capsys.readouterr().err
+    assert [p.name for p in stranger.iterdir()] == ["notes.txt"]
 
 
 def test_distill_rounds_refine_the_previous_rounds_model(toy_kit, tmp_path):

@@ -301,3 +301,60 @@ def test_a_client_that_goes_away_leaves_the_batch(servers, engine):
     while worker.running(backend) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not worker.running(backend), "the abandoned sequence is still being decoded"
+
+
+def test_streams_count_against_the_limit_when_admitted(engine):
+    """--max-concurrent-requests 2: of four streams opened at once, two run and two get TGI's 429 (as an
+    event, with Retry-After); the count is taken when a request is admitted, not when its stream starts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with start_toy_servers(engine, max_concurrent_requests=2) as group:
+        url = group.urls["P"]  # P never stops early
+        body = {"inputs": "Tell me a story", "parameters": {"max_new_tokens": 4000}}
+        answered: list[httpx.Response] = []
+        opened = threading.Barrier(4)
+
+        def open_stream() -> None:
+            with httpx.Client(timeout=60) as client, client.stream("POST", url + "/generate_stream", json=body) as s:
+                answered.append(s)
+                if s.status_code == 429:
+                    s.read()
+                opened.wait(30)  # all four answered before any stream is closed
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda _: open_stream(), range(4)))
+        assert sorted(r.status_code for r in answered) == [200, 200, 429, 429]
+        busy = [r for r in answered if r.status_code == 429]
+        assert all(r.headers["retry-after"] == "1" and sse_events(r.text) == [
+            {"error": "Model is overloaded", "error_type": "overloaded"}] for r in busy)
+
+
+def test_models_lists_adapters_by_name_not_by_path(toy_kit, adapter_dir):
+    """/v1/models names a local LoRA adapter by its folder's name (never its path on this machine); both
+    the name and the configured path select it."""
+    from conftest import toy_config_dict
+
+    from switchgen.servers.engine.local import LocalEngine
+
+    config = toy_config_dict(switcher={"model": "toy:A", "adapter": str(adapter_dir)})
+    with start_toy_servers(LocalEngine(), config) as group:
+        url = group.urls["A"]
+        listed = httpx.get(url + "/v1/models")
+        assert [m["id"] for m in listed.json()["data"]] == ["toy:A", adapter_dir.name]
+        assert str(adapter_dir.parent) not in listed.text
+
+        def logprobs(model: str) -> list[float]:
+            body = {"model": model, "prompt": PROMPT, "max_tokens": 4, "temperature": 0, "logprobs": 1}
+            return httpx.post(url + "/v1/completions", json=body).json()["choices"][0]["logprobs"]["token_logprobs"]
+
+        tuned = logprobs(adapter_dir.name)
+        assert tuned == pytest.approx(logprobs(str(adapter_dir)), abs=1e-4)
+        assert tuned != pytest.approx(logprobs("toy:A"), abs=1e-2)
+        refused = httpx.post(url + "/generate", json={"inputs": "hi", "parameters": {"adapter_id": "nope"}})
+        assert refused.status_code == 422 and adapter_dir.name in refused.json()["error"]
+        assert str(adapter_dir.parent) not in refused.text
+
+
+def test_request_ids_are_echoed(url):
+    assert httpx.get(url + "/info", headers={"X-Request-Id": "serve-7"}).headers["x-request-id"] == "serve-7"
+    assert len(httpx.get(url + "/info").headers["x-request-id"]) == 32

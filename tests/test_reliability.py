@@ -8,7 +8,9 @@ afterwards. Every model call is a real forward pass on the toy kit.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -298,6 +300,149 @@ def test_tokenising_a_large_body_does_not_hold_the_other_servers(attacked):
     order.append(f"health {r.status_code}")
     worker.join(120)
     assert order == ["health 200", "generate 422"]
+    all_answer(urls, expected)
+
+
+# -- issue 19, 5/7/11: the HTTP base under both servers (switchgen serve, switchgen api) ------------
+
+
+@pytest.fixture(scope="module")
+def api_server(engine):
+    """`switchgen api` for the toy config on the session's engine, with the same 200 kB payload limit."""
+    from conftest import toy_config_dict
+
+    from switchgen.api import BackgroundAPI, create_api_app
+    from switchgen.graph import load_config
+    from switchgen.servers.serve.settings import ServiceSettings
+
+    config = load_config(toy_config_dict(max_new_tokens=8, patch_size=4))
+    app = create_api_app(config, "toy", engine=engine, settings=ServiceSettings(payload_limit=200_000))
+    with BackgroundAPI(app) as server:
+        yield server.url
+
+
+@pytest.fixture(params=["serve", "api"])
+def http_server(request, attacked, api_server):
+    """(url, route taking a JSON body, the status of a bad body, a function reading the error message)."""
+    if request.param == "serve":
+        return attacked[1][0], "/generate", 422, lambda r: r.json()["error"]
+    return api_server, "/v1/chat/completions", 400, lambda r: r.json()["error"]["message"]
+
+
+def rss_mb() -> float:
+    return int(next(line for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+def test_a_huge_chunked_body_is_refused_without_being_buffered(http_server):
+    """300 MB posted in chunks (no Content-Length): 413 in the server's shape, and this process (the
+    server runs in it) does not grow by the body: it is never buffered whole."""
+    import httpx
+
+    url, route, _, message = http_server
+    before, peak = rss_mb(), [0.0]
+
+    def body():
+        chunk = b"x" * (1 << 20)
+        for i in range(300):
+            if i % 10 == 0:
+                peak[0] = max(peak[0], rss_mb())
+            yield chunk
+
+    r = httpx.post(f"{url}{route}", content=body(), headers={"content-type": "application/json"}, timeout=120)
+    assert r.status_code == 413 and "Payload too large" in message(r)
+    assert max(peak[0], rss_mb()) - before < 100, (before, peak)  # 300 MB would be buffered, ~2x with the join
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+
+
+def test_deeply_nested_json_is_a_clean_error(http_server):
+    import httpx
+
+    url, route, bad, message = http_server
+    nested = b"[" * 200_000 + b"]" * 200_000  # 400 kB: over the payload limit, so under it as well
+    for body in (nested, b"[" * 90_000 + b"]" * 90_000):
+        r = httpx.post(f"{url}{route}", content=body, headers={"content-type": "application/json"}, timeout=60)
+        assert r.status_code in (413, bad) and r.headers["content-type"] == "application/json"
+    assert "nested too deeply" in message(r)
+
+
+def test_a_client_that_leaves_mid_body_leaves_no_traceback(http_server, caplog):
+    import socket
+
+    import httpx
+
+    url, route, _, _ = http_server
+    host, port = url.removeprefix("http://").split(":")
+    uvicorn_log = logging.getLogger("uvicorn.error")  # uvicorn's loggers do not propagate to the root
+    uvicorn_log.addHandler(caplog.handler)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 100000\r\n\r\n{\"inputs\": ".encode())
+        time.sleep(0.2)
+    time.sleep(0.3)
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+    uvicorn_log.removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
+
+
+@pytest.mark.parametrize("headers", [
+    {"Host": "attacker.example"},  # DNS rebinding: the page's origin resolves to 127.0.0.1
+    {"Host": "attacker.example:8080"},
+    {"Origin": "http://attacker.example"},  # a cross-origin post from a web page
+    {"Origin": "null"},
+])
+def test_loopback_servers_without_a_key_answer_only_loopback_names(http_server, headers):
+    import httpx
+
+    url, route, _, message = http_server
+    body = b'{"inputs": "hi", "model": "toy", "messages": [{"role": "user", "content": "hi"}]}'
+    r = httpx.post(f"{url}{route}", content=body, headers={"content-type": "text/plain", **headers}, timeout=30)
+    assert r.status_code == 403 and "not allowed here" in message(r) and "--allowed-hosts" in message(r)
+    assert httpx.get(f"{url}/health", headers=headers).status_code == 403
+    port = url.rsplit(":", 1)[1]
+    for host in ("localhost", "127.0.0.1", "[::1]"):
+        same = {"Host": f"{host}:{port}", "Origin": f"http://{host}:{port}"}
+        assert httpx.get(f"{url}/health", headers=same).status_code == 200
+
+
+def test_allowed_hosts_follow_the_flag_and_the_key():
+    from switchgen.servers.serve.http import allowed_hosts
+
+    assert allowed_hosts("127.0.0.1", None) == {"localhost", "127.0.0.1", "::1"}
+    assert allowed_hosts("::1", None) == {"localhost", "127.0.0.1", "::1"}
+    assert allowed_hosts("127.0.0.1", "key") is None  # the key guards it
+    assert allowed_hosts("0.0.0.0", None) is None  # for other machines: whatever name they use
+    assert allowed_hosts("127.0.0.1", None, ["Box.lan", "localhost"]) == {"box.lan", "localhost"}
+    assert allowed_hosts("127.0.0.1", "key", ["*"]) is None
+
+
+def test_allowed_hosts_flag_reaches_both_servers(tmp_path: Path, capsys):
+    from switchgen.cli import parser
+
+    for command in ("serve", "api"):
+        args = parser().parse_args([command, "--preset", "toy", "--allowed-hosts", "box.lan, localhost"])
+        assert args.allowed_hosts == ["box.lan", "localhost"]
+    code, err = cli(capsys, "api", "--preset", "toy", "--allowed-hosts", "a b")
+    assert code == 2 and "--allowed-hosts" in err and "Traceback" not in err
+
+
+SERVE_CHAT_ATTACKS = [
+    ({"messages": [{"role": "user", "content": "hi"}], "seed": 2**64, "max_tokens": 3}, "seed"),
+    ({"messages": [{"role": "assistant", "content": "x", "tool_calls": "nope"}, {"role": "user", "content": "hi"}]},
+     "tool_calls"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,x"}}]}]},
+     "only text parts"),
+    ({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 3}}, "logit_bias is not supported"),
+]
+
+
+@pytest.mark.parametrize(("body", "words"), SERVE_CHAT_ATTACKS)
+def test_serve_chat_refuses_what_it_cannot_do(attacked, body, words):
+    import httpx
+
+    servers, urls, expected = attacked
+    r = httpx.post(f"{urls[-1]}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 422 and r.json()["error_type"] == "validation" and words in r.json()["error"], r.text
     all_answer(urls, expected)
 
 

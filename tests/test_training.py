@@ -58,7 +58,7 @@ def rollouts_file(engine, task_file: Path, out: Path, *, instances: int = 4, con
     task = load_task(task_file)
     graph = build_graph(rollout_config(config), engine=engine)
     pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
-    rollouts = Rollouts(graph, config, task_scorer(task.metric()), RolloutSettings(k=K, seed=0), task=task.name,
+    rollouts = Rollouts(graph, config, task_scorer(task.metric()), RolloutSettings(k=K, seed=0), task=task,
                         pool=pool)
     run_rollouts(rollouts, task.records("train", limit=instances), out, concurrency=concurrency, progress=False)
     return out
@@ -135,11 +135,17 @@ def test_sigkill_mid_rollouts_then_rerun_loses_and_duplicates_nothing(rollouts, 
 
 
 def test_a_rerun_with_other_settings_is_refused(rollouts, task_file, tmp_path, capsys):
+    """The shared fingerprint check (core/fingerprint.py) names what differs; the file is untouched."""
+    from switchgen.core.fingerprint import fingerprint_path
+
     copy = tmp_path / "copy.jsonl"
     copy.write_bytes(rollouts.read_bytes())
+    fingerprint_path(copy).write_bytes(fingerprint_path(rollouts).read_bytes())
     code = main(["rollouts", "--task", str(task_file), "--preset", "toy", "--out", str(copy), "--instances", "4",
                  "--k", "3", "--max-new-tokens", "40", "--patch-size", "10", "--no-progress"])
-    assert code == 2 and "other settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "made with other settings (settings.k was 2, now 3)" in err and "--overwrite" in err, err
+    assert len(err.strip().splitlines()) == 1
     assert copy.read_bytes() == rollouts.read_bytes()
 
 

@@ -17,6 +17,7 @@ authors' repeated rounds). Then the result is evaluated on the test split as the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -27,11 +28,14 @@ from switchgen.analysis.stats import method_cost
 from switchgen.core.config import SwitchConfig, load_config
 from switchgen.core.errors import ConfigError, InputError
 from switchgen.core.files import atomic_write_text
+from switchgen.core.fingerprint import check_fingerprint, config_fingerprint, location, write_fingerprint
 from switchgen.core.records import EvalRecord, read_eval_records, read_results
 from switchgen.training.settings import DistillSettings
 from switchgen.training.sft import SFTJob, check_out, fine_tune, require_trl
 
 DISTILLED = "D"  # the distilled model's candidate name in its evaluation
+DISTILL_FINGERPRINT = "switchgen-distill.fingerprint.json"  # in OUT, with the model: what made it
+ROUNDS_FILE = "switchgen-distill-rounds.json"  # in OUT, with the model: each round's base, examples and loss
 
 
 def train_records(outputs: Path, task, method: str) -> list[EvalRecord]:
@@ -130,6 +134,8 @@ class Plan:
     compared: list[dict[str, Any]] | None  # results.json rows from --compare, else None
     concurrency: int
     same_concurrency: bool  # False: an older --compare results.json did not record its concurrency
+    fingerprint: dict[str, Any]  # what shapes the distilled model and its evaluation (core/fingerprint.py)
+    trained: bool  # OUT already holds this run's model: a rerun resumes with the evaluation
 
 
 def distill(
@@ -145,18 +151,25 @@ def distill(
     progress: bool = True,
     engine=None,
     log=lambda line: None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune, evaluate, and write OUT (the merged model) with OUT/switchgen-distill.json and .md.
 
     `compare`: a `switchgen eval` folder on the test split that already holds the aligned model and
     the method; their results are taken from it (and the distilled model answers the same examples)
-    instead of being generated again."""
+    instead of being generated again. A rerun into an OUT that holds this run's model (the same
+    fingerprint) resumes with the evaluation; one that holds anything else is refused, naming the
+    difference, unless `overwrite` (which replaces it once the new model is trained)."""
     from switchgen.servers.engine.local import LocalEngine
 
-    plan = _plan(config, task_name, outputs, out, settings, compare)
+    plan = _plan(config, task_name, outputs, out, settings, compare, base=base, adapter=adapter, overwrite=overwrite)
     engine = engine or LocalEngine()
     start = base or config.candidates[config.aligned_index].model
-    rounds = _train_rounds(plan, start, out, settings, adapter=adapter, progress=progress, engine=engine, log=log)
+    if plan.trained:
+        log(f"{out} holds this run's distilled model: resuming with its evaluation")
+        rounds = json.loads((out / ROUNDS_FILE).read_text(encoding="utf-8")) if (out / ROUNDS_FILE).is_file() else []
+    else:
+        rounds = _train_rounds(plan, start, out, settings, adapter=adapter, progress=progress, engine=engine, log=log)
     methods, answered = _evaluate(plan, str(out.resolve()), out, settings, adapter=adapter, compare=compare,
                                   progress=progress, engine=engine, log=log)
     report = _report(plan, methods, answered, settings, model=str(out.resolve()), base=start, outputs=outputs,
@@ -166,8 +179,35 @@ def distill(
     return report
 
 
+def fingerprint(config: SwitchConfig, task, outputs: Path, *, base: str | None, settings: DistillSettings,
+                adapter: str | None, compare: Path | None) -> dict[str, Any]:
+    """What shapes a distilled model and its evaluation (core/fingerprint.py): the configuration,
+    the models' revisions, the task, the train answers' bytes, the base, adapter and settings (not the
+    concurrency: it changes seconds, not answers), and the run compared with."""
+    from switchgen.servers.engine.loading import model_revisions
+
+    answers = outputs / task.name / f"{settings.method}.jsonl"
+    return {"command": "distill", "config": config_fingerprint(config), "revisions": model_revisions(config, (base, adapter)),
+            "task": task.fingerprint(), "answers": hashlib.sha256(answers.read_bytes()).hexdigest(), "base": location(base),
+            "adapter": location(adapter), "settings": {k: v for k, v in asdict(settings).items() if k != "concurrency"},
+            "compare": str(compare.resolve()) if compare else None}
+
+
+def trained_already(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> bool:
+    """Whether OUT holds this very run's distilled model (its fingerprint is moved in with it). An OUT
+    that holds anything else is refused (OutputError naming the difference), unless `overwrite`."""
+    if overwrite and out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder; choose another --out")
+    if overwrite or not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return False
+    if not out.is_dir():
+        check_out(out)
+    check_fingerprint(out / DISTILL_FINGERPRINT, fingerprint, output=out, flag="--out")
+    return True
+
+
 def _plan(config: SwitchConfig, task_name: str | Path, outputs: Path, out: Path, settings: DistillSettings,
-          compare: Path | None) -> Plan:
+          compare: Path | None, *, base: str | None, adapter: str | None, overwrite: bool) -> Plan:
     """Everything checked that can be checked before training: bad input stops here."""
     from switchgen.core.jobs import default_concurrency
     from switchgen.evaluation import prepare
@@ -175,7 +215,6 @@ def _plan(config: SwitchConfig, task_name: str | Path, outputs: Path, out: Path,
     from switchgen.tasks import load_task
 
     require_trl("distill")
-    check_out(out)
     task = load_task(task_name)
     records = train_records(outputs, task, settings.method)
     aligned = aligned_method(config)
@@ -183,7 +222,10 @@ def _plan(config: SwitchConfig, task_name: str | Path, outputs: Path, out: Path,
     compared, compared_at = (_compared(compare, task.name, [aligned, settings.method], test.records[task.name])
                              if compare else (None, None))
     concurrency = _concurrency(settings.concurrency, compared_at, compare) or default_concurrency(config)
-    return Plan(config, task, records, aligned, test, compared, concurrency, compare is None or compared_at is not None)
+    prints = fingerprint(config, task, outputs, base=base, settings=settings, adapter=adapter, compare=compare)
+    trained = trained_already(out, prints, overwrite)
+    return Plan(config, task, records, aligned, test, compared, concurrency, compare is None or compared_at is not None,
+                prints, trained)
 
 
 def _train_rounds(plan: Plan, current: str, out: Path, settings: DistillSettings, *, adapter, progress, engine,
@@ -212,9 +254,11 @@ def _train_rounds(plan: Plan, current: str, out: Path, settings: DistillSettings
             rounds.append({"round": r, "base": str(current), "examples": len(examples),
                            "train_loss": fine_tune(job, examples, target)})
             current = str(target.resolve())
+        write_fingerprint(Path(current) / DISTILL_FINGERPRINT, plan.fingerprint)  # moved into OUT with the model
+        atomic_write_text(Path(current) / ROUNDS_FILE, json.dumps(rounds, indent=1) + "\n")
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
-            out.rmdir()
+            shutil.rmtree(out)  # empty, or --overwrite
         Path(current).replace(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)

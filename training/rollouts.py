@@ -31,16 +31,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from switchgen.core.config import SwitchConfig
 from switchgen.core.errors import InputError, ServerError, ServerUnreachable
+from switchgen.core.fingerprint import config_fingerprint
 from switchgen.core.jobs import write_records
-from switchgen.core.jsonl import loads_record
-from switchgen.core.records import complete_lines
 from switchgen.core.seeds import derive_seed
 from switchgen.core.trace import ENDED, Segment
 from switchgen.training.settings import RolloutSettings
+
+if TYPE_CHECKING:
+    from switchgen.tasks import Task
 
 TIE = 1e-9
 
@@ -76,6 +78,16 @@ def pick_label(means: Sequence[float], aligned: int) -> tuple[int, float, bool]:
     return label, margin, len(tied) > 1
 
 
+def fingerprint(config: SwitchConfig, settings: RolloutSettings, task: dict[str, Any] | None) -> dict[str, Any]:
+    """What shapes a rollouts file (core/fingerprint.py): the configuration the graph runs, the
+    models' revisions, --k, --seed and the trace cut, and the task (`Task.fingerprint()`)."""
+    from switchgen.servers.engine.loading import model_revisions
+
+    config = rollout_config(config)
+    return {"command": "rollouts", "config": config_fingerprint(config), "revisions": model_revisions(config),
+            "settings": {**asdict(settings), "cut": list(settings.cut)}, "task": task}
+
+
 class Rollouts:
     """The recipe for one configuration: `instance(record)` -> that query's rollouts record."""
 
@@ -86,11 +98,12 @@ class Rollouts:
         score: Scorer,
         settings: RolloutSettings,
         *,
-        task: str = "",
+        task: Task | None = None,
         pool: ThreadPoolExecutor | None = None,
     ) -> None:
         self.graph, self.config, self.score, self.settings = graph, config, score, settings
-        self.task = task
+        self.task = task.name if task is not None else ""
+        self.task_fingerprint = task.fingerprint() if task is not None else None
         self.pool = pool  # runs of one instance in parallel (--concurrency); None: one after another
 
     def _map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
@@ -114,6 +127,9 @@ class Rollouts:
         cfg = self.config
         return {**asdict(self.settings), "cut": list(self.settings.cut), "max_new_tokens": cfg.max_new_tokens,
                 "patch_size": cfg.patch_size, "models": [c.model for c in cfg.candidates]}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return fingerprint(self.config, self.settings, self.task_fingerprint)
 
     def instance(self, record: dict[str, Any]) -> dict[str, Any]:
         """One query's rollouts record: a trace cut at random, each candidate's next patch, scored continuations."""
@@ -204,26 +220,17 @@ def run_rollouts(
     *,
     concurrency: int = 1,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> RolloutsResult:
     """A record per task record into `output`, resumable exactly like `switchgen generate`
     (core/jobs.py `write_records`): records are appended and fsynced one by one, in input
-    order; a rerun checks those written (same ids in the same order, and here the same settings),
-    cuts off a torn last line, retries the failed ones and continues after the last. A server that
-    fails one instance records its "error" (a rerun retries it); an unreachable server stops the
-    run with the records kept.
+    order; a rerun checks those written (same ids in the same order, made with the same
+    `rollouts.fingerprint()`: else it is refused, unless `overwrite` starts over), cuts off a torn
+    last line, retries the failed ones and continues after the last. A server that fails one
+    instance records its "error" (a rerun retries it); an unreachable server stops the run with
+    the records kept.
     """
     sources = [{**r, "id": str(r["id"])} for r in records]
-    want = rollouts.settings_record()
-    for lineno, line in enumerate(complete_lines(output), 1):
-        try:
-            rec = loads_record(line)
-        except InputError:
-            continue  # write_records names it
-        if isinstance(rec, dict) and "error" not in rec and rec.get("settings") != want:
-            raise InputError(
-                f"{output}:{lineno}: written with other settings ({rec.get('settings')}, now {want}); "
-                "rerun with the same --seed, --k and configuration, or choose another --out"
-            )
     tokens = 0
     lock = threading.Lock()
     began = time.perf_counter()
@@ -242,7 +249,8 @@ def run_rollouts(
         return rec
 
     start, written, failed = write_records(
-        output, sources, one, key="id", progress=progress, concurrency=concurrency, desc="rollouts",
+        output, sources, one, fingerprint=rollouts.fingerprint(), overwrite=overwrite, key="id", progress=progress,
+        concurrency=concurrency, desc="rollouts",
         unit="instance", postfix=lambda: f"{tokens / max(time.perf_counter() - began, 1e-9):.0f} tokens/s",
     )
     return RolloutsResult(start, written, failed, tokens, time.perf_counter() - began)

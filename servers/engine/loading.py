@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from switchgen.core.config import SwitchConfig
 from switchgen.core.errors import ModelLoadError
 from switchgen.kits.registry import KITS, kit_models
 
@@ -42,6 +43,34 @@ def resolve_model(spec: str) -> str:
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
         raise ModelLoadError(f"model path {spec} does not exist")
     return spec  # a hub id
+
+
+def model_revision(spec: str) -> str | None:
+    """The version of `spec` a run would read, where known without loading it: a kit's version, the
+    commit of a hub id in the local cache. None for a local folder or file, or a hub id not cached yet."""
+    prefix, _, name = spec.partition(":")
+    if name and prefix in KITS:
+        return KITS[prefix].version
+    if Path(spec).expanduser().exists():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, extra = from_pretrained_args(spec)
+    try:
+        found = try_to_load_from_cache(repo, extra.get("gguf_file", "config.json"))
+    except ValueError:  # not a valid repo id: the load will say so
+        return None
+    parts = Path(found).parts if isinstance(found, str) else ()
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
+
+
+def model_revisions(config: SwitchConfig, adapters: tuple[str | None, ...] = ()) -> dict[str, str | None]:
+    """`model_revision` of every checkpoint and adapter a run of `config` reads in this process (a
+    server's model is the server's business: unknown), for a run's fingerprint (core/fingerprint.py)."""
+    specs = [c.model for c in config.candidates if c.backend == "local"]
+    if config.switcher.strategy == "learned" and config.switcher_server().backend in (None, "local"):
+        specs += [config.switcher_model, config.switcher.adapter]
+    return {spec: model_revision(spec) for spec in [*specs, *adapters] if spec}
 
 
 def resolve_device(device: str) -> torch.device:

@@ -1,4 +1,4 @@
-"""What one request to `switchgen serve` may ask for, checked as TGI's router checks it, and TGI's error shapes.
+"""What one request to `switchgen serve` may ask for, checked as TGI's router checks it.
 
 The limits are TGI's launcher flags with TGI's defaults: `--max-input-tokens` (default: the
 total less one), `--max-total-tokens` (default: the model's context, `max_position_embeddings`)
@@ -8,29 +8,24 @@ which runs off the event loop (servers/serve/app.py). Messages follow TGI's rout
 "Input validation error: " as TGI does, so clients that match on them (and people) recognise them.
 
 Every route of every server (TGI's, OpenAI's completions, chat completions) uses these: one
-place for the limits and one `error_response` for the shapes.
+place for the limits (the error shapes and the bounded body read are servers/serve/http.py's).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from switchgen.servers.serve.http import HttpError
 
 DEFAULT_PAYLOAD_LIMIT = 2_000_000  # TGI's --payload-limit default, bytes
 MAX_STOP_SEQUENCES = 4  # TGI's --max-stop-sequences default
 
 
-class RequestError(Exception):
-    """A request refused before any model work: TGI's 422 validation error (413 for a body too large)."""
+class RequestError(HttpError):
+    """A request refused before any model work: TGI's 422 validation error."""
 
-    def __init__(self, message: str, status: int = 422, kind: str = "validation") -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
+    def __init__(self, message: str) -> None:
+        super().__init__(422, message, "validation")
 
 
 @dataclass(frozen=True)
@@ -75,35 +70,3 @@ class Limits:
                 f"Input validation error: `inputs` tokens + `{new_name}` must be <= {self.max_total_tokens}. "
                 f"Given: {input_tokens} `inputs` tokens and {max_new_tokens} `{new_name}`"
             )
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) as soon as it exceeds `limit` bytes: a huge body is never buffered whole."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(size, limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large(size: int, limit: int) -> RequestError:
-    return RequestError(
-        f"Payload too large: the body exceeds {limit} bytes (the server's --payload-limit)",
-        status=413,
-        kind="payload_limit",
-    )
-
-
-def error_response(status: int, message: str, kind: str, *, stream: bool = False) -> Response:
-    """TGI's error shape {"error", "error_type"}; as one server-sent event on the streaming routes."""
-    body: dict[str, Any] = {"error": message, "error_type": kind}
-    if stream:
-        payload = f"data:{json.dumps(body, ensure_ascii=False)}\n\n".encode()
-        return Response(payload, status_code=status, media_type="text/event-stream")
-    return JSONResponse(body, status_code=status)

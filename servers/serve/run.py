@@ -8,13 +8,17 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from starlette.types import ASGIApp
 
 from switchgen.core.errors import ConfigError
 from switchgen.servers.engine.local import LocalEngine
 from switchgen.servers.serve.app import ServedModel, create_app
+from switchgen.servers.serve.http import access_log_to_stderr
+from switchgen.servers.serve.http import allowed_hosts as allowed_hosts_for
 from switchgen.servers.serve.limits import Limits
 from switchgen.servers.serve.plan import PlannedServer
 from switchgen.servers.serve.steps import TokenServer
@@ -56,11 +60,15 @@ def prepare(
     max_total_tokens: int | None = None,
     payload_limit: int | None = None,
     api_key: str | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+    access_log: bool = False,
 ) -> list[RunningServer]:
     """Bind every port (port 0: the OS picks; the plan is updated), then load every checkpoint.
 
     The limits (TGI's flags, servers/serve/limits.py) default to TGI's for each model's context.
+    `allowed_hosts` (the names Host/Origin may carry) defaults as servers/serve/http.py's allowed_hosts says.
     """
+    hosts = allowed_hosts_for(host, api_key, allowed_hosts)
     socks: list[socket.socket] = []
     try:
         for server in plan:
@@ -90,6 +98,8 @@ def prepare(
                 max_concurrent_requests=max_concurrent_requests,
                 limits=limits,
                 api_key=api_key,
+                allowed_hosts=hosts,
+                access_log=access_log,
             )
             running.append(RunningServer(server, served, sock))
         return running
@@ -99,16 +109,23 @@ def prepare(
         raise
 
 
-def _uvicorn_servers(running: list[RunningServer]) -> list[Any]:
+def quiet_server(app: ASGIApp) -> Any:
+    """A uvicorn server for `app` that leaves the process's signal handlers alone (one handler stops them
+    all, see _serve; `switchgen api` runs one on a thread) and logs no access lines of its own (the
+    HTTP base writes them, with each request's id)."""
     import uvicorn
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:  # one handler stops them all (see _serve)
+        def capture_signals(self) -> Iterator[None]:
             yield
 
     config = {"log_level": "warning", "access_log": False, "lifespan": "off", "timeout_graceful_shutdown": 2}
-    return [Server(uvicorn.Config(create_app(r.served), **config)) for r in running]
+    return Server(uvicorn.Config(app, **config))
+
+
+def _uvicorn_servers(running: list[RunningServer]) -> list[Any]:
+    return [quiet_server(create_app(r.served)) for r in running]
 
 
 async def _serve(
@@ -140,6 +157,8 @@ async def _serve(
 
 def serve_forever(running: list[RunningServer], *, on_ready: Callable[[], None] | None = None) -> None:
     """Serve until SIGINT/SIGTERM; `on_ready` runs once every server accepts connections."""
+    if any(r.served.access_log for r in running):
+        access_log_to_stderr()
     try:
         asyncio.run(_serve(_uvicorn_servers(running), running, on_ready, signals=True))
     finally:

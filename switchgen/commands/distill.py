@@ -7,6 +7,7 @@ from pathlib import Path
 
 from switchgen.commands.options import (
     add_config_args,
+    add_overwrite,
     add_sft_args,
     load_command_config,
     log,
@@ -28,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     distill.add_argument("--outputs", type=Path, required=True, help="a `switchgen eval --split train` --out folder")
     distill.add_argument("--task", required=True, help="the task (its train split was answered; its test split evaluates)")
-    distill.add_argument("--out", type=Path, required=True, help="folder for the distilled model (must not exist or be empty)")
+    distill.add_argument("--out", type=Path, required=True,
+                         help="folder for the distilled model (new or empty; one holding this run's model resumes its evaluation)")
     distill.add_argument("--base", help="model to fine-tune (default: the aligned candidate's)")
     distill.add_argument("--rounds", type=positive_int, default=DEFAULTS.rounds,
                          help=f"rounds of regenerate + fine-tune (default {DEFAULTS.rounds})")
@@ -42,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     distill.add_argument("--concurrency", type=positive_int,
                          help="queries in flight while evaluating (default: the --compare run's, else as switchgen eval)")
     distill.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_overwrite(distill, "--out (its model and evaluations)")
     add_config_args(distill)
     distill.set_defaults(func=run)
 
@@ -54,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
                                lora_r=args.lora_r, seed=0 if args.seed is None else args.seed, method=args.method,
                                limit=args.limit, concurrency=args.concurrency)
     report = distill(load_command_config(args), args.task, args.outputs, args.out, base=args.base, settings=settings,
-                     adapter=args.adapter, compare=args.compare, progress=not args.no_progress, log=log)
-    print(summary(report))
+                     adapter=args.adapter, compare=args.compare, progress=not args.no_progress, log=log,
+                     overwrite=args.overwrite)
+    print(summary({**report, "model": str(args.out)}))  # the path as given (switchgen-distill.json holds it resolved)
     print(f"distilled model and report (switchgen-distill.json) in {args.out}")
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from switchgen.commands.options import (
     add_config_args,
+    add_overwrite,
     load_command_config,
     log,
     positive_int,
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--adapter", help="the switch method's LoRA adapter (a trained switcher)")
     ev.add_argument("--import", dest="imports", action="append", default=[], help="a module that registers methods")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_overwrite(ev, "the --out records of these tasks")
     add_config_args(ev)
     ev.set_defaults(func=run)
 
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     prepared = prepare(args.task, methods, config, args.limit, split=args.split)  # bad input stops here, before any model loads
     seed = 0 if args.seed is None else args.seed
     run_eval(config, prepared, args.out, seed=seed, concurrency=args.concurrency, adapter=args.adapter,
-             progress=not args.no_progress, log=log)
+             progress=not args.no_progress, log=log, overwrite=args.overwrite)
     print((args.out / "results.md").read_text(encoding="utf-8"))
     print(f"records and results in {args.out}")
     return 0

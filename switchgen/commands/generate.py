@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from switchgen.commands.options import add_config_args, load_command_config, positive_int, quiet_transformers
+from switchgen.commands.options import (
+    add_config_args,
+    add_overwrite,
+    load_command_config,
+    positive_int,
+    quiet_transformers,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,14 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--concurrency", type=positive_int,
         help="queries run at once (batched together); default: 16 in process (fills the engine's batches), 1 with servers",
     )
+    add_overwrite(gen, "--output")
     add_config_args(gen)
     gen.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     quiet_transformers()
+    from switchgen.core.jobs import check_resumable
     from switchgen.core.records import is_failed, is_retried
-    from switchgen.generate import check_output, default_output, read_inputs, run_file
+    from switchgen.generate import check_output, default_output, fingerprint, read_inputs, run_file
     from switchgen.graph import build_graph
     from switchgen.graph.backends import server_probes
     from switchgen.servers.clients.remote import check_servers
@@ -34,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     output = args.output or default_output(args.input)
     check_output(output, args.input)  # before any model loads
     config = load_command_config(args)
+    check_resumable(output, fingerprint(config), inputs=inputs, overwrite=args.overwrite, flag="--output")
     check_servers(server_probes(config))  # every server answers before any query runs
     permanent: list[dict] = []
 
@@ -42,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             permanent.append(record)
 
     start, written, failed = run_file(build_graph(config), config, inputs, output, progress=not args.no_progress,
-                                      concurrency=args.concurrency, on_record=note)
+                                      concurrency=args.concurrency, on_record=note, overwrite=args.overwrite)
     resumed = f" (resumed after {start})" if start else ""
     print(f"{start + written} records in {output}{resumed}")
     _report_failures(failed, len(permanent))

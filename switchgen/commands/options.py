@@ -57,6 +57,14 @@ port = _number(int, "a port in 0..65535", lambda v: 0 <= v <= 65535)
 seed = _number(int, "a seed in 0..2**64-1", lambda v: 0 <= v < SEED_RANGE)
 
 
+def host_names(text: str) -> list[str]:
+    """Comma-separated host names a server answers in Host/Origin, e.g. `localhost,myhost.lan`; `*`: any."""
+    names = [h.strip() for h in text.split(",") if h.strip()]
+    if not names or any(" " in h or "/" in h for h in names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated host names (or *), got {text!r}")
+    return names
+
+
 def positive_ints(text: str) -> tuple[int, ...]:
     """Comma-separated whole numbers >= 1, e.g. `1,4,8`."""
     try:
@@ -76,6 +84,12 @@ def add_config_args(parser: argparse.ArgumentParser, *, preset_default: str | No
     parser.add_argument("--patch-size", type=positive_int, help="tokens per patch")
 
 
+def add_overwrite(parser: argparse.ArgumentParser, what: str) -> None:
+    """--overwrite: start an output over instead of resuming it (one made with other settings is refused)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"start {what} over (default: resume it; an output made with other settings is refused)")
+
+
 def add_listen_args(parser: argparse.ArgumentParser, *, default_port: int, port_help: str) -> None:
     """Where a server listens, and the key it requires: `switchgen serve` and `switchgen api` alike."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -83,6 +97,11 @@ def add_listen_args(parser: argparse.ArgumentParser, *, default_port: int, port_
     parser.add_argument(
         "--api-key", default=os.environ.get("SWITCHGEN_API_KEY"),
         help="require `Authorization: Bearer KEY` on every route but /health (default: $SWITCHGEN_API_KEY; none)",
+    )
+    parser.add_argument(
+        "--allowed-hosts", type=host_names,
+        help="names accepted in Host and Origin, comma-separated, * for any (default: a loopback server without a key "
+        "answers only localhost, 127.0.0.1 and ::1: no DNS rebinding, no cross-origin posts from web pages)",
     )
 
 

@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from switchgen.commands.options import add_config_args, load_command_config, positive_int, quiet_transformers
+from switchgen.commands.options import (
+    add_config_args,
+    add_overwrite,
+    load_command_config,
+    positive_int,
+    quiet_transformers,
+)
 from switchgen.core.files import check_writable
 from switchgen.training.settings import RolloutSettings
 
@@ -27,22 +33,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help=f"continuations per candidate (default {RolloutSettings.k})")
     roll.add_argument("--concurrency", type=positive_int, default=1, help="graph runs at once (servers batch them); default 1")
     roll.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_overwrite(roll, "--out")
     add_config_args(roll)
     roll.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     quiet_transformers()
+    from switchgen.core.jobs import check_resumable
     from switchgen.tasks import load_task
-    from switchgen.training.rollouts import instances, task_scorer
+    from switchgen.training.rollouts import fingerprint, instances, task_scorer
 
     settings = RolloutSettings(k=args.k, seed=0 if args.seed is None else args.seed)
     settings.check()
     check_writable(args.out, "--out")  # before any model loads
     task = load_task(args.task)
     records = instances(task.records("train"), args.instances)
+    config = load_command_config(args)
+    check_resumable(args.out, fingerprint(config, settings, task.fingerprint()),
+                    inputs=[{"id": str(r["id"])} for r in records], key="id", overwrite=args.overwrite)
     scorer = task_scorer(task.metric())  # a bad metric (or a reward model that cannot load) fails first
-    result = _run(args, load_command_config(args), task.name, records, scorer, settings)
+    result = _run(args, config, task, records, scorer, settings)
     resumed = f" (resumed after {result.start})" if result.start else ""
     print(f"{result.start + result.written} records in {args.out}{resumed}; {result.tokens} tokens in "
           f"{result.seconds:.1f} s ({result.tokens / max(result.seconds, 1e-9):.0f} tokens/s)")
@@ -53,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, config, task: str, records: list[dict], scorer, settings: RolloutSettings):
+def _run(args: argparse.Namespace, config, task, records: list[dict], scorer, settings: RolloutSettings):
     """The rollouts through the graph, `args.concurrency` graph runs at once."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -67,7 +78,8 @@ def _run(args: argparse.Namespace, config, task: str, records: list[dict], score
     pool = ThreadPoolExecutor(args.concurrency, thread_name_prefix="switchgen-rollout") if args.concurrency > 1 else None
     try:
         rollouts = Rollouts(graph, config, scorer, settings, task=task, pool=pool)
-        return run_rollouts(rollouts, records, args.out, concurrency=args.concurrency, progress=not args.no_progress)
+        return run_rollouts(rollouts, records, args.out, concurrency=args.concurrency, progress=not args.no_progress,
+                            overwrite=args.overwrite)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-total-tokens", type=positive_int,
                        help="TGI's: input + new tokens (default: the model's context)")
     serve.add_argument("--payload-limit", type=positive_int, help="TGI's: largest request body in bytes (default 2000000)")
+    serve.add_argument("--access-log", action="store_true", help="an access line per request on stderr")
     serve.add_argument("--print-config", action="store_true", help="print a config pointing at the servers, and exit")
     serve.add_argument("--compose", action="store_true", help="print a Docker Compose file for GPUs instead of serving")
     serve.add_argument(
@@ -82,6 +83,8 @@ def _serve(plan, args: argparse.Namespace) -> int:
         max_total_tokens=args.max_total_tokens,
         payload_limit=args.payload_limit,
         api_key=args.api_key or None,
+        allowed_hosts=args.allowed_hosts,
+        access_log=args.access_log,
     )
 
     def ready() -> None:

@@ -50,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
     report = train_switcher(args.data, args.out, base=args.base, settings=settings, merge=args.merge,
                             progress=not args.no_progress)
     if report:
+        # Paths as the user gave them (the report files hold them resolved): the output shows no folder above them.
+        shown = {**report, "adapter": str(args.out), **({"merged": str(args.out / "merged")} if "merged" in report else {})}
         print(summary(report))
-        print(f"\nadapter in {report['adapter']}; use it with this configuration:\n")
-        print(snippet(report))
+        print(f"\nadapter in {args.out}; use it with this configuration (paths relative to where you ran this):\n")
+        print(snippet(shown))
     return 0
