@@ -77,8 +77,9 @@ SKILLS_SWITCH_ROLLOUTS = ["rollouts", "--task", "skills-switch", "--preset", "sk
 
 @pytest.fixture(scope="session")
 def skills_switch_rollouts(skills_kit: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """skills-switch rollouts exactly as the notebook makes them, made once: the notebook's test copies the file
-    into the notebook's folder (its command then resumes a complete file) and switch-global trains on it."""
+    """skills-switch rollouts exactly as the notebook makes them, made once in a folder of their own (the records
+    and their settings' fingerprint): the notebook's test copies the folder as the notebook's (its command then
+    resumes a complete file) and switch-global trains on the file."""
     from switchgen.cli import main
 
     path = tmp_path_factory.mktemp("skills-rollouts") / "rollouts.jsonl"

@@ -90,8 +90,7 @@ def test_train_and_evaluate_notebook_executes(skills_kit, skills_switch_rollouts
     assert images(nb) >= 5, "commit notebooks/train_and_evaluate.ipynb executed, with its plots"
     nb = executed_copy(nb)
     # The rollouts the notebook's command would write, made once for the session (conftest): it resumes them.
-    (tmp_path / "train-and-evaluate-run").mkdir()
-    shutil.copy(skills_switch_rollouts, tmp_path / "train-and-evaluate-run" / "rollouts.jsonl")
+    shutil.copytree(skills_switch_rollouts.parent, tmp_path / "train-and-evaluate-run")  # records + their fingerprint
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
