@@ -95,4 +95,12 @@ def test_graph_runs_concurrently_give_the_same_answers(toy_kit):
     engine.clear_caches()
     together = _concurrently(lambda q: graph.invoke({"query": q}), QUERIES)
     assert [r["output"] for r in together] == [r["output"] for r in one_by_one]
-    assert [r["decisions"] for r in together] == [r["decisions"] for r in one_by_one]
+    # Scores read in one prefill pass with other queries' differ from scores read alone by float32
+    # rounding (other matmul shapes), not more: the same choices, the same probabilities to 1e-6.
+    for run, alone in zip(together, one_by_one, strict=True):
+        assert len(run["decisions"]) == len(alone["decisions"])
+        for got, want in zip(run["decisions"], alone["decisions"], strict=True):
+            floats = ("probabilities", "digit_mass")
+            assert {k: v for k, v in got.items() if k not in floats} == {k: v for k, v in want.items() if k not in floats}
+            assert got["probabilities"] == (want["probabilities"] and pytest.approx(want["probabilities"], rel=1e-5))
+            assert got["digit_mass"] == (want["digit_mass"] and pytest.approx(want["digit_mass"], rel=1e-5))

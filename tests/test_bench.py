@@ -26,8 +26,8 @@ def test_bench_reports_every_variant_sweep_and_ratio(toy_kit, tmp_path, capsys):
     assert set(report["concurrency_sweep"]) == set(report["concurrency_sweep_single"]) == {"1", "2"}
     assert {v["tokens"] for v in report["concurrency_sweep_single"].values()} == {len(QUERIES[:2]) * 40}
     assert set(report["ratios"]) == {
-        "switch_vs_single", "reference_vs_switch", "reference_batched_vs_switch_c2", "per_token_40_vs_20",
-        "throughput_c2_vs_c1", "spread_under_load_vs_single",
+        "switch_vs_single", "reference_vs_switch", "reference_batched_vs_switch_c2", "switch_vs_single_c2",
+        "per_token_40_vs_20", "throughput_c2_vs_c1", "spread_under_load_vs_single",
     }
     # The batched reference wrote every query's budget, in lockstep rounds.
     assert report["reference_batched"]["tokens"] == 2 * 40
@@ -45,6 +45,20 @@ def test_bench_reports_every_variant_sweep_and_ratio(toy_kit, tmp_path, capsys):
     assert "switcher: calibration none, 0 switcher passes per answer" in table
     for name in ("switch_vs_single", "reference_batched_vs_switch_c2", "spread_under_load_vs_single", "weights in memory"):
         assert name in table
+
+
+def test_quick_bench_shows_each_table_as_it_is_measured(toy_kit, tmp_path, capsys):
+    """--quick: no budget sweep, no load spread, two reps; its other settings give way to flags given."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--budget", "30", "--concurrency", "1,2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["budget"] == 30 and report["reps"] == 2
+    assert "budget_sweep" not in report and "load" not in report
+    assert len(report["raw"]["switch"]) == 2
+    assert report["engine"]["max_prefill_rows"] >= 1 and report["engine"]["graph_captures"] == 0  # CPU: no graphs
+    text = capsys.readouterr().out
+    order = [text.index(mark) for mark in ("| variant |", "| concurrency |", "| goal |", "raw figures")]
+    assert order == sorted(order)
 
 
 def test_bench_rejects_a_malformed_sweep(toy_kit, capsys):

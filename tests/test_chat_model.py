@@ -25,7 +25,7 @@ MESSAGES = [SystemMessage("Be brief."), HumanMessage("Hi"), AIMessage("Hello!"),
 
 @pytest.fixture(scope="module")
 def chat_model(toy_config, engine) -> ChatSwitchGeneration:
-    config = toy_config(aligned_model="toy:F", max_new_tokens=30, patch_size=10, seed=5)
+    config = toy_config(aligned_model="toy:F", max_new_tokens=30, patch_size=10, seed=4)
     return ChatSwitchGeneration(graph=build_graph(config, engine=engine))
 
 

@@ -25,9 +25,9 @@ def engine(toy_kit):
 
 def test_fused_prefill_matches_the_transformers_forward(engine, toy_kit):
     import torch
-    from transformers import AutoModelForCausalLM, DynamicCache
+    from transformers import AutoModelForCausalLM
 
-    from switchgen.servers.engine.fused import StackedModels
+    from switchgen.servers.engine.fused import PrefillRow, StackedModels
 
     models = [engine.backend(f"toy:{n}", device="cpu").loaded.model for n in "PFA"]
     stack = StackedModels(models)
@@ -36,9 +36,9 @@ def test_fused_prefill_matches_the_transformers_forward(engine, toy_kit):
         plain = AutoModelForCausalLM.from_pretrained(toy_kit[name], dtype=torch.float32).eval()
         with torch.inference_mode():
             want = plain(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1]
-            whole = stack.prefill(index, DynamicCache(), ids, 0)[1]
-            cache, _ = stack.prefill(index, DynamicCache(), ids[:20], 0)
-            _, grown = stack.prefill(index, cache, ids[20:], 20)  # continuing a cache
+            whole = stack.prefill_rows([PrefillRow(index, None, ids)])[1][0]
+            [kv], _ = stack.prefill_rows([PrefillRow(index, None, ids[:20])])
+            grown = stack.prefill_rows([PrefillRow(index, kv, ids[20:])])[1][0]  # continuing a cache
         assert torch.allclose(whole, want, atol=1e-5)
         assert torch.allclose(grown, want, atol=1e-5)
         # The models' own parameters now live in the stacked tensors, unchanged.
@@ -46,6 +46,30 @@ def test_fused_prefill_matches_the_transformers_forward(engine, toy_kit):
         with torch.inference_mode():
             again = models[index](input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1]
         assert torch.allclose(again, want, atol=1e-5)
+
+
+def test_batched_prefill_equals_prefill_row_by_row(engine):
+    """Rows of different models, cached prefixes and new lengths read in one pass: each row's logits and
+    keys and values are what it gets alone."""
+    import torch
+
+    from switchgen.servers.engine.fused import PrefillRow, StackedModels
+
+    stack = StackedModels([engine.backend(f"toy:{n}", device="cpu").loaded.model for n in "PFA"])
+    gen = torch.Generator().manual_seed(5)
+    seqs = [torch.randint(10, 600, (n,), generator=gen).tolist() for n in (30, 9, 51, 2, 17)]
+    cut = [12, 0, 40, 1, 0]  # tokens already cached (0: none)
+    models = [2, 0, 2, 1, 0]  # A twice, P twice, F once: rows per model differ
+    with torch.inference_mode():
+        cached = [stack.prefill_rows([PrefillRow(m, None, s[:c])])[0][0] if c else None
+                  for m, s, c in zip(models, seqs, cut, strict=True)]
+        rows = [PrefillRow(m, kv, s[c:]) for m, kv, s, c in zip(models, cached, seqs, cut, strict=True)]
+        alone = [stack.prefill_rows([r]) for r in rows]
+        kvs, logits = stack.prefill_rows(rows)
+    for i, ((kv, want_logits), seq) in enumerate(zip(alone, seqs, strict=True)):
+        assert kvs[i].shape == kv[0].shape and kvs[i].shape[3] == len(seq)
+        assert torch.allclose(kvs[i], kv[0], atol=1e-5)
+        assert torch.allclose(logits[i], want_logits[0], atol=1e-5)
 
 
 def test_three_checkpoints_decode_in_one_pass_and_match_transformers(engine, hf_greedy):

@@ -1,13 +1,15 @@
 """Continuous batching for the in-process engine: one decode thread per device.
 
-Requests for the same checkpoint from concurrently running graphs are decoded together. One
-worker thread per device runs every forward pass on it, for all its checkpoints: new requests
-are prefilled one by one (each from its own prefix cache) between decode steps, then join their
-checkpoint's running batch; each round steps every checkpoint's batch once, one forward pass
-over the last token of every running sequence. Caches of different lengths are merged by left
-padding (masked out), and a finished sequence's cache is cut back out and returned to the
-prefix-cache pool, so its next patch still starts warm. One thread per device (not per
-checkpoint) keeps the checkpoints from contending for the device, and for Python's GIL.
+Requests for the checkpoints on a device, from concurrently running graphs, are decoded together.
+One worker thread per device runs every forward pass on it. Each round it admits the requests that
+arrived (the ones of one checkpoint group in one batched prefill, each after its own cached prefix:
+a switcher's scores for several queries are one pass), then steps every running batch once. Same-
+shaped Llama checkpoints share stacked weights and fixed buffers (fused.py, fused_batch.py: on CUDA
+one checkpoint per batch, its step a captured graph); others keep transformers' forward (hf_batch.py).
+Tokens are sampled for the whole batch on the device with one host transfer per step (sampling.py).
+A finished sequence's cache goes back to the prefix-cache pool, so its next patch starts warm. One
+thread per device (not per checkpoint) keeps the checkpoints from contending for the device, and for
+Python's GIL.
 """
 
 from __future__ import annotations
@@ -17,22 +19,20 @@ import queue
 import sys
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
-from transformers import DynamicCache
 
-from switchgen.servers.base import GenerationParams, Patch, TextCallback
-from switchgen.servers.engine.fused import FusedBatch, StackedModels, signature
-from switchgen.servers.engine.kvcache import CacheEntry
-from switchgen.servers.engine.sampling import next_token, next_tokens, seeded_generator
+from switchgen.servers.base import TextCallback
+from switchgen.servers.engine import admission
+from switchgen.servers.engine.fused import StackedModels, stack_key
+from switchgen.servers.engine.fused_batch import FusedBatch
+from switchgen.servers.engine.hf_batch import HFBatch
+from switchgen.servers.engine.requests import Cancelled, EngineBackend, Request, TokenDetails, to_patch
+from switchgen.servers.engine.sampling import FAILED, next_tokens
 from switchgen.servers.stops import cut_at_stop, streamable
-
-if TYPE_CHECKING:
-    from switchgen.servers.engine.local import LocalBackend
 
 STREAM_INTERVAL = 0.02  # seconds between streamed text events of one request
 # A forward pass with fewer multiply-adds than this runs on one CPU thread: splitting tiny
@@ -41,128 +41,12 @@ STREAM_INTERVAL = 0.02  # seconds between streamed text events of one request
 ONE_THREAD_WORK = 1 << 26
 
 
-class Cancelled(Exception):
-    """The caller went away (a closed HTTP stream): its sequence left the batch."""
-
-
 class WorkerDied(RuntimeError):
     """The device's decode thread stopped on an error no request caused; the server reports it on /health."""
 
 
-# What a caller with `details` receives per token: id, log-probability, top-n (id, log-probability).
-TokenDetails = tuple[int, float, list[tuple[int, float]]]
-
-
-@dataclass
-class Request:
-    """One generate (params set) or score (params None) call, and its progress."""
-
-    ids: list[int]
-    params: GenerationParams | None
-    backend: LocalBackend | None = None  # set by DecodeWorker.run
-    streaming: bool = False  # send decoded text as it grows
-    details: bool = False  # send every token with its log-probability and the top-n alternatives
-    top_n: int = 0
-    cancelled: threading.Event | None = None
-    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    entry: CacheEntry | None = None
-    logits: torch.Tensor | None = None
-    prefilled: int = 0
-    out: list[int] = field(default_factory=list)
-    generator: torch.Generator | None = None
-    finish: str | None = None
-    emitted: str = ""
-    text: str = ""
-    next_emit: float = 0.0  # monotonic time before which no text event is sent
-
-
-class _Batch:
-    """Running sequences sharing one left-padded cache."""
-
-    def __init__(self) -> None:
-        self.rows: list[Request] = []
-        self.pads: list[int] = []
-        self.cache: DynamicCache | None = None
-        self._mask: torch.Tensor | None = None  # over the cache; rebuilt when rows join or leave
-
-    @property
-    def length(self) -> int:
-        return self.cache.get_seq_length() if self.cache is not None else 0
-
-    def add(self, req: Request) -> None:
-        assert req.entry is not None
-        self._mask = None
-        own = _kv(req.entry.cache)
-        n = len(req.entry.ids)
-        if self.cache is None:
-            self.rows, self.pads, self.cache = [req], [0], req.entry.cache
-            req.entry.cache = DynamicCache()
-            return
-        layers = _kv(self.cache)
-        length = self.length
-        grow = max(0, n - length)
-        if grow:
-            layers = [(_pad_left(k, grow), _pad_left(v, grow)) for k, v in layers]
-            self.pads = [p + grow for p in self.pads]
-        pad = max(length, n) - n
-        layers = [
-            (torch.cat([k, _pad_left(k2, pad)]), torch.cat([v, _pad_left(v2, pad)]))
-            for (k, v), (k2, v2) in zip(layers, own, strict=True)
-        ]
-        self.cache = _cache(layers)
-        self.rows.append(req)
-        self.pads.append(pad)
-        req.entry.cache = DynamicCache()
-
-    def remove(self, req: Request) -> None:
-        """Take `req` out; its unpadded cache goes back into its entry."""
-        self._mask = None
-        i = self.rows.index(req)
-        layers = _kv(self.cache)
-        assert req.entry is not None
-        req.entry.cache = _cache([(k[i : i + 1, :, self.pads[i] :], v[i : i + 1, :, self.pads[i] :]) for k, v in layers])
-        keep = [j for j in range(len(self.rows)) if j != i]
-        self.rows = [self.rows[j] for j in keep]
-        self.pads = [self.pads[j] for j in keep]
-        if not keep:
-            self.cache = None
-            return
-        drop = min(self.pads)  # padding every row has is dead weight
-        index = torch.tensor(keep, device=layers[0][0].device)
-        self.cache = _cache([(k.index_select(0, index)[:, :, drop:], v.index_select(0, index)[:, :, drop:]) for k, v in layers])
-        self.pads = [p - drop for p in self.pads]
-
-    def mask(self, device: torch.device) -> torch.Tensor:
-        """Attention mask over the cache plus one new token per row, already 4-D ([rows, 1, 1, keys]):
-        transformers uses it as is instead of rebuilding one from a padding mask every step.
-        Between joins and leaves it only grows by one column a step."""
-        length = self.length
-        if self._mask is None or self._mask.shape[-1] != length:
-            mask = torch.ones(len(self.rows), 1, 1, length, dtype=torch.bool, device=device)
-            for i, pad in enumerate(self.pads):
-                mask[i, ..., :pad] = False
-            self._mask = mask
-        self._mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1, 1, 1)], dim=-1)
-        return self._mask
-
-
-def _kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-    cache = DynamicCache()
-    for i, (k, v) in enumerate(layers):
-        cache.update(k, v, i)
-    return cache
-
-
-def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
-    if n == 0:
-        return t
-    shape = list(t.shape)
-    shape[2] = n
-    return torch.cat([t.new_zeros(shape), t], dim=2)
+class NaNLogits(ValueError):
+    """The model's logits for a row hold NaN: no token can be sampled."""
 
 
 def _room_to_stack(model: torch.nn.Module, group: tuple[StackedModels, FusedBatch] | None) -> bool:
@@ -195,12 +79,13 @@ class DecodeWorker:
         self.inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.batches: dict[LocalBackend, _Batch] = {}
+        self.batches: dict[EngineBackend, HFBatch] = {}
         # Same-shaped Llama checkpoints on this device: stacked weights and one batch for all of them.
         self.fused: dict[tuple, tuple[StackedModels, FusedBatch]] = {}
         self._fused_of: dict[torch.nn.Module, tuple[tuple, int] | None] = {}
         self._params: dict[torch.nn.Module, int] = {}
         self.max_batch_seen = 0
+        self.max_prefill_seen = 0  # the most requests one prefill pass read
         self.max_threads = torch.get_num_threads()  # the caller's setting: the most a large forward gets
         self._threads = 0
         self.died: BaseException | None = None  # set when the thread stopped on an error (see _loop)
@@ -218,13 +103,13 @@ class DecodeWorker:
             self.inbox.put(None)
             thread.join(timeout=5)
 
-    def running(self, backend: LocalBackend) -> int:
+    def running(self, backend: EngineBackend) -> int:
         """How many of `backend`'s sequences are being decoded now."""
         batch = self.batches.get(backend)
         fused = sum(r is not None and r.backend is backend for _, b in self.fused.values() for r in b.rows)
         return fused + (len(batch.rows) if batch is not None else 0)
 
-    def fused_for(self, backend: LocalBackend) -> tuple[StackedModels, FusedBatch, int] | None:
+    def fused_for(self, backend: EngineBackend) -> tuple[StackedModels, FusedBatch, int] | None:
         """The stacked weights, the shared batch and the model's index there; None: the transformers path.
 
         Runs on the worker thread only (a model joining restacks weights and moves running rows).
@@ -233,7 +118,7 @@ class DecodeWorker:
             return None
         model = backend.loaded.model
         if model not in self._fused_of:
-            key = signature(model)
+            key = stack_key(model)
             if key is not None and not _room_to_stack(model, self.fused.get(key)):
                 key = None
             if key is None:
@@ -245,8 +130,7 @@ class DecodeWorker:
             else:
                 stack, batch = self.fused[key]
                 index = stack.add(model)
-                if batch.per_model:
-                    batch._relayout(batch.per_model, 0)
+                batch.relayout(batch.per_model, 0)
                 self._fused_of[model] = (key, index)
         found = self._fused_of[model]
         if found is None:
@@ -254,7 +138,7 @@ class DecodeWorker:
         stack, batch = self.fused[found[0]]
         return stack, batch, found[1]
 
-    def _size_threads(self, model: torch.nn.Module, tokens: int) -> None:
+    def size_threads(self, model: torch.nn.Module, tokens: int) -> None:
         """Intra-op threads for a forward over `tokens` tokens: one for small work, the caller's count otherwise."""
         if model not in self._params:
             self._params[model] = sum(p.numel() for p in model.parameters())
@@ -266,7 +150,7 @@ class DecodeWorker:
 
     def run(
         self,
-        backend: LocalBackend,
+        backend: EngineBackend,
         req: Request,
         on_text: TextCallback | None = None,
         on_token: Callable[[TokenDetails], None] | None = None,
@@ -313,10 +197,12 @@ class DecodeWorker:
     @torch.inference_mode()  # every tensor the worker makes is an inference tensor, updated in place only here
     def _loop(self) -> None:
         """Admit new requests, step every batch, repeat. No request can stop it: whatever one
-        request's parameters or logits make fail (sampling, seeding, a forward pass) fails that
-        request alone (see _admit, _step). Should the loop itself fail, every waiting caller gets
+        request's parameters or logits make fail (sampling, a forward pass) fails that request
+        alone (see admission.py, _step_*). Should the loop itself fail, every waiting caller gets
         the error instead of hanging, and `healthy` turns False."""
         try:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)  # graphs capture on, and streams belong to, the current device
             closing = False
             while not closing or self._busy():
                 new = [self.inbox.get()] if not self._busy() else []
@@ -325,18 +211,16 @@ class DecodeWorker:
                         new.append(self.inbox.get_nowait())
                     except queue.Empty:
                         break
-                for req in new:
-                    if req is None:
-                        closing = True
-                    else:
-                        self._admit(req)
+                closing = closing or None in new
+                admission.admit(self, [r for r in new if r is not None])
                 for stack, batch in list(self.fused.values()):
                     if any(r is not None for r in batch.rows):
                         self._step_fused(stack, batch)
                 for backend, batch in list(self.batches.items()):
                     if batch.rows:
-                        self._step(backend, batch)
-        except BaseException as err:  # a bug, not a request: say so once, fail every caller, stop
+                        self._step_hf(backend, batch)
+        except BaseException as err:  # a bug, not a request: say so (with where), fail every caller, stop
+            traceback.print_exception(err, file=sys.stderr)
             self.died = err
             self._fail_everything(err)
             print(f"switchgen: the decode thread of {self.device} stopped: {err!r}; /health answers 503", file=sys.stderr)
@@ -360,48 +244,15 @@ class DecodeWorker:
             if req is not None:
                 req.events.put(("error", died))
 
-    def _admit(self, req: Request) -> None:
-        backend = req.backend
-        assert backend is not None
-        try:
-            fused = self.fused_for(backend)
-            self._size_threads(backend.loaded.model, len(req.ids))
-            with backend.active():
-                req.entry, req.logits, req.prefilled = backend.prefill(
-                    req.ids, (fused[0], fused[2]) if fused is not None else None
-                )
-            if req.params is None:
-                backend.pool.checkin(req.entry)
-                req.events.put(("done", req))
-                return
-            req.generator = seeded_generator(req.params.seed, backend.device)
-            self._sample(req)
-        except Exception as err:  # this request's input or parameters: it fails alone
-            req.events.put(("error", err))
-            return
-        if req.finish is not None:
-            self._finish(req)
-        elif fused is not None:
-            _, shared, index = fused
-            shared.add(index, req, req.entry.cache, len(req.entry.ids))
-            req.entry.cache = DynamicCache()
-            self.max_batch_seen = max(self.max_batch_seen, sum(r is not None and r.backend is backend for r in shared.rows))
-        else:
-            batch = self.batches.setdefault(backend, _Batch())
-            batch.add(req)
-            self.max_batch_seen = max(self.max_batch_seen, len(batch.rows))
-
-    def _sample(self, req: Request) -> None:
-        """Pick the next token from `req.logits` (a request on its own)."""
-        assert req.params is not None and req.logits is not None
-        self._accept(req, next_token(req.logits, req.params, req.generator))
-
-    def _accept(self, req: Request, token: int) -> None:
+    def accept(self, req: Request, token: int) -> None:
         """Append `token`; send it where asked; set `finish` when the patch is over."""
         params, backend = req.params, req.backend
-        assert params is not None and req.logits is not None and backend is not None
+        assert params is not None and backend is not None
+        if token == FAILED:
+            raise NaNLogits("the model's logits hold NaN: no token can be sampled")
         req.out.append(token)
         if req.details:
+            assert req.logits is not None
             logprobs = torch.log_softmax(req.logits.float(), dim=-1)
             top: list[tuple[int, float]] = []
             if req.top_n > 0:
@@ -420,106 +271,73 @@ class DecodeWorker:
             if not (extra and backend.decode(req.out[-4:]).endswith("\ufffd")):  # a split character: one more
                 req.finish = "length"
 
-    def _step(self, backend: LocalBackend, batch: _Batch) -> None:
-        rows = batch.rows
-        tokens = torch.tensor([[r.out[-1]] for r in rows], device=self.device)
-        self._size_threads(backend.loaded.model, len(rows))
+    def _settle(self, req: Request, token: int) -> BaseException | bool:
+        """Take a decoded row's `token`. False: it decodes on; True: it finished; an exception: it
+        failed (NaN logits, decoding for a stop string) or was cancelled. Either way the caller takes
+        it out of its batch (its cache back into its entry), then `close`s it."""
+        if req.cancelled is not None and req.cancelled.is_set():
+            return Cancelled()
         try:
-            with backend.active():
-                if len(rows) == 1:
-                    logits = backend.forward(tokens, batch.cache, None, None)
-                else:
-                    positions = torch.tensor([[len(r.entry.ids)] for r in rows], device=self.device)
-                    logits = backend.forward(tokens, batch.cache, batch.mask(self.device), positions)
+            self.accept(req, token)
         except Exception as err:
-            for r in list(rows):
-                batch.remove(r)
-                r.events.put(("error", err))
+            return err
+        return req.finish is not None
+
+    def end_row(self, req: Request, outcome: BaseException | bool) -> None:
+        """End a row that left its batch: done, or its error (a cancelled row's cache stays warm)."""
+        if outcome is True:
+            self.finish(req)
             return
-        rows = list(rows)
-        for i, r in enumerate(rows):
-            r.entry.ids.append(r.out[-1])
-            r.logits = logits[i]
-        chosen = self._choose(logits, rows)
-        for r, token in zip(rows, chosen, strict=True):
-            if isinstance(token, Exception):
-                batch.remove(r)
-                r.events.put(("error", token))
-                continue
-            if r.cancelled is not None and r.cancelled.is_set():
-                batch.remove(r)
-                backend.pool.checkin(r.entry)
-                r.events.put(("error", Cancelled()))
-                continue
-            try:
-                self._accept(r, token)
-            except Exception as err:  # e.g. decoding for a stop string: this row alone
-                batch.remove(r)
-                r.events.put(("error", err))
-                continue
-            if r.finish is not None:
-                batch.remove(r)
-                self._finish(r)
+        if isinstance(outcome, Cancelled):
+            req.backend.pool.checkin(req.entry)
+        req.events.put(("error", outcome))
 
     def _step_fused(self, stack: StackedModels, batch: FusedBatch) -> None:
-        """One forward pass for every running row of every stacked checkpoint."""
+        """One forward pass (and sampling) for every running row of every stacked checkpoint."""
         batch.compact()
-        slots = batch.live
-        rows = [batch.rows[s] for s in slots]
-        tokens = [0] * len(batch.rows)
-        positions = [0] * len(batch.rows)
-        for s, r in zip(slots, rows, strict=True):
-            tokens[s], positions[s] = r.out[-1], len(r.entry.ids)
-        self._size_threads(stack.models[0], len(batch.rows))
+        self.size_threads(stack.models[0], len(batch.rows))
         try:
-            with rows[0].backend.loaded.lock:
-                logits = batch.step(tokens, positions)
+            with next(r for r in batch.rows if r is not None).backend.loaded.lock:
+                stepped, logits = batch.step()
+                tokens = batch.buf.tokens[stepped].tolist()  # the one host transfer of the step
         except Exception as err:
-            for s, r in zip(slots, rows, strict=True):
-                r.entry.cache = batch.remove(s)
+            for s in batch.live:
+                r = batch.rows[s]
+                r.entry.kv = batch.remove(s)
                 r.events.put(("error", err))
             return
-        logits = logits[torch.tensor(slots, device=logits.device)] if len(slots) < len(batch.rows) else logits
-        for i, r in enumerate(rows):
+        for s in batch.live:
+            r = batch.rows[s]
             r.entry.ids.append(r.out[-1])
-            r.logits = logits[i]
-        chosen = self._choose(logits, rows)
-        for s, r, token in zip(slots, rows, chosen, strict=True):
-            if isinstance(token, Exception):
-                r.entry.cache = batch.remove(s)
-                r.events.put(("error", token))
-                continue
-            if r.cancelled is not None and r.cancelled.is_set():
-                r.entry.cache = batch.remove(s)
-                r.backend.pool.checkin(r.entry)
-                r.events.put(("error", Cancelled()))
-                continue
-            try:
-                self._accept(r, token)
-            except Exception as err:  # e.g. decoding for a stop string: this row alone
-                r.entry.cache = batch.remove(s)
-                r.events.put(("error", err))
-                continue
-            if r.finish is not None:
-                r.entry.cache = batch.remove(s)
-                self._finish(r)
+            if r.details:
+                r.logits = logits[s - stepped.start]
+            outcome = self._settle(r, tokens[s - stepped.start])
+            if outcome is not False:
+                r.entry.kv = batch.remove(s)
+                self.end_row(r, outcome)
 
-    @staticmethod
-    def _choose(logits: torch.Tensor, rows: list[Request]) -> list[int | Exception]:
-        """The batch's next tokens, sampled together; if that fails, row by row, so only the
-        rows whose logits or settings cannot be sampled (NaN logits, say) get the error."""
+    def _step_hf(self, backend: EngineBackend, batch: HFBatch) -> None:
+        """One transformers forward pass for `backend`'s running rows, sampled together."""
+        rows = list(batch.rows)
+        self.size_threads(backend.loaded.model, len(rows))
         try:
-            return list(next_tokens(logits, [r.params for r in rows], [r.generator for r in rows]))
-        except Exception:
-            chosen: list[int | Exception] = []
-            for i, r in enumerate(rows):
-                try:
-                    chosen.append(next_token(logits[i], r.params, r.generator))
-                except Exception as err:
-                    chosen.append(err)
-            return chosen
+            logits = batch.step(backend)
+            tokens = next_tokens(logits, [r.params for r in rows], [r.key for r in rows], [len(r.out) for r in rows])
+        except Exception as err:
+            for r in rows:
+                batch.remove(r)
+                r.events.put(("error", err))
+            return
+        for i, (r, token) in enumerate(zip(rows, tokens, strict=True)):
+            r.entry.ids.append(r.out[-1])
+            if r.details:
+                r.logits = logits[i]
+            outcome = self._settle(r, token)
+            if outcome is not False:
+                batch.remove(r)
+                self.end_row(r, outcome)
 
-    def _finish(self, req: Request) -> None:
+    def finish(self, req: Request) -> None:
         backend = req.backend
         assert backend is not None
         if req.finish != "stop":
@@ -547,6 +365,5 @@ def _emit(req: Request, text: str, *, final: bool) -> str:
     return req.emitted
 
 
-def to_patch(req: Request) -> Patch:
-    assert req.finish in ("length", "eos", "stop")
-    return Patch(text=req.text, tokens=len(req.out), finish_reason=req.finish, prefilled=req.prefilled)
+
+__all__ = ["Cancelled", "DecodeWorker", "Request", "TokenDetails", "WorkerDied", "to_patch"]

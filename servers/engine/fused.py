@@ -1,29 +1,32 @@
-"""One forward pass per decode step for every Llama-architecture checkpoint on a device.
+"""Our own forward pass for Llama-architecture checkpoints: stacked weights, batched prefill, a fixed-buffer decode step.
 
 Switch generation runs several checkpoints of one model (P, F, A, often the switcher): same
-architecture, same shapes, different weights. Stepped one after another, each costs a full
+architecture, same shapes, different weights. On CPU, stepped one after another, each costs a full
 forward pass whose time on small models is almost all per-operation overhead, whatever the rows.
-Here their weights are stacked ([models, out, in]) and a step is one pass over every running
-row of every checkpoint: each linear layer is one batched matmul (`bmm`), attention one call
-over a shared, preallocated KV cache (rows of all checkpoints, left-aligned by padding), so a
-step costs about what one checkpoint's step did. The models' own parameters become views into
-the stacked tensors, so nothing is held twice.
+Here their weights are stacked ([models, out, in]) and a pass over rows of every checkpoint is one
+batched matmul (`bmm`) per linear layer, so a step costs about what one checkpoint's step did. The
+models' own parameters become views into the stacked tensors, so nothing is held twice.
+
+On CUDA the decode step is captured as a graph instead (fused_batch.py, graphs.py), which removes
+the per-operation overhead that stacking amortises; stacking would then only add cost: a step reads
+every stacked model's weights even when only one of them has rows (one query: 3-4x the bytes of the
+model that writes). So on CUDA each checkpoint is a stack of one (`stack_key`).
 
 Only plain Llama checkpoints qualify (`signature`); anything else, and any model with a LoRA
-adapter attached, keeps the transformers forward in batching.py. Prefill runs here too, one
-request at a time, so a request's cache is in this layout from its first token.
+adapter attached, keeps the transformers forward (hf_batch.py).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
-_MIN_COLUMNS = 64  # the shared cache's capacity grows in doublings from this
+# Prefill passes are cut to at most this many (padded) token positions: bounds the activations.
+MAX_PREFILL_POSITIONS = 8192
 
 
 def signature(model: torch.nn.Module) -> tuple | None:
@@ -49,6 +52,14 @@ def signature(model: torch.nn.Module) -> tuple | None:
     )
 
 
+def stack_key(model: torch.nn.Module) -> tuple | None:
+    """The stack `model` joins: same-shaped checkpoints share one on CPU; on CUDA each has its own (see above)."""
+    key = signature(model)
+    if key is None or model.lm_head.weight.device.type != "cuda":
+        return key
+    return (*key, id(model))
+
+
 @dataclass
 class _Layer:
     ln1: torch.Tensor  # [M, 1, d]
@@ -57,6 +68,19 @@ class _Layer:
     ln2: torch.Tensor  # [M, 1, d]
     gate_up: torch.Tensor  # [M, 2 i, d]
     down: torch.Tensor  # [M, d, i]
+
+
+@dataclass
+class PrefillRow:
+    """One row of a batched prefill: stacked model `model` reads `new` after the `cached` keys and values."""
+
+    model: int
+    cached: torch.Tensor | None  # [layers, 2, kv_heads, tokens, head_dim]
+    new: list[int]
+
+    @property
+    def start(self) -> int:
+        return 0 if self.cached is None else self.cached.shape[3]
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -68,6 +92,41 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def attention_bias(mask: torch.Tensor, heads: int, kv_heads: int, dtype: torch.dtype) -> torch.Tensor:
+    """The additive bias `attention` takes, from a boolean mask [rows, 1, L, keys] (True: visible):
+    built once per pass, not once per layer, and laid out for the folded query heads."""
+    rows, _, length, keys = mask.shape
+    group = heads // kv_heads
+    if group > 1 and length > 1:
+        mask = mask[:, :, None].expand(rows, 1, group, length, keys).reshape(rows, 1, group * length, keys)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, -math.inf)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """Grouped-query attention without repeating keys: the query heads sharing a key head are folded
+    into its query length. q [rows, heads, L, hd], k and v [rows, kv_heads, keys, hd], `bias` from
+    `attention_bias`."""
+    rows, heads, length, head_dim = q.shape
+    kv_heads = k.shape[1]
+    if heads > kv_heads:
+        q = q.reshape(rows, kv_heads, heads // kv_heads * length, head_dim)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    return out.reshape(rows, heads, length, head_dim)
+
+
+def prefill_mask(starts: list[int], length: int, device: torch.device) -> torch.Tensor:
+    """[rows, 1, length, cached + length] for rows whose cached tokens are left-padded to max(starts)
+    columns and whose new tokens follow, right-padded to `length`: each sees its own cached tokens
+    and its new tokens up to itself (a padding position sees at least itself)."""
+    c = max(starts)
+    cols = torch.arange(c + length, device=device)
+    query = torch.arange(length, device=device)
+    start = torch.tensor(starts, device=device)
+    seen = (cols[None, :] >= c - start[:, None]) & (cols[None, :] < c)
+    causal = (cols[None, :] >= c) & (cols[None, :] - c <= query[:, None])
+    return (seen[:, None, :] | causal[None]).unsqueeze(1)
 
 
 class StackedModels:
@@ -85,12 +144,12 @@ class StackedModels:
         self.rotary = first.model.rotary_emb
         self.device = first.lm_head.weight.device
         self.dtype = first.lm_head.weight.dtype
+        self.version = 0  # bumped whenever the weights are restacked (captured graphs read the old ones)
         self._stack()
 
     def _stack(self) -> None:
         """Copy the weights into stacked tensors, then point every model's parameters at their slice."""
         ms = self.models
-        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
         with torch.no_grad():
             self.embed = torch.stack([m.model.embed_tokens.weight.detach() for m in ms])
             tied = all(m.lm_head.weight is m.model.embed_tokens.weight for m in ms)
@@ -109,21 +168,27 @@ class StackedModels:
                     gate_up=torch.stack([torch.cat([x.mlp.gate_proj.weight, x.mlp.up_proj.weight]).detach() for x in ls]),
                     down=torch.stack([x.mlp.down_proj.weight.detach() for x in ls]),
                 ))
-            for j, m in enumerate(ms):  # share storage: the models' forward still works, on the same numbers
-                m.model.embed_tokens.weight.data = self.embed[j]
-                if not tied:
-                    m.lm_head.weight.data = self.head[j]
-                m.model.norm.weight.data = self.norm[j, 0]
-                for layer, x in zip(self.layers, m.model.layers, strict=True):
-                    x.input_layernorm.weight.data = layer.ln1[j, 0]
-                    x.self_attn.q_proj.weight.data = layer.qkv[j, :q]
-                    x.self_attn.k_proj.weight.data = layer.qkv[j, q : q + kv]
-                    x.self_attn.v_proj.weight.data = layer.qkv[j, q + kv :]
-                    x.self_attn.o_proj.weight.data = layer.o[j]
-                    x.post_attention_layernorm.weight.data = layer.ln2[j, 0]
-                    x.mlp.gate_proj.weight.data = layer.gate_up[j, : self.inter]
-                    x.mlp.up_proj.weight.data = layer.gate_up[j, self.inter :]
-                    x.mlp.down_proj.weight.data = layer.down[j]
+            for j, m in enumerate(ms):
+                self._share(j, m, tied)
+        self.version += 1
+
+    def _share(self, j: int, m: torch.nn.Module, tied: bool) -> None:
+        """Point model `j`'s parameters at its slice of the stack: its own forward still works, on the same numbers."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        m.model.embed_tokens.weight.data = self.embed[j]
+        if not tied:
+            m.lm_head.weight.data = self.head[j]
+        m.model.norm.weight.data = self.norm[j, 0]
+        for layer, x in zip(self.layers, m.model.layers, strict=True):
+            x.input_layernorm.weight.data = layer.ln1[j, 0]
+            x.self_attn.q_proj.weight.data = layer.qkv[j, :q]
+            x.self_attn.k_proj.weight.data = layer.qkv[j, q : q + kv]
+            x.self_attn.v_proj.weight.data = layer.qkv[j, q + kv :]
+            x.self_attn.o_proj.weight.data = layer.o[j]
+            x.post_attention_layernorm.weight.data = layer.ln2[j, 0]
+            x.mlp.gate_proj.weight.data = layer.gate_up[j, : self.inter]
+            x.mlp.up_proj.weight.data = layer.gate_up[j, self.inter :]
+            x.mlp.down_proj.weight.data = layer.down[j]
 
     def add(self, model: torch.nn.Module) -> int:
         """Stack one more model (its index); callers relayout any running rows."""
@@ -133,201 +198,91 @@ class StackedModels:
 
     # -- the forward pass -----------------------------------------------------------------
 
-    def run(
-        self,
-        tokens: torch.Tensor,
-        positions: torch.Tensor,
-        attend,
-        rows: int,
-        models: slice | None = None,
-    ) -> torch.Tensor:
-        """Hidden states after the last layer for `tokens` [M, rows * L] of every model (or `models`).
+    def run(self, tokens: torch.Tensor, positions: torch.Tensor, attend, rows: int, models: slice) -> torch.Tensor:
+        """Hidden states after the last layer for `tokens` [M, rows * L] of the stacked models `models`.
 
         `attend(layer, q, k, v)` stores k, v wherever the caller keeps them and returns attention
         output [M * rows, heads, L, head_dim]; q, k, v come as [M * rows, heads, L, head_dim].
+        Only device operations: a CUDA graph can capture it.
         """
-        sel = models if models is not None else slice(None)
         n_models, width = tokens.shape
         steps = width // rows
-        v = self.vocab
-        offsets = torch.arange(n_models, device=tokens.device).unsqueeze(1) * v
-        if models is not None:
-            offsets = offsets + sel.start * v
+        offsets = (torch.arange(n_models, device=tokens.device).unsqueeze(1) + models.start) * self.vocab
         h = F.embedding(tokens + offsets, self.embed.view(-1, self.hidden))  # [M, rows * L, d]
-        cos, sin = self.rotary(h, positions.view(n_models * rows, steps))  # [M * rows, L, hd]
+        cos, sin = self.rotary(h, positions.reshape(n_models * rows, steps))  # [M * rows, L, hd]
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         for i, layer in enumerate(self.layers):
-            x = _rms(h, layer.ln1[sel], self.eps)
-            qkv = torch.bmm(x, layer.qkv[sel].mT).view(n_models * rows, steps, -1)
+            x = _rms(h, layer.ln1[models], self.eps)
+            qkv = torch.bmm(x, layer.qkv[models].mT).view(n_models * rows, steps, -1)
             q = qkv[..., :q_size].view(n_models * rows, steps, self.heads, self.head_dim).transpose(1, 2)
             k = qkv[..., q_size : q_size + kv_size].view(n_models * rows, steps, self.kv_heads, self.head_dim).transpose(1, 2)
             val = qkv[..., q_size + kv_size :].view(n_models * rows, steps, self.kv_heads, self.head_dim).transpose(1, 2)
             out = attend(i, _rotate(q, cos, sin), _rotate(k, cos, sin), val)
             out = out.transpose(1, 2).reshape(n_models, rows * steps, q_size)
-            h = h + torch.bmm(out, layer.o[sel].mT)
-            x = _rms(h, layer.ln2[sel], self.eps)
-            gate, up = torch.bmm(x, layer.gate_up[sel].mT).split(self.inter, dim=-1)
-            h = h + torch.bmm(F.silu(gate) * up, layer.down[sel].mT)
+            h = h + torch.bmm(out, layer.o[models].mT)
+            x = _rms(h, layer.ln2[models], self.eps)
+            gate, up = torch.bmm(x, layer.gate_up[models].mT).split(self.inter, dim=-1)
+            h = h + torch.bmm(F.silu(gate) * up, layer.down[models].mT)
         return h
 
-    def logits(self, h: torch.Tensor, models: slice | None = None) -> torch.Tensor:
+    def logits(self, h: torch.Tensor, models: slice) -> torch.Tensor:
         """[M, rows, vocab] from final hidden states [M, rows, d]."""
-        sel = models if models is not None else slice(None)
-        return torch.bmm(_rms(h, self.norm[sel], self.eps), self.head[sel].mT)
+        return torch.bmm(_rms(h, self.norm[models], self.eps), self.head[models].mT)
 
     @torch.inference_mode()
-    def prefill(self, index: int, cache: DynamicCache, new: list[int], start: int) -> tuple[DynamicCache, torch.Tensor]:
-        """Model `index` reads `new` after the `start` tokens `cache` holds: the grown cache and the last logits."""
-        tokens = torch.tensor([new], device=self.device)
-        n = len(new)
-        positions = torch.arange(start, start + n, device=self.device).unsqueeze(0)
-        old = [(layer.keys, layer.values) for layer in cache.layers] if start else []
-        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-        mask = None
-        if n > 1:  # causal over the new tokens, everything cached is visible
-            mask = torch.ones(n, start + n, dtype=torch.bool, device=self.device).tril(diagonal=start)
+    def prefill_rows(self, rows: list[PrefillRow]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every row's new tokens read after its cached ones, in one pass: each row's grown keys and values
+        ([layers, 2, kv_heads, tokens, head_dim], views into one tensor) and its last logits [rows, vocab]."""
+        lo = min(r.model for r in rows)
+        members: list[list[int]] = [[] for _ in range(max(r.model for r in rows) + 1 - lo)]
+        for i, r in enumerate(rows):
+            members[r.model - lo].append(i)
+        width = max(len(m) for m in members)  # rows per model; models with fewer get empty rows
+        slot = [0] * len(rows)
+        for m, group in enumerate(members):
+            for j, i in enumerate(group):
+                slot[i] = m * width + j
+        layout = _PrefillLayout(self, rows, slot, len(members) * width)
+        c, kv, bias = layout.cached_width, layout.kv, layout.bias
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            if old:
-                k = torch.cat([old[i][0], k], dim=2)
-                v = torch.cat([old[i][1], v], dim=2)
-            kept.append((k, v))
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=True)
+            kv[i, 0, :, :, c:] = k
+            kv[i, 1, :, :, c:] = v
+            return attention(q, kv[i, 0], kv[i, 1], bias, self.scale)
 
-        h = self.run(tokens, positions, attend, 1, slice(index, index + 1))
-        logits = self.logits(h[:, -1:], slice(index, index + 1))
-        out = DynamicCache()
-        for i, (k, v) in enumerate(kept):
-            out.update(k, v, i)
-        return out, logits[0, 0]
+        models = slice(lo, lo + len(members))
+        shape = (len(members), width * layout.length)
+        h = self.run(layout.tokens.view(shape), layout.positions.view(shape), attend, width, models)
+        index = layout.last.view(len(members), width, 1, 1).expand(-1, -1, 1, self.hidden)
+        last = h.view(len(members), width, layout.length, -1).gather(2, index).squeeze(2)  # [M, width, d]
+        logits = self.logits(last, models).view(len(members) * width, -1)[torch.tensor(slot, device=self.device)]
+        return [kv[:, :, s, :, c - r.start : c + len(r.new)] for s, r in zip(slot, rows, strict=True)], logits
 
 
-class FusedBatch:
-    """Running rows of every stacked model in one KV cache, stepped by one forward pass.
+class _PrefillLayout:
+    """The tensors of a batched prefill. Slot s holds a row's cached tokens left-padded to `cached_width`
+    columns, then its new tokens right-padded to `length`: each row's sequence is contiguous."""
 
-    Slot s = model * per_model + j. Every row's cache ends at column `end` (shorter ones start
-    later: left padding, masked out); a step writes column `end` for all slots at once. Free
-    slots run along on a dummy token and see only themselves.
-    """
-
-    def __init__(self, stack: StackedModels) -> None:
-        self.stack = stack
-        self.per_model = 0
-        self.rows: list = []  # slot -> request or None
-        self.starts: list[int] = []
-        self.end = 0
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        self.mask = torch.zeros(0, 0, dtype=torch.bool, device=stack.device)
-        self.occupied = torch.zeros(0, dtype=torch.bool, device=stack.device)  # per slot
-
-    @property
-    def live(self) -> list[int]:
-        return [s for s, r in enumerate(self.rows) if r is not None]
-
-    def _relayout(self, per_model: int, need: int) -> None:
-        """Rebuild the cache for `per_model` slots per model and at least `need` columns before `end`."""
-        st = self.stack
-        old_rows, old_starts, old_end, old_per = self.rows, self.starts, self.end, max(1, self.per_model)
-        lengths = [old_end - old_starts[s] for s in range(len(old_rows)) if old_rows[s] is not None]
-        end = max([need, *lengths, 0])
-        cols = _MIN_COLUMNS
-        while cols < end + 16:
-            cols *= 2
-        slots = len(st.models) * per_model
-        shape = (slots, st.kv_heads, cols, st.head_dim)
-        keys = [torch.zeros(shape, dtype=st.dtype, device=st.device) for _ in st.layers]
-        values = [torch.zeros(shape, dtype=st.dtype, device=st.device) for _ in st.layers]
-        mask = torch.zeros(slots, cols, dtype=torch.bool, device=st.device)
-        rows: list = [None] * slots
-        starts = [end] * slots
-        packed = [0] * len(st.models)  # shrinking packs each model's rows to the front; growing keeps slots
-        for s, req in enumerate(old_rows):
-            if req is None:
-                continue
-            model, j = divmod(s, old_per)
-            if per_model < old_per:
-                j, packed[model] = packed[model], packed[model] + 1
-            t = model * per_model + j
-            n = old_end - old_starts[s]
-            for new, old in ((keys, self.keys), (values, self.values)):
-                for layer in range(len(st.layers)):
-                    new[layer][t, :, end - n : end] = old[layer][s, :, old_starts[s] : old_end]
-            mask[t, end - n : end] = True
-            rows[t], starts[t] = req, end - n
-        self.keys, self.values, self.mask = keys, values, mask
-        self.occupied = torch.tensor([r is not None for r in rows], dtype=torch.bool, device=st.device)
-        self.rows, self.starts, self.end, self.per_model = rows, starts, end, per_model
-
-    def compact(self) -> None:
-        """Give back slots when every model runs at most half of its own: free slots still cost compute.
-
-        Moves rows to other slots: call it before reading slot numbers for a step.
-        """
-        busiest = max(self.used(m) for m in range(len(self.stack.models)))
-        if self.per_model > 1 and busiest <= self.per_model // 2:
-            self._relayout(max(busiest, 1), 0)
-
-    def used(self, model: int) -> int:
-        return sum(r is not None for r in self.rows[model * self.per_model : (model + 1) * self.per_model])
-
-    def _free(self, model: int) -> list[int]:
-        return [s for s in range(model * self.per_model, (model + 1) * self.per_model) if self.rows[s] is None]
-
-    def add(self, model: int, req, cache: DynamicCache, length: int) -> None:
-        """Put `req` (its cache holds `length` tokens) into a free slot of `model`."""
-        free = self._free(model)
-        if not free or length > self.end or self.end + 1 >= self.mask.shape[1]:
-            self._relayout(self.per_model if free else self.per_model + 1, length)
-            free = self._free(model)
-        s = free[0]
-        start = self.end - length
-        for layer, entry in enumerate(cache.layers):
-            self.keys[layer][s, :, start : self.end] = entry.keys[0]
-            self.values[layer][s, :, start : self.end] = entry.values[0]
-        self.mask[s] = False
-        self.mask[s, start : self.end] = True
-        self.occupied[s] = True
-        self.rows[s], self.starts[s] = req, start
-
-    def remove(self, slot: int) -> DynamicCache:
-        """Free `slot`; its row's cache, unpadded, for the prefix-cache pool."""
-        start = self.starts[slot]
-        cache = DynamicCache()
-        for layer in range(len(self.keys)):
-            cache.update(
-                self.keys[layer][slot : slot + 1, :, start : self.end].clone(),
-                self.values[layer][slot : slot + 1, :, start : self.end].clone(),
-                layer,
-            )
-        self.rows[slot] = None
-        self.mask[slot] = False
-        self.occupied[slot] = False
-        return cache
-
-    @torch.inference_mode()
-    def step(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
-        """Feed one token per slot (at its position); logits [slots, vocab]."""
-        st = self.stack
-        if self.end + 1 > self.mask.shape[1]:
-            self._relayout(self.per_model, 0)  # keeps every row's slot
-        col = self.end
-        self.mask[:, col] = True
-        mask = self.mask[:, None, None, : col + 1]
-        n_models = len(st.models)
-        tok = torch.tensor(tokens, device=st.device).view(n_models, self.per_model)
-        pos = torch.tensor(positions, device=st.device).view(n_models, self.per_model)
-
-        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            self.keys[i][:, :, col] = k[:, :, 0]
-            self.values[i][:, :, col] = v[:, :, 0]
-            return F.scaled_dot_product_attention(
-                q, self.keys[i][:, :, : col + 1], self.values[i][:, :, : col + 1],
-                attn_mask=mask, scale=st.scale, enable_gqa=True,
-            )
-
-        h = st.run(tok, pos, attend, self.per_model)
-        self.end = col + 1
-        self.mask[:, col] = self.occupied  # free slots saw only the column just written; now not even that
-        return st.logits(h).view(n_models * self.per_model, -1)
+    def __init__(self, stack: StackedModels, rows: list[PrefillRow], slot: list[int], slots: int) -> None:
+        device = stack.device
+        self.length = max(len(r.new) for r in rows)
+        self.cached_width = c = max(r.start for r in rows)
+        tokens = [[0] * self.length for _ in range(slots)]
+        positions = [list(range(self.length)) for _ in range(slots)]
+        starts, news = [0] * slots, [1] * slots
+        for s, r in zip(slot, rows, strict=True):
+            tokens[s][: len(r.new)] = r.new
+            positions[s] = list(range(r.start, r.start + self.length))
+            starts[s], news[s] = r.start, len(r.new)
+        self.tokens = torch.tensor(tokens, device=device)
+        self.positions = torch.tensor(positions, device=device)
+        self.last = torch.tensor([n - 1 for n in news], device=device)  # per slot: the position of its last new token
+        # Every row's keys and values, cached then new: what the pass attends over and what it returns.
+        self.kv = torch.zeros(
+            len(stack.layers), 2, slots, stack.kv_heads, c + self.length, stack.head_dim, dtype=stack.dtype, device=device
+        )
+        for s, r in zip(slot, rows, strict=True):
+            if r.cached is not None and r.start:
+                self.kv[:, :, s, :, c - r.start : c] = r.cached
+        self.bias = attention_bias(prefill_mask(starts, self.length, device), stack.heads, stack.kv_heads, stack.dtype)

@@ -11,23 +11,46 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+import torch
 from transformers import DynamicCache
 
 
 @dataclass
 class CacheEntry:
-    ids: list[int] = field(default_factory=list)  # tokens whose keys and values `cache` holds
+    """The keys and values of `ids`, in one of two forms: the stacked path's one tensor
+    ([layers, 2 (keys, values), kv_heads, tokens, head_dim], see fused.py), or transformers' cache."""
+
+    ids: list[int] = field(default_factory=list)  # tokens whose keys and values the entry holds
     cache: DynamicCache = field(default_factory=DynamicCache)
+    kv: torch.Tensor | None = None
+
+    def as_stacked(self) -> None:
+        """Hold the keys and values in the stacked path's form (a checkpoint can move between the paths:
+        a LoRA adapter attached to a stacked model sends it to the transformers path)."""
+        if self.kv is None and self.ids and self.cache.layers:
+            self.kv = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in self.cache.layers])
+            self.cache = DynamicCache()
+
+    def as_dynamic(self) -> None:
+        """Hold the keys and values in transformers' form (see `as_stacked`)."""
+        if self.kv is not None:
+            cache = DynamicCache()
+            for i, layer in enumerate(self.kv):
+                cache.update(layer[0][None].clone(), layer[1][None].clone(), i)
+            self.cache, self.kv = cache, None
 
     def truncate(self, keep: int) -> None:
         """Keep the first `keep` tokens (start over where the cache cannot be cropped)."""
         drop = len(self.ids) - keep
         if drop <= 0:
             return
-        if keep == 0 or not self.cache.is_croppable:
-            self.ids, self.cache = [], DynamicCache()
+        if keep == 0 or (self.kv is None and not self.cache.is_croppable):
+            self.ids, self.cache, self.kv = [], DynamicCache(), None
             return
-        self.cache.crop(-drop)
+        if self.kv is not None:
+            self.kv = self.kv[:, :, :, :keep]
+        else:
+            self.cache.crop(-drop)
         del self.ids[keep:]
 
 

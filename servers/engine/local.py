@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
@@ -22,9 +22,8 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from switchgen.core.errors import InputTooLong
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.choices import choice_probabilities, choice_token_ids
-from switchgen.servers.engine.batching import DecodeWorker, Request, to_patch
-from switchgen.servers.engine.fused import StackedModels
-from switchgen.servers.engine.kvcache import CacheEntry, PrefixCachePool
+from switchgen.servers.engine.batching import DecodeWorker
+from switchgen.servers.engine.kvcache import PrefixCachePool
 from switchgen.servers.engine.loading import (
     attach_adapter,
     load_model,
@@ -33,26 +32,12 @@ from switchgen.servers.engine.loading import (
     resolve_dtype,
     resolve_model,
 )
+from switchgen.servers.engine.requests import LoadedModel, Request, to_patch
 
 _WRITTEN_CAPACITY = 128  # remembered (prompt + patch) texts per backend
 # Warm caches kept per backend: one per conversation in flight between its patches, so at least
 # the number of queries run at once (switchgen generate keeps 16 in flight by default).
-CACHE_CAPACITY = 32
-
-
-@dataclass
-class LoadedModel:
-    """One set of weights in memory, shared by every backend that names it.
-
-    `lock` is the device's: forward passes on one device run one at a time (each is already
-    batched), so decode threads of several checkpoints never oversubscribe its cores or streams.
-    """
-
-    location: str
-    model: torch.nn.Module
-    tokenizer: PreTrainedTokenizerBase
-    device: torch.device
-    lock: threading.RLock
+CACHE_CAPACITY = 64
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -158,33 +143,15 @@ class LocalBackend:
         choice_ids = self._choice_ids[key]
         ids = self.encode(prompt)
         self.check_length(len(ids), 1)
-        done = self.worker.run(self, Request(ids, None))
-        logits, prefilled = done.logits, done.prefilled
+        done = self.worker.run(self, Request(ids, None, choices=choice_ids))  # scored on the device, with others
         if not all(choice_ids):
-            return ChoiceScores(probs=None, mass=0.0, prefilled=prefilled)
-        full = torch.softmax(logits.float(), dim=-1)
-        probs, mass = choice_probabilities([float(full[ids].sum()) for ids in choice_ids], True)
-        return ChoiceScores(probs=probs, mass=mass, prefilled=prefilled)
+            return ChoiceScores(probs=None, mass=0.0, prefilled=done.prefilled)
+        assert done.scores is not None
+        probs, mass = choice_probabilities(done.scores, True)
+        return ChoiceScores(probs=probs, mass=mass, prefilled=done.prefilled)
 
     # -- used by the decode worker, on its thread ------------------------------------------
 
-    def prefill(self, ids: list[int], fused: tuple[StackedModels, int] | None = None) -> tuple[CacheEntry, torch.Tensor, int]:
-        """A cache holding `ids` and the logits after them; only tokens not already cached are run.
-
-        `fused` (stacked weights and this model's index there) runs the pass in batching's fused layout.
-        """
-        entry, shared = self.pool.checkout(ids)
-        keep = min(shared, len(ids) - 1)  # feed at least one token to get fresh logits
-        entry.truncate(keep)
-        new = ids[keep:]
-        if fused is not None:
-            entry.cache, last = fused[0].prefill(fused[1], entry.cache, new, len(entry.ids))
-        else:
-            last = self.forward(torch.tensor([new], device=self.device), entry.cache, None, None)[0]
-        entry.ids.extend(new)
-        return entry, last, len(new)
-
-    @torch.inference_mode()
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -193,6 +160,18 @@ class LocalBackend:
         position_ids: torch.Tensor | None,
     ) -> torch.Tensor:
         """Last-position logits for a batch; `cache` is extended in place."""
+        return self.forward_logits(input_ids, cache, attention_mask, position_ids, 1)[:, -1]
+
+    @torch.inference_mode()
+    def forward_logits(
+        self,
+        input_ids: torch.Tensor,
+        cache: DynamicCache,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        keep: int | torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits [rows, positions, vocab] at the last `keep` positions (or the positions a tensor lists)."""
         model = self.loaded.model
         out = model(
             input_ids=input_ids,
@@ -200,9 +179,9 @@ class LocalBackend:
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=keep,
         )
-        return out.logits[:, -1]
+        return out.logits
 
     def decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -275,6 +254,11 @@ class LocalEngine:
                 worker = self._workers.setdefault(str(dev), DecodeWorker(dev))
                 self._backends[bkey] = LocalBackend(loaded, adapter_name, self.cache_capacity, reuse, worker)
             return self._backends[bkey]
+
+    @property
+    def workers(self) -> list[DecodeWorker]:
+        """The decode thread of each device in use."""
+        return list(self._workers.values())
 
     @property
     def loaded_models(self) -> list[LoadedModel]:

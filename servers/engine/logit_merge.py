@@ -16,7 +16,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from switchgen.servers.base import ChoiceScores, GenerationParams, Patch, TextCallback
 from switchgen.servers.choices import choice_probabilities, choice_token_ids
 from switchgen.servers.engine.local import LocalBackend, encode
-from switchgen.servers.engine.sampling import next_token, seeded_generator
+from switchgen.servers.engine.sampling import check_params, next_token, row_key
 from switchgen.servers.stops import cut_at_stop
 
 
@@ -55,12 +55,13 @@ class LogitMergeBackend:
     def generate(self, prompt: str, params: GenerationParams, on_text: TextCallback | None = None) -> Patch:
         ids = encode(self.tokenizer, prompt)
         caches = [DynamicCache() for _ in self.backends]
-        generator = seeded_generator(params.seed, torch.device("cpu"))
+        check_params(params)
+        key = row_key(params.seed)
         out: list[int] = []
         finish = "length"
         merged = self._step(ids, caches)
         while len(out) < params.max_new_tokens:
-            token = next_token(merged, params, generator)  # log-probabilities work as logits
+            token = next_token(merged, params, key, len(out))  # log-probabilities work as logits
             out.append(token)
             if token in self.eos_ids and not params.ignore_eos:
                 finish = "eos"
