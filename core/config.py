@@ -36,6 +36,7 @@ Role = Literal["pretrained", "finetuned", "aligned", "other"]
 View = Literal["chat", "plain", "reference"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Strategy = Literal["learned", "random", "fixed", "single"]
+Calibration = Literal["auto", "none", "shifts", "permutations", "contextual"]
 Engine = Literal["local", "tgi", "openai"]
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -225,6 +226,13 @@ class SwitcherConfig(ServerFields):
     min_digit_mass: float = Field(
         0.0, ge=0.0, le=1.0, description="Fall back to the aligned model when the digits hold less mass."
     )
+    calibration: Calibration = Field(
+        "auto",
+        description="learned: how the digit distribution is read against the candidates' order (nodes/calibration.py). "
+        "none (1 switcher pass), shifts (n passes: the labels cyclically shifted, averaged per candidate), permutations "
+        "(n! passes), contextual (2 passes: divided by a content-free prompt's). auto: shifts for an untuned switcher "
+        "(no adapter, on a candidate's model), none for a trained one.",
+    )
 
     @field_validator("sequence", mode="before")
     @classmethod
@@ -313,6 +321,15 @@ class SwitchConfig(_Model):
     def switcher_twin(self) -> CandidateConfig | None:
         """The candidate whose model the switcher shares (an untuned switcher, or a LoRA on it), if any."""
         return next((c for c in self.candidates if c.model == self.switcher_model), None)
+
+    @property
+    def switcher_calibration(self) -> str:
+        """`switcher.calibration` made concrete: `auto` is `shifts` for an untuned switcher (no adapter, on a
+        candidate's model) and `none` for a trained one, which learned its digits under this order."""
+        sw = self.switcher
+        if sw.calibration != "auto":
+            return sw.calibration
+        return "shifts" if sw.adapter is None and self.switcher_twin is not None else "none"
 
     @property
     def switcher_device(self) -> str:

@@ -41,6 +41,8 @@ class Decision(TypedDict):
     probabilities: dict[str, float] | None
     # Probability mass the switcher put on the digit tokens at all (None when not asked).
     digit_mass: float | None
+    # Learned switcher: its forward passes for this decision (switcher.calibration: 1 for none, n for shifts).
+    passes: NotRequired[int]
     # Review mode: the candidate the switcher proposed when a reviewer chose another (how="review").
     proposed: NotRequired[str]
 

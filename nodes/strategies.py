@@ -1,8 +1,9 @@
 """Who picks the next author: one small object per `switcher.strategy`, each answering `choose(turn)`.
 
 learned: the switcher LM (the released switchers' prompt, one forward pass: the softmax of the
-next-token logits restricted to the digits 0..n-1, then top-p sampled; too little mass on the
-digits falls back to the aligned candidate). random: uniform. fixed: a sequence, cycling.
+next-token logits restricted to the digits 0..n-1, read per candidate through `switcher.calibration`
+(nodes/calibration.py: more passes with the labels relabelled), then top-p sampled; too little
+mass on the digits falls back to the aligned candidate). random: uniform. fixed: a sequence, cycling.
 single: one candidate writes everything. `STRATEGIES` maps the config's name to its builder.
 """
 
@@ -17,8 +18,9 @@ from switchgen.core.config import SwitchConfig
 from switchgen.core.errors import InputError
 from switchgen.core.prompts import switcher_prompt, user_turn
 from switchgen.core.trace import Segment
+from switchgen.nodes.calibration import distribution
 from switchgen.nodes.tracing import SwitcherRun
-from switchgen.servers.base import Backend
+from switchgen.servers.base import Backend, ChoiceScores
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Choice:
     how: str = "switcher"  # or "fallback": the learned switcher put too little mass on the digits
     probs: list[float] | None = None
     mass: float | None = None
+    passes: int | None = None  # the learned switcher's forward passes for this pick (its calibration's)
 
 
 class Strategy(Protocol):
@@ -97,30 +100,37 @@ class UniformRandom:
 
 @dataclass(frozen=True)
 class Learned:
-    """The switcher LM's distribution over the digits 0..n-1, top-p sampled."""
+    """The switcher LM's distribution over the candidates (read through `switcher.calibration`), top-p sampled."""
 
     config: SwitchConfig
     switcher: Backend
 
+    def ask(self, query: str, texts: Sequence[str], tags: Sequence[int]) -> ChoiceScores:
+        """One switcher pass: the released prompt with these author tags, the digits' distribution."""
+        n = len(self.config.names)
+        text = user_turn(self.switcher.tokenizer, switcher_prompt(query, texts, tags, n))
+        return self.switcher.choice_distribution(text, [str(i) for i in range(n)])
+
     def choose(self, turn: Turn) -> Choice:
         config, n = self.config, len(self.config.names)
         indices = [author_index(config, s) for s in turn.segments]
-        prompt = switcher_prompt(turn.query, [s["text"] for s in turn.segments], indices, n)
-        text = user_turn(self.switcher.tokenizer, prompt)
+        texts = [s["text"] for s in turn.segments]
+        text = user_turn(self.switcher.tokenizer, switcher_prompt(turn.query, texts, indices, n))
         run = SwitcherRun.start(model=config.switcher_model, prompt=text, step=turn.step)  # a run in LangChain callbacks
         try:
-            scores = self.switcher.choice_distribution(text, [str(i) for i in range(n)])
+            scores = distribution(self.ask, turn.query, texts, indices, n, config.switcher_calibration)
         except BaseException as err:
             run.error(err)
             raise
         if scores.probs is None or scores.mass < config.switcher.min_digit_mass:
-            choice = Choice(config.aligned_index, "fallback", scores.probs, scores.mass)
+            choice = Choice(config.aligned_index, "fallback", scores.probs, scores.mass, scores.passes)
         else:
-            choice = Choice(top_p_choice(scores.probs, config.switcher.top_p, turn.rng), "switcher", scores.probs, scores.mass)
+            index = top_p_choice(scores.probs, config.switcher.top_p, turn.rng)
+            choice = Choice(index, "switcher", scores.probs, scores.mass, scores.passes)
         if run.run is not None:
             probabilities = dict(zip(config.names, scores.probs, strict=True)) if scores.probs is not None else None
             decision = {"step": turn.step, "chosen": config.names[choice.index], "how": choice.how,
-                        "probabilities": probabilities, "digit_mass": scores.mass}
+                        "probabilities": probabilities, "digit_mass": scores.mass, "passes": scores.passes}
             run.end(decision, len(self.switcher.tokenizer.encode(text, add_special_tokens=False)))
         return choice
 

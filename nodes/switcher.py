@@ -76,6 +76,8 @@ class Switcher:
             "probabilities": dict(zip(config.names, choice.probs, strict=True)) if choice.probs is not None else None,
             "digit_mass": choice.mass,
         }
+        if choice.passes is not None:
+            decision["passes"] = choice.passes
         return decision, extra
 
 

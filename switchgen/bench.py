@@ -120,7 +120,9 @@ def measure_variants(b: Setup, s: BenchSettings, progress: Callable[[str], None]
     )
     med = {name: median(r) for name, r in runs.items()}
     variants = {n: {"median_s": t.seconds, "tokens": t.tokens, "s_per_token": t.seconds / t.tokens} for n, t in med.items()}
-    return {"variants": variants, "raw": _raw(runs)}
+    switcher = {"calibration": b.cfg.switcher_calibration,
+                "passes_per_answer": statistics.median(t.passes for t in runs["switch"])}
+    return {"variants": variants, "raw": _raw(runs), "switcher": switcher}
 
 
 def measure_budgets(b: Setup, s: BenchSettings, progress: Callable[[str], None]) -> dict:

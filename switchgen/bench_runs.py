@@ -37,6 +37,7 @@ QUERIES = [
 class Timing:
     seconds: float
     tokens: int
+    passes: int = 0  # the learned switcher's forward passes (switcher.calibration multiplies them)
 
 
 def repeat_run(times: int, fn: Callable[[], Timing]) -> Timing:
@@ -68,7 +69,8 @@ def bench_config(config: SwitchConfig, budget: int, device: str | None) -> Switc
 def run_switch(graph, query: str) -> Timing:
     start = time.perf_counter()
     result = graph.invoke({"query": query})
-    return Timing(time.perf_counter() - start, result["tokens_used"])
+    passes = sum(d.get("passes", 0) for d in result["decisions"])
+    return Timing(time.perf_counter() - start, result["tokens_used"], passes)
 
 
 def run_single(config: SwitchConfig, aligned: Backend, query: str, tokens: int) -> Timing:

@@ -33,6 +33,8 @@ def variants_table(report: dict) -> str:
     lines = [header(report), "", "| variant | median s | tokens | ms/token |", "|---|---:|---:|---:|"]
     lines += [f"| {n} | {t['median_s']:.3f} | {t['tokens']} | {1000 * t['s_per_token']:.2f} |"
               for n, t in report["variants"].items()]
+    if sw := report.get("switcher"):  # the switcher's cost in forward passes (switcher.calibration multiplies them)
+        lines.append(f"switcher: calibration {sw['calibration']}, {sw['passes_per_answer']:g} switcher passes per answer (median)")
     return "\n".join(lines)
 
 

@@ -70,6 +70,23 @@ def skills_kit(switchgen_home: Path) -> dict[str, Path]:
     return ensure_skills_kit()
 
 
+# The notebook's rollouts (notebooks/train_and_evaluate.ipynb): skills-switch, every train query, budget 12.
+SKILLS_SWITCH_ROLLOUTS = ["rollouts", "--task", "skills-switch", "--preset", "skills", "--max-new-tokens", "12",
+                          "--k", "2", "--seed", "0", "--concurrency", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def skills_switch_rollouts(skills_kit: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """skills-switch rollouts exactly as the notebook makes them, made once in a folder of their own (the records
+    and their settings' fingerprint): the notebook's test copies the folder as the notebook's (its command then
+    resumes a complete file) and switch-global trains on the file."""
+    from switchgen.cli import main
+
+    path = tmp_path_factory.mktemp("skills-rollouts") / "rollouts.jsonl"
+    assert main([*SKILLS_SWITCH_ROLLOUTS, "--out", str(path)]) == 0
+    return path
+
+
 @pytest.fixture(scope="session")
 def engine(toy_kit: dict[str, Path]):
     """One in-process engine (KV-cache reuse on) shared by the tests: each toy model loads once."""

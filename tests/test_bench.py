@@ -38,8 +38,11 @@ def test_bench_reports_every_variant_sweep_and_ratio(toy_kit, tmp_path, capsys):
     # Budgets of at most two patches are both anchored: the report says the switcher never ran (issue 11).
     assert [n.split(":")[0] for n in report["notes"]] == ["budget 40", "budget 20"]
     assert all("switcher is never called" in n for n in report["notes"])
+    # The switcher's cost in forward passes (switcher.calibration multiplies them): none called here.
+    assert report["switcher"] == {"calibration": "none", "passes_per_answer": 0}
     table = capsys.readouterr().out
     assert "note: budget 40: at most two patches" in table
+    assert "switcher: calibration none, 0 switcher passes per answer" in table
     for name in ("switch_vs_single", "reference_batched_vs_switch_c2", "spread_under_load_vs_single", "weights in memory"):
         assert name in table
 

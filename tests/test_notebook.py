@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -76,7 +77,7 @@ def images(nb) -> int:
     return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
-def test_train_and_evaluate_notebook_executes(skills_kit, tmp_path):
+def test_train_and_evaluate_notebook_executes(skills_kit, skills_switch_rollouts, tmp_path):
     """skills kit -> rollouts -> train -> eval -> analyze -> distill, top to bottom, committed WITH its
     outputs (a reader on GitHub sees the plots): the committed copy must already show them.
 
@@ -88,6 +89,8 @@ def test_train_and_evaluate_notebook_executes(skills_kit, tmp_path):
     nb = nbformat.read(TRAIN_AND_EVALUATE, as_version=4)
     assert images(nb) >= 5, "commit notebooks/train_and_evaluate.ipynb executed, with its plots"
     nb = executed_copy(nb)
+    # The rollouts the notebook's command would write, made once for the session (conftest): it resumes them.
+    shutil.copytree(skills_switch_rollouts.parent, tmp_path / "train-and-evaluate-run")  # records + their fingerprint
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
