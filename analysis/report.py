@@ -80,6 +80,11 @@ class Page:
     md: list[str] = field(default_factory=list)
     numbers: dict[str, Any] = field(default_factory=dict)
 
+    def authors(self) -> list[str]:
+        """The candidates the switching methods wrote with (not a baseline's own author, e.g. merge, soup)."""
+        seen = {a for m in self.switching for a in candidates_of(self.task.methods[m])}
+        return [c for c in self.candidates if c in seen]
+
     def figure(self, kind: str) -> tuple[str, Path]:
         name = f"{kind}_{_slug(self.task.task)}.png"
         return name, self.out / name
@@ -132,7 +137,7 @@ def _results(page: Page) -> None:
 def _positions(page: Page) -> None:
     if not page.switching:
         return
-    shares = {m: authors_by_position(page.task.methods[m], page.candidates) for m in page.switching}
+    shares = {m: authors_by_position(page.task.methods[m], page.authors()) for m in page.switching}
     name, path = page.figure("positions")
     position_heatmaps(page.task.task, shares, path)
     page.md += ["### Who writes where", "",
@@ -195,7 +200,7 @@ def _singles(page: Page, threshold: float | None) -> None:
 def _tokens(page: Page) -> None:
     if not page.switching:
         return
-    candidates = page.candidates
+    candidates = page.authors()
     tokens = {m: dict(tokens_by_candidate(page.task.methods[m])) for m in page.switching}
     name, path = page.figure("tokens")
     token_shares(page.task.task, tokens, candidates, path)

@@ -284,7 +284,8 @@ class SwitchConfig(_Model):
         if len(set(names)) != len(names):
             raise ValueError(f"candidate names must be unique, got {names}")
         if self.patch_size > self.max_new_tokens:
-            raise ValueError(f"patch_size ({self.patch_size}) exceeds max_new_tokens ({self.max_new_tokens})")
+            raise ValueError(f"patch_size ({self.patch_size}) exceeds max_new_tokens ({self.max_new_tokens}): "
+                             "lower patch_size (--patch-size) or raise the budget")
         sw = self.switcher
         if sw.strategy == "learned" and len(names) > 10:
             raise ValueError("the learned switcher answers with one digit: at most 10 candidates")

@@ -242,3 +242,22 @@ def eval_dir(toy_kit, tmp_path_factory) -> Path:
     # for sequence effects to exist); which seed does so depends on the engine's sampler.
     return write_eval_dir(tmp_path_factory.mktemp("eval"), toy_config_dict, "single:P,single:F,single:A,switch,random",
                           "--patch-sizes", "4,12", "--seed", "2")
+
+
+def test_heat_maps_list_only_the_switching_methods_authors(tmp_path: Path):
+    """A baseline with an author of its own (logit-merge's `merge`, soup's `soup`) adds no row to the
+    switching methods' heat maps and token shares: they would always read 0/n."""
+    from switchgen.analysis.report import analyze_task
+    from switchgen.core.records import EvalRecord, EvalRun, TaskRun
+
+    def record(i: int, authors: str) -> EvalRecord:
+        segments = [{"candidate": a, "index": "PFA".index(a) if a in "PFA" else 0, "tokens": 2} for a in authors]
+        return EvalRecord.model_validate({"id": str(i), "score": i % 2, "segments": segments, "tokens_used": 2 * len(authors)})
+
+    switch = [record(i, "APA" if i % 2 else "AAP") for i in range(6)]
+    merged = [EvalRecord.model_validate({"id": str(i), "score": 0, "segments": [{"candidate": "merge", "tokens": 4}]})
+              for i in range(6)]
+    task = TaskRun("t", {"switch": switch, "logit-merge": merged})
+    _, numbers = analyze_task(EvalRun(tmp_path, {"t": task}, []), task, tmp_path, "switch", None)
+    assert numbers["positions"]["switch"]["candidates"] == ["P", "A"]
+    assert set(numbers["tokens_by_candidate"]["switch"]) == {"P", "A"}

@@ -313,6 +313,9 @@ def test_metrics_count_requests_tokens_per_candidate_and_switcher_calls(api, cli
     assert asked >= 1 and metric(api.url, "switchgen_api_switcher_calls_total") - calls == asked
     assert metric(api.url, "switchgen_api_requests_total", route="/v1/chat/completions", status="200") == ok + 1
     assert metric(api.url, "switchgen_api_request_duration_seconds_count", route="/v1/chat/completions") >= 1
+    refused = metric(api.url, "switchgen_api_requests_total", route="/v1/chat/completions", status="403")
+    assert httpx.post(f"{api.url}/v1/chat/completions", json={}, headers={"Host": "attacker.example"}).status_code == 403
+    assert metric(api.url, "switchgen_api_requests_total", route="/v1/chat/completions", status="403") == refused + 1
     text = httpx.get(f"{api.url}/metrics")
     assert text.headers["content-type"].startswith("text/plain")
     assert "switchgen_api_queue_depth 0.0" in text.text and "switchgen_api_running_requests 0.0" in text.text

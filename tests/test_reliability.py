@@ -517,7 +517,8 @@ def _overlong_run(tmp_path: Path, config: Path, capsys) -> None:
     assert all(r["generation_log"] for r in (records[0], records[2]))
     before = out.read_bytes()
     code, err = cli(capsys, "generate", "--input", inputs, "--config", config, "--output", out, "--no-progress")
-    assert code == 0 and out.read_bytes() == before  # not retried forever
+    assert out.read_bytes() == before  # not retried forever
+    assert code == 1 and "1 queries are too long" in err  # and not silently passed over: the file still holds it
 
 
 def test_overlong_input_in_process_is_refused_and_recorded_once(tmp_path: Path, small_config: Path, capsys, engine):

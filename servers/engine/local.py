@@ -49,7 +49,9 @@ def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """
     bos = tokenizer.bos_token
     add_special = not (bos and text.startswith(bos))
-    return tokenizer(text, add_special_tokens=add_special)["input_ids"]
+    # verbose off: the engine checks lengths against the model's context itself (check_length), and
+    # transformers' "longer than the maximum sequence length" warning would reach the user's screen.
+    return tokenizer(text, add_special_tokens=add_special, verbose=False)["input_ids"]
 
 
 class LocalBackend:
@@ -109,7 +111,7 @@ class LocalBackend:
         if known is None:
             return encode(self.tokenizer, text)
         rest = text[len(known) :]
-        return ids + (self.tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else [])
+        return ids + (self.tokenizer(rest, add_special_tokens=False, verbose=False)["input_ids"] if rest else [])
 
     def generate(self, prompt: str, params: GenerationParams, on_text: TextCallback | None = None) -> Patch:
         """One patch; where the context cannot hold max_new_tokens more, as many as fit (`context_full`)."""

@@ -296,6 +296,8 @@ class _Gate:
 
     def __init__(self, app: ASGIApp, service: HttpService, open_paths: frozenset[str]) -> None:
         self.app, self.service, self.open_paths = app, service, open_paths
+        # A request refused before routing (Host/Origin, key) still counts under its route's name.
+        self.paths = frozenset(getattr(route, "path", "") for route in getattr(app, "routes", ()))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -321,7 +323,7 @@ class _Gate:
             self._done(scope, status or 499, time.perf_counter() - started, rid)
 
     def _done(self, scope: Scope, status: int, seconds: float, rid: str) -> None:
-        route = getattr(scope.get("route"), "path", None) or "other"
+        route = getattr(scope.get("route"), "path", None) or (scope["path"] if scope["path"] in self.paths else "other")
         for observe in self.service.observers:
             observe(route, status, seconds)
         if self.service.access_log and ACCESS_LOG.isEnabledFor(logging.INFO):

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     quiet_transformers()
     from switchgen.core.jobs import check_resumable
-    from switchgen.core.records import is_failed, is_retried
+    from switchgen.core.records import is_failed, is_retried, read_jsonl
     from switchgen.generate import check_output, default_output, fingerprint, read_inputs, run_file
     from switchgen.graph import build_graph
     from switchgen.graph.backends import server_probes
@@ -44,29 +44,31 @@ def run(args: argparse.Namespace) -> int:
     config = load_command_config(args)
     check_resumable(output, fingerprint(config), inputs=inputs, overwrite=args.overwrite, flag="--output")
     check_servers(server_probes(config))  # every server answers before any query runs
-    permanent: list[dict] = []
+    fresh: list[dict] = []  # this run's permanent failures
 
     def note(record: dict) -> None:
         if is_failed(record) and not is_retried(record):
-            permanent.append(record)
+            fresh.append(record)
 
     start, written, failed = run_file(build_graph(config), config, inputs, output, progress=not args.no_progress,
                                       concurrency=args.concurrency, on_record=note, overwrite=args.overwrite)
     resumed = f" (resumed after {start})" if start else ""
     print(f"{start + written} records in {output}{resumed}")
-    _report_failures(failed, len(permanent))
-    return 1 if failed else 0
+    # Permanent failures of earlier runs stay in the file (a rerun skips them): said on every run.
+    refused = sum(is_failed(r) and not is_retried(r) for r in read_jsonl(output))
+    _report_failures(failed - len(fresh), refused)
+    return 1 if failed or refused else 0
 
 
-def _report_failures(failed: int, refused: int) -> None:
+def _report_failures(server_failed: int, refused: int) -> None:
     if refused:
         print(
             f"switchgen: {refused} queries are too long for a model; their records hold \"error\" and "
             "\"permanent\": true (a rerun skips them): shorten those inputs",
             file=sys.stderr,
         )
-    if failed > refused:
+    if server_failed:
         print(
-            f"switchgen: {failed - refused} queries failed on a server; their records hold \"error\": rerun to retry them",
+            f"switchgen: {server_failed} queries failed on a server; their records hold \"error\": rerun to retry them",
             file=sys.stderr,
         )

@@ -10,6 +10,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -153,6 +154,8 @@ def log(line: str) -> None:
 def quiet_transformers() -> None:
     """Loading bars and warnings from transformers would bury our progress bar."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # peft reads transformers' deprecated alias on every adapter load: nothing a user can act on.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     from transformers.utils import logging
 
     logging.disable_progress_bar()
