@@ -13,7 +13,7 @@ replays from a checkpoint, a parent graph resuming this one as its subgraph — 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -22,13 +22,16 @@ from langchain_core.runnables.config import ensure_config
 # Private, and on purpose: LangGraph sets this key when a parent graph resumes this one as its
 # subgraph, and exports it nowhere public (langgraph.constants warns that it is private). Without
 # it a resumed subgraph's input would be taken for a new turn and its trace started afresh.
-from langgraph._internal._constants import CONFIG_KEY_RESUMING
+# Private too: a parent graph that streams its subgraphs puts its stream (with its modes) under
+# CONFIG_KEY_STREAM, and its custom writer is what this graph's nodes then write to.
+from langgraph._internal._constants import CONFIG_KEY_RESUMING, CONFIG_KEY_STREAM
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 
 from switchgen.core.config import SwitchConfig
 from switchgen.graph.inputs import admit_turn
 from switchgen.nodes.context import resolve_config
+from switchgen.nodes.streaming import WATCHED_KEY
 from switchgen.nodes.turn import TURN_KEY
 
 # Runs that continue a turn (resume, replay) may carry on with the turn's stored budget, which
@@ -89,10 +92,22 @@ class SwitchGraph(CompiledStateGraph):
         config["configurable"] = {**(config.get("configurable") or {}), TURN_KEY: uuid.uuid4().hex}
         return input, config  # type: ignore[return-value]
 
+    def _watch(self, config: RunnableConfig, kwargs: dict[str, Any]) -> RunnableConfig:
+        """Tell the nodes whether the custom stream is read (nodes/streaming.py): by this run's modes,
+        or by a parent graph's that streams this one as its subgraph."""
+        modes = {*_modes(kwargs.get("stream_mode") or self.stream_mode), *_modes(kwargs.get("print_mode") or ())}
+        parent = (config.get("configurable") or {}).get(CONFIG_KEY_STREAM)
+        watched = "custom" in modes or (parent is not None and "custom" in getattr(parent, "modes", {"custom"}))
+        return {**config, "configurable": {**(config.get("configurable") or {}), WATCHED_KEY: watched}}  # type: ignore[typeddict-item]
+
     def stream(self, input: Any, config: RunnableConfig | None = None, *, context: Any = None, **kwargs: Any):  # type: ignore[override]
         input, config = self._prepare(input, config, context)
-        return super().stream(input, config, context=context, **kwargs)
+        return super().stream(input, self._watch(config, kwargs), context=context, **kwargs)
 
     def astream(self, input: Any, config: RunnableConfig | None = None, *, context: Any = None, **kwargs: Any):  # type: ignore[override]
         input, config = self._prepare(input, config, context)
-        return super().astream(input, config, context=context, **kwargs)
+        return super().astream(input, self._watch(config, kwargs), context=context, **kwargs)
+
+
+def _modes(mode: str | Sequence[str]) -> list[str]:
+    return [mode] if isinstance(mode, str) else list(mode)

@@ -49,7 +49,7 @@ class Generator:
         stream = PatchStream(candidate.name, len(segments), run)  # tokens with their author (custom, messages)
         stream.emit(cue)
         try:
-            patch = self.backend.generate(prompt, params, on_text=stream.emit)
+            patch = self.backend.generate(prompt, params, on_text=stream.emit if stream.listening else None)
         except InputTooLong as err:
             run.error(err)
             if not segments:

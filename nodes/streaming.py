@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-from langgraph.config import get_stream_writer
+from langgraph.config import get_config, get_stream_writer
 from langgraph.types import StreamWriter
 
 from switchgen.nodes.tracing import PatchRun
@@ -23,11 +23,21 @@ class TokenEvent(TypedDict):
     patch: int
 
 
+# Set by the graph (graph/compiled.py) to whether the run's custom stream is read: outside `custom`
+# mode LangGraph hands nodes a writer that does nothing, and says nowhere else that nobody reads.
+# Absent (the nodes in a graph of one's own): a patch is streamed.
+WATCHED_KEY = "switchgen_tokens_watched"
+
+
 def _writer() -> StreamWriter | None:
+    """The run's custom-stream writer, or None outside a graph run (a node used on its own) or when
+    the run's custom stream is not read."""
     try:
-        return get_stream_writer()
-    except RuntimeError:  # called outside a graph run (a node used on its own)
+        writer = get_stream_writer()
+        watched = (get_config().get("configurable") or {}).get(WATCHED_KEY, True)
+    except RuntimeError:
         return None
+    return writer if watched else None
 
 
 class PatchStream:
@@ -39,6 +49,13 @@ class PatchStream:
         self.sent = ""
         self.run = run
         self._write = _writer()
+
+    @property
+    def listening(self) -> bool:
+        """Whether anyone receives the patch's text as it is written: the custom stream, a callback run
+        (LangGraph's `messages` mode, a tracer). Nobody: the backend need not stream (no detokenising
+        per token, no events across threads)."""
+        return self._write is not None or (self.run is not None and self.run.run is not None)
 
     def emit(self, text: str) -> None:
         if not text:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
+from langchain_core.callbacks import BaseCallbackManager, CallbackManager, CallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, LLMResult
 
@@ -32,6 +32,10 @@ def _manager(metadata: dict[str, Any]) -> CallbackManager | None:
     try:
         config = get_config()
     except RuntimeError:  # a node function called on its own
+        return None
+    callbacks = config.get("callbacks")
+    if callbacks is None or (isinstance(callbacks, BaseCallbackManager) and not callbacks.handlers):
+        # Nobody listens: a tracer enabled by the environment would have joined the graph's own run.
         return None
     manager = CallbackManager.configure(
         inheritable_callbacks=config.get("callbacks"),

@@ -150,3 +150,56 @@ def test_chat_bad_settings_are_one_line_errors(monkeypatch, capsys, tmp_path, ar
     code = main([*base, *args])
     out, err = capsys.readouterr()
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+
+def _listening_graph(seen: list[bool]):
+    """A real one-node LangGraph graph whose node records whether a patch there would be watched."""
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    from switchgen.nodes.streaming import PatchStream
+    from switchgen.nodes.tracing import PatchRun
+
+    class S(TypedDict, total=False):
+        x: int
+
+    def node(state: S) -> S:
+        run = PatchRun.start(candidate="A", model="toy:A", patch=0, prompt="p", message_id=None, invocation={})
+        seen.append(PatchStream("A", 0, run).listening)
+        run.end(text="", input_tokens=1, output_tokens=0, finish_reason="length", prefilled=1)
+        return {"x": 1}
+
+    return StateGraph(S).add_node("n", node).add_edge(START, "n").add_edge("n", END).compile()
+
+
+def test_a_patch_streams_only_when_its_tokens_are_read(make_graph):
+    """A run whose custom stream nobody reads (invoke, batch, `values`) does not ask the backend to
+    stream (no detokenising per token, no events across threads); `custom` and `messages` do, and so
+    does a parent graph that streams this one as its subgraph. The answer is the same either way."""
+    from switchgen.nodes.streaming import WATCHED_KEY
+
+    seen: list[bool] = []
+    node_graph = _listening_graph(seen)
+    node_graph.invoke({})  # a graph of one's own: no word from switchgen's graph, so streamed
+    node_graph.invoke({}, {"configurable": {WATCHED_KEY: False}})
+    list(node_graph.stream({}, {"configurable": {WATCHED_KEY: False}}, stream_mode=["values", "messages"]))
+    assert seen == [True, False, True]
+
+    _, graph = make_graph(max_new_tokens=24, patch_size=8, seed=3)
+    query = {"query": "Tell me a short story."}
+    events = list(graph.stream(query, stream_mode="custom"))
+    assert len(events) > 3  # token by token
+    answer = graph.invoke(query)
+    assert "".join(e["text"] for e in events) == "".join(s["text"] for s in answer["segments"])
+    watched = [graph._watch({}, kw)["configurable"][WATCHED_KEY]
+               for kw in ({}, {"stream_mode": "values"}, {"stream_mode": ["updates", "custom"]}, {"print_mode": "custom"})]
+    assert watched == [False, False, True, True]
+
+    from langgraph.graph import END, START, StateGraph
+
+    parent = StateGraph(dict).add_node("inner", graph).add_edge(START, "inner").add_edge("inner", END).compile()
+    nested = [data for _, mode, data in parent.stream(query, stream_mode=["custom", "values"], subgraphs=True)
+              if mode == "custom"]
+    assert [e["text"] for e in nested] == [e["text"] for e in events]

@@ -55,11 +55,19 @@ class CacheEntry:
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
+    """The length of the longest common prefix: a binary search over slice comparisons (done in C),
+    so checking a pool of long prompts costs little of the decode thread's time."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if a[:n] == b[:n]:  # the usual case: one extends the other
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 class PrefixCachePool:
