@@ -279,3 +279,18 @@ def test_lora_switcher_shares_weights_and_stays_off_for_the_candidate(toy_kit, l
     assert first["how"] == "switcher"
     assert list(first["probabilities"].values()) == pytest.approx(with_adapter.probs, rel=1e-4)
     assert len(engine.loaded_models) == 3
+
+
+def test_common_prefix_matches_its_definition():
+    """The pool's prefix length (slice compares in doubling, then halving steps) equals the first
+    index where the ids differ, for ids that share a prefix of any length and differ anywhere."""
+    import random
+
+    from switchgen.servers.engine.kvcache import common_prefix
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        a = [rng.randrange(3) for _ in range(rng.randrange(300))]
+        b = a[: rng.randrange(len(a) + 1)] + [rng.randrange(3) for _ in range(rng.randrange(40))]
+        first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        assert common_prefix(a, b) == common_prefix(b, a) == first

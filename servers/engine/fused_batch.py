@@ -188,18 +188,23 @@ class FusedBatch:
         if self.graphed:  # a power of two (within the capacity): one graph serves many steps
             window = min(self.buf.cols, max(_WINDOW, 1 << longest.bit_length()))
         key = (models.start, models.stop, self.per_model, window)
-        rows = None  # on CPU only the occupied slots sample (a captured graph samples them all)
+        rows = spans = None  # eagerly only the occupied slots sample and attend (a captured graph: all)
         first = models.start * self.per_model
         live = [s - first for s in self.live]
         if not self.graphed and len(live) < (models.stop - models.start) * self.per_model:
             rows = torch.tensor(live, device=self.stack.device)
-        logits = self.graphs.run(key, lambda: self._compute(models, window, rows))
+            spans = _spans(live)
+        logits = self.graphs.run(key, lambda: self._compute(models, window, rows, spans))
         for s in self.live:
             self.lengths[s] += 1
         return slice(models.start * self.per_model, models.stop * self.per_model), logits
 
-    def _compute(self, models: slice, window: int, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """The step on the fixed buffers, device operations only (what a CUDA graph captures)."""
+    def _compute(
+        self, models: slice, window: int, rows: torch.Tensor | None = None, spans: list[tuple[int, int]] | None = None
+    ) -> torch.Tensor:
+        """The step on the fixed buffers, device operations only (what a CUDA graph captures). `rows`:
+        the slots that sample; `spans`: the runs of slots that attend (reading the cache is most of a
+        step's time on CPU, and a free slot's output is never read)."""
         st, buf, per = self.stack, self.buf, self.per_model
         slots = slice(models.start * per, models.stop * per)
         n = (models.stop - models.start) * per
@@ -211,7 +216,13 @@ class FusedBatch:
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             kv[i, 0].scatter_(2, column, k)
             kv[i, 1].scatter_(2, column, v)
-            return attention(q, kv[i, 0, :, :, :window], kv[i, 1, :, :, :window], bias, st.scale)
+            keys, values = kv[i, 0, :, :, :window], kv[i, 1, :, :, :window]
+            if spans is None:
+                return attention(q, keys, values, bias, st.scale)
+            out = torch.zeros_like(q)
+            for a, b in spans:
+                out[a:b] = attention(q[a:b], keys[a:b], values[a:b], bias[a:b], st.scale)
+            return out
 
         shape = (models.stop - models.start, per)
         h = st.run(buf.tokens[slots].view(shape), positions.view(shape), attend, per, models)
@@ -224,3 +235,14 @@ class FusedBatch:
         positions += buf.occupied[slots]
         buf.counters[slots] += 1
         return logits
+
+
+def _spans(slots: list[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive slots, as [start, stop) pairs: [0, 1, 2, 5, 6] -> [(0, 3), (5, 7)]."""
+    spans: list[tuple[int, int]] = []
+    for s in slots:
+        if spans and spans[-1][1] == s:
+            spans[-1] = (spans[-1][0], s + 1)
+        else:
+            spans.append((s, s + 1))
+    return spans

@@ -55,19 +55,23 @@ class CacheEntry:
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
-    """The length of the longest common prefix: a binary search over slice comparisons (done in C),
-    so checking a pool of long prompts costs little of the decode thread's time."""
+    """The length of the longest common prefix, by slice comparisons (done in C) in doubling steps,
+    then halving: a pool entry of another conversation costs a few short compares, the matching one
+    about one pass over its ids. It runs on the decode thread for every request and pooled entry."""
     n = min(len(a), len(b))
-    if a[:n] == b[:n]:  # the usual case: one extends the other
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    lo, step = 0, 16
+    while lo < n:
+        hi = min(n, lo + step)
+        if a[lo:hi] != b[lo:hi]:
+            while hi - lo > 1:  # a[:lo] == b[:lo]; they differ somewhere before hi
+                mid = (lo + hi) // 2
+                if a[lo:mid] == b[lo:mid]:
+                    lo = mid
+                else:
+                    hi = mid
+            return lo
+        lo, step = hi, step * 2
+    return n
 
 
 class PrefixCachePool:
