@@ -398,13 +398,15 @@ class ChatAPI:
         return JSONResponse({**head, "object": fmt.object, "choices": choices, "usage": usage_of(answers),
                              "switchgen": choices[0]["switchgen"]})
 
-    def _works(self, run: Run) -> list[Work]:
-        """A graph run per choice: its token events emitted, its final state returned."""
+    def _works(self, run: Run, *, streamed: bool) -> list[Work]:
+        """A graph run per choice: its token events emitted (when `streamed`: an answer sent whole
+        leaves the custom stream unread, so the engine does not stream it), its final state returned."""
+        modes = STREAM_MODES if streamed else ["values"]
 
         def work(context: dict[str, Any] | None) -> Work:
             def go(emit: Callable[[Any], None], cancelled: threading.Event) -> Any:
                 final = None
-                for mode, data in run.graph.stream(run.inputs, context=context, stream_mode=STREAM_MODES):
+                for mode, data in run.graph.stream(run.inputs, context=context, stream_mode=modes):
                     if cancelled.is_set():  # the client went away: closing the stream stops the graph
                         break
                     if mode == "values":
@@ -424,7 +426,7 @@ class ChatAPI:
 
     async def _answers(self, run: Run, deadline: float) -> list[AIMessage]:
         answers: dict[int, AIMessage] = {}
-        async with aclosing(bridged(self.executor, self._works(run), deadline=deadline)) as events:
+        async with aclosing(bridged(self.executor, self._works(run, streamed=False), deadline=deadline)) as events:
             async for i, kind, item in events:
                 if kind == "done":
                     answers[i] = final_answer(item)
@@ -442,7 +444,7 @@ class ChatAPI:
                 if (role := fmt.role(head, i)) is not None:
                     yield role
             try:
-                async with aclosing(bridged(self.executor, self._works(run), deadline=deadline)) as events:
+                async with aclosing(bridged(self.executor, self._works(run, streamed=True), deadline=deadline)) as events:
                     async for i, kind, item in events:
                         for chunk in self._chunks(fmt, head, i, kind, item, holds[i], run.stop, answers):
                             yield chunk
