@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from switchgen.core.config import SwitchConfig, load_config
 from switchgen.core.errors import ConfigError
-from switchgen.servers.base import Backend
+from switchgen.servers.base import Backend, ChoiceScores
 from switchgen.servers.engine.local import LocalBackend, LocalEngine
 
 ORACLE = "oracle"
@@ -204,20 +204,36 @@ def _untuned(arg: str | None, setup: EvalSetup) -> Method:
 
 class RouteMethod:
     """Prompt-based routing: the aligned model reads the routing prompt (core/prompts.py) and the
-    candidate whose digit it scores highest writes the whole answer."""
+    candidate it scores highest writes the whole answer. The router is an untuned model, so its digits
+    are read through the same calibration as an untuned switcher's (nodes/calibration.py: `auto` is
+    `shifts`; a concrete `switcher.calibration` is used as given): otherwise the route follows the
+    candidates' order in the file, not their roles."""
 
     def __init__(self, setup: EvalSetup) -> None:
         cfg = setup.config
         self.config = cfg
         self.router = setup.backends[cfg.names[cfg.aligned_index]]
         self.single = GraphMethod(setup, variant(cfg, strategy="single", candidate=cfg.names[cfg.aligned_index]))
+        calibration = cfg.switcher.calibration
+        self.calibration = "shifts" if calibration == "auto" else calibration
 
-    def invoke(self, query: str, seed: int | None) -> dict[str, Any]:
+    def ask(self, query: str, roles: Sequence[str], labels: Sequence[int]) -> ChoiceScores:
+        """One routing pass, candidate c (role roles[c]) listed as model labels[c]."""
         from switchgen.core.prompts import routing_prompt, user_turn
 
+        listed = [""] * len(roles)
+        for role, label in zip(roles, labels, strict=True):
+            listed[label] = role
+        prompt = user_turn(self.router.tokenizer, routing_prompt(query, listed))
+        return self.router.choice_distribution(prompt, [str(i) for i in range(len(roles))])
+
+    def invoke(self, query: str, seed: int | None) -> dict[str, Any]:
+        from switchgen.graph import calibrated_distribution
+
         cfg = self.config
-        prompt = user_turn(self.router.tokenizer, routing_prompt(query, [c.role for c in cfg.candidates]))
-        scores = self.router.choice_distribution(prompt, [str(i) for i in range(len(cfg.names))])
+        roles = [c.role for c in cfg.candidates]
+        # The candidates' roles are the "segments" the calibration relabels (each listed under every digit in turn).
+        scores = calibrated_distribution(self.ask, query, roles, range(len(roles)), len(roles), self.calibration)
         if scores.probs is None:
             index, how = cfg.aligned_index, "fallback"
         else:
@@ -225,7 +241,7 @@ class RouteMethod:
         result = self.single.invoke(query, seed, candidate=cfg.names[index])
         probabilities = dict(zip(cfg.names, scores.probs, strict=True)) if scores.probs else None
         result["route"] = {"chosen": cfg.names[index], "how": how, "probabilities": probabilities,
-                           "digit_mass": scores.mass}
+                           "digit_mass": scores.mass, "passes": scores.passes, "calibration": self.calibration}
         return result
 
 

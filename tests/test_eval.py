@@ -299,3 +299,31 @@ def test_a_registered_method_runs_by_name(engine, toy_config, tmp_path):
         del METHODS["constant"]
     assert [r["score"] for r in read(method_file(tmp_path, "toy-qa", "constant"))] == [0.0, 0.0, 0.0, 1.0]
     assert row["mean"] == 0.25 and row["tokens"] == 4
+
+
+def test_route_reads_the_candidates_not_their_order(skills_kit):
+    """The router (A, untuned) is read through the switcher's calibration: under `permutations` (every
+    labelling) listing the candidates in another order changes nothing it gives each of them; `auto`
+    reads it as an untuned switcher is read (`shifts`, n passes)."""
+    from switchgen.evaluation.methods import EvalSetup, RouteMethod
+    from switchgen.graph import load_config
+    from switchgen.graph.backends import connect
+    from switchgen.servers.engine.local import LocalEngine
+
+    engine = LocalEngine()
+
+    def route(order: str, calibration: str) -> dict:
+        data = load_config("skills").model_dump()
+        by_name = {c["name"]: c for c in data["candidates"]}
+        data["candidates"] = [by_name[n] for n in order]
+        data["switcher"]["calibration"] = calibration
+        config = load_config(data)
+        backends, _ = connect(config, engine)
+        method = RouteMethod(EvalSetup(config, engine, dict(zip(config.names, backends, strict=True))))
+        return method.invoke("Which city is the capital of Peru?", seed=0)["route"]
+
+    forward, backward = route("PFA", "permutations"), route("AFP", "permutations")
+    assert forward["passes"] == backward["passes"] == 6
+    assert forward["probabilities"] == pytest.approx(backward["probabilities"], abs=1e-5)
+    default = route("PFA", "auto")
+    assert (default["calibration"], default["passes"]) == ("shifts", 3)
