@@ -328,9 +328,15 @@ class SwitchConfig(_Model):
         """`switcher.calibration` made concrete: `auto` is `shifts` for an untuned switcher (no adapter, on a
         candidate's model) and `none` for a trained one, which learned its digits under this order."""
         sw = self.switcher
-        if sw.calibration != "auto":
-            return sw.calibration
-        return "shifts" if sw.adapter is None and self.switcher_twin is not None else "none"
+        return self.calibration_for(untuned=sw.adapter is None and self.switcher_twin is not None)
+
+    def calibration_for(self, *, untuned: bool) -> str:
+        """`switcher.calibration` for a model that answers with digits: `auto` is `shifts` for an
+        untuned one, `none` for one trained on this order (the switcher; the `route` baseline's router)."""
+        setting = self.switcher.calibration
+        if setting != "auto":
+            return setting
+        return "shifts" if untuned else "none"
 
     @property
     def switcher_device(self) -> str:

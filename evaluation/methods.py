@@ -214,8 +214,7 @@ class RouteMethod:
         self.config = cfg
         self.router = setup.backends[cfg.names[cfg.aligned_index]]
         self.single = GraphMethod(setup, variant(cfg, strategy="single", candidate=cfg.names[cfg.aligned_index]))
-        calibration = cfg.switcher.calibration
-        self.calibration = "shifts" if calibration == "auto" else calibration
+        self.calibration = cfg.calibration_for(untuned=True)
 
     def ask(self, query: str, roles: Sequence[str], labels: Sequence[int]) -> ChoiceScores:
         """One routing pass, candidate c (role roles[c]) listed as model labels[c]."""
