@@ -29,11 +29,10 @@ from switchgen.core.prompts import switcher_prompt, user_turn
 from switchgen.evaluation.methods import variant
 from switchgen.graph import build_graph
 from switchgen.graph.backends import connect
-from switchgen.nodes.calibration import distribution, passes
+from switchgen.nodes.calibration import CONCRETE, distribution, passes
 from switchgen.servers.engine.local import LocalEngine
 from switchgen.tasks.task import load_task
 
-CALIBRATIONS = ("none", "shifts", "permutations", "contextual")
 TIE = 0.01
 
 
@@ -86,7 +85,7 @@ def main() -> None:
           f"switcher {config.switcher_model}\n")
     print("| calibration | passes | flips | ties | mean TV distance | max TV distance | mean digit mass | mean top p | p(first candidate) | s/probe |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for calibration in CALIBRATIONS:
+    for calibration in CONCRETE:
         if calibration == "permutations" and n == 2:
             continue  # with two candidates the shifts are all the permutations
         flips, ties, tvs, masses, firsts, tops = 0, 0, [], [], [], []

@@ -158,12 +158,12 @@ def fidelity(root: Path, seeds: list[int], instances: int, k: int) -> None:
     for method in [*methods, "untuned (calibration: none)"]:
         means = [statistics.fmean(scores(s, method)) for s in seeds]
         pooled = [x for s in seeds for x in scores(s, method)]
-        cell = "" if method == "switch" else "{:+.3f} [{:+.3f}, {:+.3f}]".format(*_flat(paired_difference(switch, pooled)))
+        if method == "switch":
+            cell = ""
+        else:
+            delta, (lo, hi) = paired_difference(switch, pooled)
+            cell = f"{delta:+.3f} [{lo:+.3f}, {hi:+.3f}]"
         print(f"| {method} | {statistics.fmean(means):.3f} [{min(means):.3f}, {max(means):.3f}] | {cell} |")
-
-
-def _flat(result: tuple[float, tuple[float, float]]) -> tuple[float, float, float]:
-    return result[0], *result[1]
 
 
 TRAIN = ["--lr", "1e-3", "--epochs", "10", "--batch-size", "8", "--lora-r", "8", "--no-progress"]

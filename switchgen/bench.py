@@ -36,6 +36,7 @@ from switchgen.bench_runs import (
     interleaved,
     median,
     queries_for,
+    raw_figures,
     repeat_run,
     run_concurrent,
     run_concurrent_single,
@@ -47,7 +48,6 @@ from switchgen.bench_tables import (
     budget_table,
     concurrency_table,
     load_table,
-    markdown,
     summary_table,
     variants_table,
 )
@@ -104,10 +104,6 @@ def setup(config: SwitchConfig, s: BenchSettings) -> Setup:
     return Setup(config, cfg, engine, graph, backends[cfg.aligned_index], ref_backends, ref_switcher, notes=notes)
 
 
-def _raw(runs: dict[str, list[Timing]]) -> dict:
-    return {n: [(t.seconds, t.tokens) for t in r] for n, r in runs.items()}
-
-
 def measure_variants(b: Setup, s: BenchSettings, progress: Callable[[str], None]) -> dict:
     progress(f"variants: budget {s.budget}, patch {b.cfg.patch_size}, {s.reps} reps")
     runs = interleaved(
@@ -122,7 +118,7 @@ def measure_variants(b: Setup, s: BenchSettings, progress: Callable[[str], None]
     variants = {n: {"median_s": t.seconds, "tokens": t.tokens, "s_per_token": t.seconds / t.tokens} for n, t in med.items()}
     switcher = {"calibration": b.cfg.switcher_calibration,
                 "passes_per_answer": statistics.median(t.passes for t in runs["switch"])}
-    return {"variants": variants, "raw": _raw(runs), "switcher": switcher}
+    return {"variants": variants, "raw": raw_figures(runs), "switcher": switcher}
 
 
 def measure_budgets(b: Setup, s: BenchSettings, progress: Callable[[str], None]) -> dict:
@@ -177,7 +173,7 @@ def measure_load(b: Setup, s: BenchSettings, progress: Callable[[str], None]) ->
         runs = interleaved(variants, s.load_reps, progress, s.section_seconds)
     spread = {name: max(t.seconds for t in r) / min(t.seconds for t in r) for name, r in runs.items()}
     return {"load": {
-        "processes": LOAD_PROCESSES, "reps": min(len(r) for r in runs.values()), "raw": _raw(runs),
+        "processes": LOAD_PROCESSES, "reps": min(len(r) for r in runs.values()), "raw": raw_figures(runs),
         "median_s": {n: statistics.median(t.seconds for t in r) for n, r in runs.items()},
         "spread": spread, "spread_ratio": spread["switch"] / spread["single"],
     }}
@@ -227,14 +223,12 @@ def ratios(report: dict) -> dict[str, float]:
 
 def run_bench(
     config: SwitchConfig,
-    settings: BenchSettings | None = None,
+    s: BenchSettings,
     *,
     progress: Callable[[str], None] = print,
     show: Callable[[str], None] = lambda text: None,
-    **overrides,
 ) -> dict:
-    """Every section that `settings` asks for; `show` gets each section's table as soon as it is measured."""
-    s = settings or BenchSettings(**overrides)
+    """Every section that the settings `s` ask for; `show` gets each section's table as soon as it is measured."""
     start = time.perf_counter()
     b = setup(config, s)
     report: dict = {"device": str(b.aligned.device), "torch_threads": torch.get_num_threads(), "budget": s.budget,
@@ -263,4 +257,4 @@ def write_json(report: dict, path: Path) -> None:
     atomic_write_text(path, json.dumps(report, indent=2))
 
 
-__all__ = ["QUERIES", "BenchSettings", "busy_machine", "markdown", "run_bench", "write_json"]
+__all__ = ["QUERIES", "BenchSettings", "busy_machine", "run_bench", "write_json"]

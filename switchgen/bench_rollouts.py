@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from switchgen.bench_runs import Timing, bench_config, interleaved, median, queries_for
+from switchgen.bench_runs import Timing, bench_config, interleaved, median, queries_for, raw_figures
 from switchgen.core.config import SwitchConfig
 from switchgen.graph.builder import build_graph
 from switchgen.servers.base import Backend, GenerationParams
@@ -116,5 +116,5 @@ def run_rollouts_bench(
     return {
         "device": str(engine.loaded_models[0].device), "torch_threads": torch.get_num_threads(), "budget": budget,
         "patch_size": cfg.patch_size, "instances": instances, "k": k, "reps": reps, "rollouts": out,
-        "raw": {n: [(t.seconds, t.tokens) for t in r] for n, r in runs.items()},
+        "raw": raw_figures(runs),
     }

@@ -50,6 +50,11 @@ def median(runs: list[Timing]) -> Timing:
     return Timing(statistics.median(r.seconds for r in runs), int(statistics.median(r.tokens for r in runs)))
 
 
+def raw_figures(runs: dict[str, list[Timing]]) -> dict:
+    """Every run's (seconds, tokens) by variant: the report's raw figures."""
+    return {n: [(t.seconds, t.tokens) for t in r] for n, r in runs.items()}
+
+
 def queries_for(count: int) -> list[str]:
     return (QUERIES * (count // len(QUERIES) + 1))[:count]
 

@@ -93,16 +93,6 @@ def summary_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown(report: dict) -> str:
-    """Every table of a finished report."""
-    parts = [variants_table(report)] if "variants" in report else [header(report)]
-    for key, table in (("budget_sweep", budget_table), ("concurrency_sweep", concurrency_table), ("load", load_table)):
-        if report.get(key):
-            parts.append(table(report))
-    parts.append(summary_table(report))
-    return "\n\n".join(parts)
-
-
 def rollouts_markdown(report: dict) -> str:
     lines = [
         f"device: {report['device']} ({report['torch_threads']} torch threads); {report['instances']} instances, "
