@@ -43,7 +43,7 @@ from starlette.types import ASGIApp
 from switchgen.core.config import SwitchConfig, SwitcherConfig
 from switchgen.core.errors import InputError, ServerError, SwitchgenError
 from switchgen.core.jsonl import invalid_text
-from switchgen.core.seeds import derive_seed
+from switchgen.core.seeds import MAX_SEED, derive_seed
 from switchgen.graph.variants import GraphVariants
 from switchgen.servers.engine.local import LocalEngine
 from switchgen.servers.serve.admission import Admission, Holding, Slot
@@ -56,7 +56,6 @@ from switchgen.servers.stops import StopHoldback, cut_at_stop
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's and vLLM's default for /v1/completions
 MAX_BUDGET = 2**31 - 1  # with no in-process model to tell the context
-MAX_SEED = 2**64 - 1
 MAX_STOPS = 4  # OpenAI's
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "budget": "length", None: "stop"}
 STREAM_MODES = ["custom", "values"]
@@ -305,7 +304,7 @@ class ChatAPI:
         self.settings = s = settings or ServiceSettings()
         self.config, self.model_id = config, model_id
         self.variants = GraphVariants(config, engine)
-        self.graph = self.variants.get()  # every checkpoint loads now, not at the first request
+        self.variants.get()  # every checkpoint loads now, not at the first request
         self.context = context_limit(config, self.variants.engine)
         self.metrics = Metrics("switchgen_api")
         self.admission = Admission(s.max_concurrent_requests, queue=s.max_queued_requests,

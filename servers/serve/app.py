@@ -24,6 +24,7 @@ thread bridge) is servers/serve/http.py, admission.py and bridge.py, shared with
 """
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -330,13 +331,9 @@ class ServeApp:
         """`fn` in the pool, under one of the server's slots; a failure is TGI's 424."""
         with await self.admission.enter():
             try:
-                async with aclosing(bridged(self.executor, [lambda emit, cancelled: fn()])) as events:
-                    async for _, kind, item in events:
-                        if kind == "done":
-                            return item
+                return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
             except Exception as err:
                 raise _failed(err) from None
-        raise AssertionError("the work ended without a result")
 
     async def _steps(self, work: Work, slot: Slot) -> AsyncIterator[tuple[str, Any]]:
         """Run `work` in the pool: ("step", Step)... then ("done", Generation) or ("error", HttpError)."""

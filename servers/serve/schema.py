@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from switchgen.core.seeds import MAX_SEED
 from switchgen.servers.protocol import FINISH_TO_TGI
 from switchgen.servers.serve.chat import ChatMessage, TextOnly
 from switchgen.servers.serve.limits import MAX_STOP_SEQUENCES
@@ -18,7 +19,6 @@ from switchgen.servers.serve.steps import Generation, Step, TokenInfo
 
 PROTOCOL_VERSION = "3.3.6"  # the TGI version whose OpenAPI spec these responses follow
 DEFAULT_MAX_NEW_TOKENS = 1024
-MAX_SEED = 2**64 - 1  # TGI's seed is a u64 (and torch's generator takes no more)
 
 
 # -- request bodies ------------------------------------------------------------------------

@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING
 
 from switchgen.core.errors import SwitchgenError
 from switchgen.core.files import atomic_write_text
+from switchgen.core.seeds import MAX_SEED
 
 if TYPE_CHECKING:
     from switchgen.core.config import SwitchConfig
-
-SEED_RANGE = 2**64
 
 
 class UsageError(SwitchgenError):
@@ -55,7 +54,7 @@ positive_float = _number(float, "a finite number > 0", lambda v: v > 0)
 non_negative_float = _number(float, "a finite number >= 0", lambda v: v >= 0)
 fraction = _number(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 port = _number(int, "a port in 0..65535", lambda v: 0 <= v <= 65535)
-seed = _number(int, "a seed in 0..2**64-1", lambda v: 0 <= v < SEED_RANGE)
+seed = _number(int, "a seed in 0..2**64-1", lambda v: 0 <= v <= MAX_SEED)
 
 
 def host_names(text: str) -> list[str]:
