@@ -314,12 +314,9 @@ async def _probe(probe: Probe, client: httpx.AsyncClient) -> str | None:
     """None when the server is up (and serves the model); else what is wrong."""
     ep = probe.endpoint
     path = "/health" if probe.engine == "tgi" else "/v1/models"
+    timeout = httpx.Timeout(ep.connect_timeout * 3, connect=ep.connect_timeout)
     try:
-        response = await client.get(
-            ep.url + path,
-            headers=ep.auth_headers(),
-            timeout=httpx.Timeout(ep.connect_timeout * 3, connect=ep.connect_timeout),
-        )
+        response = await client.get(ep.url + path, headers=ep.auth_headers(), timeout=timeout)
     except httpx.HTTPError as err:
         return f"{_SILENT} {ep.url} ({type(err).__name__}: {err or 'refused'})"
     if response.status_code in (401, 403):
@@ -330,8 +327,7 @@ async def _probe(probe: Probe, client: httpx.AsyncClient) -> str | None:
         # /health is open even where generating needs a key: a key (or its absence) is checked on /info,
         # which TGI itself serves openly and a server or proxy that wants a key guards with it.
         try:
-            info = await client.get(ep.url + "/info", headers=ep.auth_headers(),
-                                    timeout=httpx.Timeout(ep.connect_timeout * 3, connect=ep.connect_timeout))
+            info = await client.get(ep.url + "/info", headers=ep.auth_headers(), timeout=timeout)
         except httpx.HTTPError as err:
             return f"{ep.url}/info does not answer ({type(err).__name__}: {err or 'refused'})"
         if info.status_code in (401, 403):

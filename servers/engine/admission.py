@@ -154,10 +154,8 @@ def _answer_scores(reqs: list[Request], logits: torch.Tensor) -> None:
     """The probability each choice's tokens hold, for every score row of a pass: one host transfer per choice set."""
     by_choices: dict[tuple, list[int]] = {}
     for i, req in enumerate(reqs):
-        if req.choices is None:
-            req.logits = logits[i]
-        else:
-            by_choices.setdefault(tuple(map(tuple, req.choices)), []).append(i)
+        assert req.choices is not None  # every score names its choices (LocalBackend.choice_distribution)
+        by_choices.setdefault(tuple(map(tuple, req.choices)), []).append(i)
     for choices, rows in by_choices.items():
         probs = torch.softmax(logits[rows].float(), dim=-1)
         masses = (probs @ _choice_matrix(choices, probs.shape[-1], probs.device)).tolist()

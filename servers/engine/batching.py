@@ -31,7 +31,7 @@ from switchgen.servers.engine.fused import StackedModels, stack_key
 from switchgen.servers.engine.fused_batch import FusedBatch
 from switchgen.servers.engine.hf_batch import HFBatch
 from switchgen.servers.engine.requests import Cancelled, EngineBackend, Request, TokenDetails, to_patch
-from switchgen.servers.engine.sampling import FAILED, next_tokens
+from switchgen.servers.engine.sampling import FAILED, NaNLogits, next_tokens
 from switchgen.servers.stops import cut_at_stop, streamable
 
 STREAM_INTERVAL = 0.02  # seconds between streamed text events of one request
@@ -43,10 +43,6 @@ ONE_THREAD_WORK = 1 << 26
 
 class WorkerDied(RuntimeError):
     """The device's decode thread stopped on an error no request caused; the server reports it on /health."""
-
-
-class NaNLogits(ValueError):
-    """The model's logits for a row hold NaN: no token can be sampled."""
 
 
 def _room_to_stack(model: torch.nn.Module, group: tuple[StackedModels, FusedBatch] | None) -> bool:
@@ -249,7 +245,7 @@ class DecodeWorker:
         params, backend = req.params, req.backend
         assert params is not None and backend is not None
         if token == FAILED:
-            raise NaNLogits("the model's logits hold NaN: no token can be sampled")
+            raise NaNLogits()
         req.out.append(token)
         if req.details:
             assert req.logits is not None

@@ -1,4 +1,5 @@
-"""Our own forward pass for Llama-architecture checkpoints: stacked weights, batched prefill, a fixed-buffer decode step.
+"""Our own forward pass for Llama-architecture checkpoints: stacked weights, the shared forward, batched prefill
+(the fixed-buffer decode step that runs it is fused_batch.py).
 
 Switch generation runs several checkpoints of one model (P, F, A, often the switcher): same
 architecture, same shapes, different weights. On CPU, stepped one after another, each costs a full

@@ -12,19 +12,8 @@ import torch
 from transformers import DynamicCache
 
 from switchgen.servers.engine.fused import prefill_mask
-from switchgen.servers.engine.kvcache import CacheEntry
+from switchgen.servers.engine.kvcache import CacheEntry, cache_of, kv_of
 from switchgen.servers.engine.requests import EngineBackend, Request
-
-
-def kv_of(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def cache_of(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-    cache = DynamicCache()
-    for i, (k, v) in enumerate(layers):
-        cache.update(k, v, i)
-    return cache
 
 
 def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:

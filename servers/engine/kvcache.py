@@ -15,6 +15,19 @@ import torch
 from transformers import DynamicCache
 
 
+def kv_of(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """transformers' cache as (keys, values) per layer."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def cache_of(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    """(keys, values) per layer as transformers' cache."""
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(layers):
+        cache.update(k, v, i)
+    return cache
+
+
 @dataclass
 class CacheEntry:
     """The keys and values of `ids`, in one of two forms: the stacked path's one tensor
@@ -28,16 +41,13 @@ class CacheEntry:
         """Hold the keys and values in the stacked path's form (a checkpoint can move between the paths:
         a LoRA adapter attached to a stacked model sends it to the transformers path)."""
         if self.kv is None and self.ids and self.cache.layers:
-            self.kv = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in self.cache.layers])
+            self.kv = torch.stack([torch.stack([k[0], v[0]]) for k, v in kv_of(self.cache)])
             self.cache = DynamicCache()
 
     def as_dynamic(self) -> None:
         """Hold the keys and values in transformers' form (see `as_stacked`)."""
         if self.kv is not None:
-            cache = DynamicCache()
-            for i, layer in enumerate(self.kv):
-                cache.update(layer[0][None].clone(), layer[1][None].clone(), i)
-            self.cache, self.kv = cache, None
+            self.cache, self.kv = cache_of([(layer[0][None].clone(), layer[1][None].clone()) for layer in self.kv]), None
 
     def truncate(self, keep: int) -> None:
         """Keep the first `keep` tokens (start over where the cache cannot be cropped)."""

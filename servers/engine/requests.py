@@ -81,7 +81,7 @@ class Request:
     choices: list[list[int]] | None = None  # a score: the token ids spelling each choice
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     entry: CacheEntry | None = None
-    logits: torch.Tensor | None = None  # after a score without choices, and for `details`
+    logits: torch.Tensor | None = None  # for `details`: the row's last logits
     scores: list[float] | None = None  # a score with choices: the probability each choice's tokens hold
     prefilled: int = 0
     out: list[int] = field(default_factory=list)

@@ -126,9 +126,16 @@ def next_tokens(
     return sample(logits, *settings(params, keys, device), counts).tolist()
 
 
+class NaNLogits(ValueError):
+    """The model's logits for a row hold NaN: no token can be sampled."""
+
+    def __init__(self) -> None:
+        super().__init__("the model's logits hold NaN: no token can be sampled")
+
+
 def next_token(logits: torch.Tensor, params: GenerationParams, key: int, counter: int) -> int:
-    """One token id from a 1-D logits vector (ValueError when the logits hold NaN)."""
+    """One token id from a 1-D logits vector (NaNLogits, a ValueError, when the logits hold NaN)."""
     token = next_tokens(logits[None], [params], [key], [counter])[0]
     if token == FAILED:
-        raise ValueError("the model's logits hold NaN: no token can be sampled")
+        raise NaNLogits()
     return token
