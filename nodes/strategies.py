@@ -1,8 +1,8 @@
 """Who picks the next author: one small object per `switcher.strategy`, each answering `choose(turn)`.
 
-learned: the switcher LM (the released switchers' prompt, one forward pass: the softmax of the
-next-token logits restricted to the digits 0..n-1, read per candidate through `switcher.calibration`
-(nodes/calibration.py: more passes with the labels relabelled), then top-p sampled; too little
+learned: the switcher LM (the released switchers' prompt; per pass, the softmax of the next-token
+logits restricted to the digits 0..n-1, read per candidate through `switcher.calibration`
+(nodes/calibration.py: one pass, or more with the labels relabelled), then top-p sampled; too little
 mass on the digits falls back to the aligned candidate). random: uniform. fixed: a sequence, cycling.
 single: one candidate writes everything. `STRATEGIES` maps the config's name to its builder.
 """
@@ -105,20 +105,29 @@ class Learned:
     config: SwitchConfig
     switcher: Backend
 
-    def ask(self, query: str, texts: Sequence[str], tags: Sequence[int]) -> ChoiceScores:
-        """One switcher pass: the released prompt with these author tags, the digits' distribution."""
-        n = len(self.config.names)
-        text = user_turn(self.switcher.tokenizer, switcher_prompt(query, texts, tags, n))
-        return self.switcher.choice_distribution(text, [str(i) for i in range(n)])
+    def prompt(self, query: str, texts: Sequence[str], tags: Sequence[int]) -> str:
+        """The released switchers' prompt with these author tags, in the switcher's chat template."""
+        return user_turn(self.switcher.tokenizer, switcher_prompt(query, texts, tags, len(self.config.names)))
+
+    def ask(self, query: str, texts: Sequence[str], tags: Sequence[int], rendered: str | None = None) -> ChoiceScores:
+        """One switcher pass: the digits' distribution after `prompt(query, texts, tags)` (`rendered`: it, already)."""
+        digits = [str(i) for i in range(len(self.config.names))]
+        return self.switcher.choice_distribution(rendered or self.prompt(query, texts, tags), digits)
 
     def choose(self, turn: Turn) -> Choice:
         config, n = self.config, len(self.config.names)
         indices = [author_index(config, s) for s in turn.segments]
         texts = [s["text"] for s in turn.segments]
-        text = user_turn(self.switcher.tokenizer, switcher_prompt(turn.query, texts, indices, n))
+        text = self.prompt(turn.query, texts, indices)
         run = SwitcherRun.start(model=config.switcher_model, prompt=text, step=turn.step)  # a run in LangChain callbacks
+
+        def ask(query: str, asked: Sequence[str], tags: Sequence[int]) -> ChoiceScores:
+            """`self.ask`; the pass over the trace as it is (every calibration has one) reuses `text`."""
+            same = query == turn.query and list(tags) == indices and list(asked) == texts
+            return self.ask(query, asked, tags, text if same else None)
+
         try:
-            scores = distribution(self.ask, turn.query, texts, indices, n, config.switcher_calibration)
+            scores = distribution(ask, turn.query, texts, indices, n, config.switcher_calibration)
         except BaseException as err:
             run.error(err)
             raise

@@ -112,7 +112,8 @@ class PatchRun:
 
 
 class SwitcherRun:
-    """The learned switcher's one forward pass as an LLM run, ended with the decision."""
+    """The learned switcher's decision as an LLM run (its passes in the decision's `passes`; the prompt and
+    input tokens are those of the pass over the trace as it is), ended with the decision."""
 
     def __init__(self, run: CallbackManagerForLLMRun | None) -> None:
         self.run = run
