@@ -45,6 +45,11 @@ def is_retried(record: dict[str, Any]) -> bool:
     return is_failed(record) and not record.get("permanent")
 
 
+def is_permanent(record: dict[str, Any]) -> bool:
+    """A failed record that no rerun retries (an input too long for a model): it stays in the file."""
+    return is_failed(record) and bool(record.get("permanent"))
+
+
 def error_record(source: dict[str, Any], err: Exception) -> dict[str, Any]:
     """The record of a query that failed: the input plus "error" (and "permanent" when no rerun can fix it)."""
     record = {**source, "output": None, "generation_log": None, "error": str(err)}

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     quiet_transformers()
     from switchgen.core.jobs import check_resumable
-    from switchgen.core.records import is_failed, is_retried, read_jsonl
+    from switchgen.core.records import is_permanent, read_jsonl
     from switchgen.generate import check_output, default_output, fingerprint, read_inputs, run_file
     from switchgen.graph import build_graph
     from switchgen.graph.backends import server_probes
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     fresh: list[dict] = []  # this run's permanent failures
 
     def note(record: dict) -> None:
-        if is_failed(record) and not is_retried(record):
+        if is_permanent(record):
             fresh.append(record)
 
     start, written, failed = run_file(build_graph(config), config, inputs, output, progress=not args.no_progress,
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     resumed = f" (resumed after {start})" if start else ""
     print(f"{start + written} records in {output}{resumed}")
     # Permanent failures of earlier runs stay in the file (a rerun skips them): said on every run.
-    refused = sum(is_failed(r) and not is_retried(r) for r in read_jsonl(output))
+    refused = sum(is_permanent(r) for r in read_jsonl(output))
     _report_failures(failed - len(fresh), refused)
     return 1 if failed or refused else 0
 

@@ -90,9 +90,12 @@ def add_overwrite(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"start {what} over (default: resume it; an output made with other settings is refused)")
 
 
+DEFAULT_HOST = "127.0.0.1"  # loopback: a server is reachable from elsewhere only when asked
+
+
 def add_listen_args(parser: argparse.ArgumentParser, *, default_port: int, port_help: str) -> None:
     """Where a server listens, and the key it requires: `switchgen serve` and `switchgen api` alike."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=port, default=default_port, help=port_help)
     parser.add_argument(
         "--api-key", default=os.environ.get("SWITCHGEN_API_KEY"),
