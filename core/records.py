@@ -3,8 +3,8 @@
 Every command that writes records (`switchgen generate`, `eval`, `rollouts`) appends whole
 JSONL lines (core/jobs.py); every reader goes through `read_jsonl`, which keeps the complete
 lines only (a torn last line, from a kill, is not a record) and names the file and line of a
-bad one. Eval records are checked with pydantic here, at the boundary, so a malformed file is a
-one-line error, not a traceback deep in a plot.
+bad one. Eval and rollouts records are checked with pydantic here, at the boundary, so a malformed
+file is a one-line error, not a traceback deep in a plot or a training run.
 """
 
 from __future__ import annotations
